@@ -1,0 +1,83 @@
+// Shared body of the kernel Generators: arguments come from arguments(spec),
+// the pipeline from codegen::build, so AOT kernels and JIT kernels agree.
+#pragma once
+
+#include <Halide.h>
+
+#include "kldiv/codegen/build.h"
+#include "kldiv/dsl/math.h"
+#include "kldiv/schedules/params.h"
+
+namespace kldiv::codegen {
+
+template<typename T>
+class KernelGenerator : public Halide::Generator<T> {
+public:
+    Halide::GeneratorParam<DType> dtype{"dtype", DType::Float32,
+                                        {{"f32", DType::Float32},
+                                         {"f64", DType::Float64},
+                                         {"f16", DType::Float16},
+                                         {"bf16", DType::BFloat16}}};
+    Halide::GeneratorParam<bool> log_target{"log_target", false};
+
+    void configure() {
+        for (const Argument &argument : arguments(spec())) {
+            const Halide::Type type = argument_type(spec(), argument);
+            const int dims = argument_dimensions(argument);
+            if (argument.is_output) {
+                outputs_.push_back(this->template add_output<Halide::Buffer<>>(argument.name, type, dims));
+            } else if (argument.kind == Argument::Scalar) {
+                scalar_ = this->template add_input<Halide::Expr>(argument.name, type);
+            } else {
+                buffers_.emplace_back(argument.name,
+                                      this->template add_input<Halide::Buffer<>>(argument.name, type, dims));
+            }
+        }
+    }
+
+    void generate() {
+        const KernelSpec kernel = spec();
+        PipelineInputs inputs;
+        for (auto &[name, buffer] : buffers_) {
+            // Any stride is valid input; the schedule specialises for unit stride.
+            (*buffer).dim(0).set_stride(Halide::Expr());
+            inputs.buffers[name] = *buffer;
+            inputs.inner_strides[name] = (*buffer).dim(0).stride();
+        }
+        auto &input = *buffers_for("input");
+        for (int d = 0; d < 4; d++) inputs.extent[d] = input.dim(d).extent();
+        if (scalar_) inputs.grad_scale = *scalar_;
+
+        const std::string target_name = this->get_target().to_string();
+        const schedules::Params params = schedules::default_params(target_name);
+        std::vector<Halide::Func> funcs = build(kernel, params, with_kernel_features(this->get_target()), inputs);
+        for (size_t i = 0; i < funcs.size(); i++) {
+            *outputs_[i] = funcs[i];
+            if (outputs_[i]->dims() > 0) outputs_[i]->dim(0).set_stride(Halide::Expr());
+        }
+
+        // Estimates for autoschedulers and tools: a 64 x 32000 batch.
+        for (auto &[name, buffer] : buffers_) (*buffer).set_estimates({{0, 32000}, {0, 64}, {0, 1}, {0, 1}});
+        for (auto *output : outputs_) {
+            if (output->dims() == 4) output->set_estimates({{0, 32000}, {0, 64}, {0, 1}, {0, 1}});
+        }
+        if (scalar_) scalar_->set_estimate(1.0f / 64);
+    }
+
+protected:
+    virtual KernelSpec spec() const = 0;
+
+private:
+    Halide::GeneratorInput<Halide::Buffer<>> *buffers_for(const std::string &name) {
+        for (auto &[n, buffer] : buffers_) {
+            if (n == name) return buffer;
+        }
+        return nullptr;
+    }
+
+    std::vector<std::pair<std::string, Halide::GeneratorInput<Halide::Buffer<>> *>> buffers_;
+    std::vector<Halide::GeneratorOutput<Halide::Buffer<>> *> outputs_;
+    Halide::GeneratorInput<Halide::Expr> *scalar_ = nullptr;
+};
+
+}  // namespace kldiv::codegen

@@ -1,0 +1,45 @@
+// The identity of a kernel, and its calling convention. No Halide here: the
+// runtime uses it to find and call kernels.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "kldiv/dsl/dtype.h"
+
+namespace kldiv::codegen {
+
+enum class Pass { Forward, Backward, Fused };
+
+struct KernelSpec {
+    Pass pass = Pass::Forward;
+    DType dtype = DType::Float32;
+    bool log_target = false;
+    // Forward and fused: the float64 sum instead of the per-element loss.
+    // Backward: a scalar upstream gradient instead of a per-element one.
+    bool reduce = false;
+    // Backward only: which gradients the kernel writes.
+    bool grad_input = true;
+    bool grad_target = false;
+
+    // Name of the generated function, e.g. kldiv_fwd_sum_f32_logt,
+    // kldiv_bwd_input_target_scalar_bf16.
+    std::string name() const;
+    bool operator==(const KernelSpec &other) const { return name() == other.name(); }
+};
+
+// One argument of a kernel, in calling order (inputs first, then outputs).
+// Buffers are 4-d (kRank) in the storage type, except `total`, a 0-d float64
+// buffer; `grad_scale` is a scalar in the compute type.
+struct Argument {
+    enum Kind { Buffer, Scalar } kind;
+    std::string name;
+    bool is_output;
+};
+
+std::vector<Argument> arguments(const KernelSpec &spec);
+
+// Every spec the AOT library is built with (each dtype, log_target, pass variant).
+std::vector<KernelSpec> aot_specs();
+
+}  // namespace kldiv::codegen

@@ -1,0 +1,59 @@
+#include "kldiv/codegen/kernel_spec.h"
+
+namespace kldiv::codegen {
+
+std::string KernelSpec::name() const {
+    std::string n = "kldiv_";
+    switch (pass) {
+    case Pass::Forward: n += reduce ? "fwd_sum" : "fwd_none"; break;
+    case Pass::Fused: n += reduce ? "fused_sum" : "fused_none"; break;
+    case Pass::Backward:
+        n += "bwd";
+        if (grad_input) n += "_input";
+        if (grad_target) n += "_target";
+        n += reduce ? "_scalar" : "_tensor";
+        break;
+    }
+    n += "_";
+    n += short_name(dtype);
+    if (log_target) n += "_logt";
+    return n;
+}
+
+std::vector<Argument> arguments(const KernelSpec &spec) {
+    std::vector<Argument> args;
+    const bool scalar_grad = spec.reduce && spec.pass != Pass::Forward;
+    if (spec.pass == Pass::Backward && !spec.reduce) args.push_back({Argument::Buffer, "grad_output", false});
+    if (scalar_grad) args.push_back({Argument::Scalar, "grad_scale", false});
+    args.push_back({Argument::Buffer, "input", false});
+    args.push_back({Argument::Buffer, "target", false});
+    if (spec.pass != Pass::Backward) {
+        args.push_back({Argument::Buffer, spec.reduce ? "total" : "loss", true});
+    }
+    if (spec.pass == Pass::Fused || (spec.pass == Pass::Backward && spec.grad_input)) {
+        args.push_back({Argument::Buffer, "grad_input", true});
+    }
+    if (spec.pass == Pass::Backward && spec.grad_target) {
+        args.push_back({Argument::Buffer, "grad_target", true});
+    }
+    return args;
+}
+
+std::vector<KernelSpec> aot_specs() {
+    std::vector<KernelSpec> specs;
+    for (DType dtype : kAllDTypes) {
+        for (bool log_target : {false, true}) {
+            for (bool reduce : {false, true}) {
+                for (Pass pass : {Pass::Forward, Pass::Fused}) {
+                    specs.push_back({pass, dtype, log_target, reduce, pass == Pass::Fused, false});
+                }
+                for (auto [gi, gt] : {std::pair{true, false}, {false, true}, {true, true}}) {
+                    specs.push_back({Pass::Backward, dtype, log_target, reduce, gi, gt});
+                }
+            }
+        }
+    }
+    return specs;
+}
+
+}  // namespace kldiv::codegen

@@ -1,0 +1,83 @@
+// What the kernels compute: the KL-divergence loss, its sum, its gradients and
+// the fused forward+backward pass, as Halide Funcs. No scheduling here; the
+// schedules in schedules/ decide how these Funcs run. SPEC.md is the behaviour.
+#pragma once
+
+#include <array>
+
+#include <Halide.h>
+
+#include "kldiv/dsl/dtype.h"
+
+namespace kldiv::dsl {
+
+// Every kernel sees 4-dimensional views of the same (broadcast) extents; the
+// runtime folds other ranks, broadcasting and huge extents into such views.
+constexpr int kRank = 4;
+
+// The summation tree of a reduction: along dimension 0 the elements are cut
+// into chunks of at most `chunk` elements, each summed in `lanes` interleaved
+// partial sums (in float32, or float64 for double data); the chunk sums are
+// added in float64. This keeps the error near pairwise summation's, not
+// naive summation's, and is part of the numerics, so it lives here.
+struct SumTree {
+    int lanes = 16;
+    int chunk = 2048;
+};
+
+struct LossOptions {
+    DType dtype = DType::Float32;
+    bool log_target = false;
+};
+
+// A kernel's inputs. `input`, `target` and `grad_output` return storage-type
+// values (16-bit types as UInt(16) bits); `extent` is the 4-d domain.
+struct Inputs {
+    Halide::Func input;
+    Halide::Func target;
+    Halide::Func grad_output;  // per-element upstream gradient (backward, `none`)
+    Halide::Expr grad_scale;   // scalar upstream gradient, already divided (compute type)
+    std::array<Halide::Expr, kRank> extent;
+};
+
+// The named Funcs of one pass, for the schedules to find. Only those the pass
+// defines are set.
+struct Algorithm {
+    std::array<Halide::Var, kRank> dims;
+    Halide::Var lane;
+    Halide::Var chunk;
+    SumTree tree;
+    Halide::RDom step;         // steps within a chunk (lane_sum's update)
+
+    Halide::Func pointwise;    // loss per element, compute type
+    Halide::Func lane_sum;     // (lane, chunk, i1, i2, i3): partial sums of a chunk
+    Halide::Func chunk_sum;    // (chunk, i1, i2, i3): sum of a chunk
+    Halide::Func total;        // (): float64 sum of the loss (output)
+    Halide::Func loss;         // loss per element, storage type (output)
+    Halide::Func grad_input;   // storage type (output)
+    Halide::Func grad_target;  // storage type (output)
+};
+
+// Loss per element in the compute type, from storage-type x and t.
+Halide::Expr pointwise_loss(const Halide::Expr &x, const Halide::Expr &t, const LossOptions &options);
+
+// dL/dx and dL/dt for upstream gradient g, op by op as PyTorch's autograd
+// differentiates the composite (so NaNs and signs of zero match).
+Halide::Expr grad_input_expr(const Halide::Expr &g, const Halide::Expr &x, const Halide::Expr &t,
+                             const LossOptions &options);
+Halide::Expr grad_target_expr(const Halide::Expr &g, const Halide::Expr &x, const Halide::Expr &t,
+                              const LossOptions &options);
+
+// Forward: `loss` per element (reduce == false) or the float64 `total`.
+Algorithm forward(const Inputs &in, const LossOptions &options, bool reduce, const SumTree &tree);
+
+// Backward: grad_input and/or grad_target, from `in.grad_output` (per element)
+// or `in.grad_scale` (scalar) as `scalar_grad` says.
+Algorithm backward(const Inputs &in, const LossOptions &options, bool want_grad_input,
+                   bool want_grad_target, bool scalar_grad);
+
+// Fused forward+backward with upstream gradient 1 (scaled by `in.grad_scale`
+// when reduced): the loss (`loss` or `total`) and `grad_input`.
+Algorithm fused(const Inputs &in, const LossOptions &options, bool reduce, const SumTree &tree);
+
+}  // namespace kldiv::dsl

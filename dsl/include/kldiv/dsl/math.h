@@ -1,0 +1,31 @@
+// Elementwise math for the loss, written as Halide expressions so that it stays
+// vectorised: Halide 14 lowers its own log/exp on CPU targets to one libm call
+// per lane. Both functions reproduce IEEE special values (NaN, +-inf, +-0,
+// denormals); accuracy is within 1 ulp of libm in float32 (tests/math_test).
+#pragma once
+
+#include <Halide.h>
+
+#include "kldiv/dsl/dtype.h"
+
+namespace kldiv::dsl {
+
+// Natural logarithm of a Float(32) or Float(64) expression.
+Halide::Expr log(const Halide::Expr &x);
+
+// Exponential of a Float(32) or Float(64) expression.
+Halide::Expr exp(const Halide::Expr &x);
+
+// Halide type the kernel's buffers hold for `dtype` (16-bit types as UInt(16)
+// bit patterns) and the type it computes in.
+Halide::Type storage_type(DType dtype);
+Halide::Type compute_type(DType dtype);
+
+// Storage bits -> compute type, exactly (float16 and bfloat16 widen exactly).
+Halide::Expr widen(const Halide::Expr &stored, DType dtype);
+
+// Compute type -> storage bits, rounding to nearest even once; NaN stays NaN,
+// overflow gives inf, denormal results are kept.
+Halide::Expr narrow(const Halide::Expr &value, DType dtype);
+
+}  // namespace kldiv::dsl

@@ -1,0 +1,147 @@
+#include "kldiv/dsl/algorithm.h"
+
+#include <limits>
+
+#include "kldiv/dsl/math.h"
+
+namespace kldiv::dsl {
+
+using Halide::Expr;
+using Halide::Func;
+using Halide::RDom;
+using Halide::Var;
+
+namespace {
+
+Expr zero_of(Halide::Type t) { return Halide::cast(t, Expr(0.0)); }
+
+Expr nan_of(Halide::Type t) {
+    return Halide::cast(t, Expr(std::numeric_limits<double>::quiet_NaN()));
+}
+
+// xlogy(a, b) as torch defines it: NaN if b is NaN, else 0 if a == 0, else a * dsl::log(b).
+Expr xlogy(const Expr &a, const Expr &b) {
+    Expr value = Halide::select(a == zero_of(a.type()), zero_of(a.type()), a * dsl::log(b));
+    return Halide::select(Halide::is_nan(b), nan_of(b.type()), value);
+}
+
+Algorithm named_dims() {
+    Algorithm a;
+    a.dims = {Var("i0"), Var("i1"), Var("i2"), Var("i3")};
+    a.lane = Var("lane");
+    a.chunk = Var("chunk");
+    return a;
+}
+
+// Defines pointwise, lane_sum, chunk_sum and total over the summation tree.
+void define_sum(Algorithm &a, const Inputs &in, const SumTree &tree, Halide::Type type) {
+    const auto &[i0, i1, i2, i3] = a.dims;
+    a.tree = tree;
+    const Expr n0 = in.extent[0];
+    // A short dimension 0 gets short chunks, so no work is spent on padding.
+    const Expr steps = (Halide::min(tree.chunk, n0) + tree.lanes - 1) / tree.lanes;
+    const Expr chunk_length = steps * tree.lanes;
+    const Expr chunks = (n0 + chunk_length - 1) / chunk_length;
+
+    a.step = RDom(0, steps, "step");
+    Expr element = a.chunk * chunk_length + a.step * tree.lanes + a.lane;
+    // Padding past the end reads the last element and contributes zero.
+    // `likely` lets Halide peel the last chunk, so the others load densely.
+    Expr value = a.pointwise(Halide::min(Halide::likely(element), n0 - 1), i1, i2, i3);
+    a.lane_sum = Func("lane_sum");
+    a.lane_sum(a.lane, a.chunk, i1, i2, i3) = zero_of(type);
+    a.lane_sum(a.lane, a.chunk, i1, i2, i3) += Halide::select(Halide::likely(element < n0), value, zero_of(type));
+
+    // The lanes are added as a balanced tree.
+    std::vector<Expr> partial;
+    for (int lane = 0; lane < tree.lanes; lane++) partial.push_back(a.lane_sum(lane, a.chunk, i1, i2, i3));
+    while (partial.size() > 1) {
+        std::vector<Expr> next;
+        for (size_t j = 0; j + 1 < partial.size(); j += 2) next.push_back(partial[j] + partial[j + 1]);
+        if (partial.size() % 2) next.push_back(partial.back());
+        partial.swap(next);
+    }
+    a.chunk_sum = Func("chunk_sum");
+    a.chunk_sum(a.chunk, i1, i2, i3) = partial[0];
+
+    RDom all(0, chunks, 0, in.extent[1], 0, in.extent[2], 0, in.extent[3], "all");
+    a.total = Func("total");
+    a.total() = Halide::cast(Halide::Float(64), Expr(0.0));
+    a.total() += Halide::cast<double>(a.chunk_sum(all.x, all.y, all.z, all.w));
+}
+
+}  // namespace
+
+Expr pointwise_loss(const Expr &x_stored, const Expr &t_stored, const LossOptions &options) {
+    Expr x = widen(x_stored, options.dtype);
+    Expr t = widen(t_stored, options.dtype);
+    if (options.log_target) return dsl::exp(t) * (t - x);
+    return xlogy(t, t) - t * x;
+}
+
+Expr grad_input_expr(const Expr &g, const Expr &, const Expr &t_stored, const LossOptions &options) {
+    Expr t = widen(t_stored, options.dtype);
+    if (options.log_target) return -(g * dsl::exp(t));
+    return (-g) * t;
+}
+
+Expr grad_target_expr(const Expr &g, const Expr &x_stored, const Expr &t_stored,
+                      const LossOptions &options) {
+    Expr x = widen(x_stored, options.dtype);
+    Expr t = widen(t_stored, options.dtype);
+    if (options.log_target) {
+        Expr e = dsl::exp(t);
+        return (g * (t - x)) * e + g * e;
+    }
+    // d xlogy(t, t) = xlogy(g, t) (0 where t == 0) + g * t / t; d(-t x) = -g x.
+    Expr from_log = Halide::select(t == zero_of(t.type()), zero_of(t.type()), xlogy(g, t));
+    return (from_log + (g * t) / t) + (-g) * x;
+}
+
+Algorithm forward(const Inputs &in, const LossOptions &options, bool reduce, const SumTree &tree) {
+    Algorithm a = named_dims();
+    const auto &[i0, i1, i2, i3] = a.dims;
+    const Halide::Type type = compute_type(options.dtype);
+    a.pointwise = Func("pointwise");
+    a.pointwise(i0, i1, i2, i3) =
+        pointwise_loss(in.input(i0, i1, i2, i3), in.target(i0, i1, i2, i3), options);
+    if (reduce) {
+        define_sum(a, in, tree, type);
+    } else {
+        a.loss = Func("loss");
+        a.loss(i0, i1, i2, i3) = narrow(a.pointwise(i0, i1, i2, i3), options.dtype);
+    }
+    return a;
+}
+
+Algorithm backward(const Inputs &in, const LossOptions &options, bool want_grad_input,
+                   bool want_grad_target, bool scalar_grad) {
+    Algorithm a = named_dims();
+    const auto &[i0, i1, i2, i3] = a.dims;
+    Expr x = in.input(i0, i1, i2, i3);
+    Expr t = in.target(i0, i1, i2, i3);
+    Expr g = scalar_grad ? in.grad_scale : widen(in.grad_output(i0, i1, i2, i3), options.dtype);
+    if (want_grad_input) {
+        a.grad_input = Func("grad_input");
+        a.grad_input(i0, i1, i2, i3) = narrow(grad_input_expr(g, x, t, options), options.dtype);
+    }
+    if (want_grad_target) {
+        a.grad_target = Func("grad_target");
+        a.grad_target(i0, i1, i2, i3) = narrow(grad_target_expr(g, x, t, options), options.dtype);
+    }
+    return a;
+}
+
+Algorithm fused(const Inputs &in, const LossOptions &options, bool reduce, const SumTree &tree) {
+    Algorithm a = forward(in, options, reduce, tree);
+    const auto &[i0, i1, i2, i3] = a.dims;
+    const Halide::Type type = compute_type(options.dtype);
+    Expr g = reduce ? in.grad_scale : Halide::cast(type, Expr(1.0));
+    a.grad_input = Func("grad_input");
+    a.grad_input(i0, i1, i2, i3) =
+        narrow(grad_input_expr(g, in.input(i0, i1, i2, i3), in.target(i0, i1, i2, i3), options),
+               options.dtype);
+    return a;
+}
+
+}  // namespace kldiv::dsl

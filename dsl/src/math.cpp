@@ -1,0 +1,189 @@
+#include "kldiv/dsl/math.h"
+
+#include <cmath>
+#include <limits>
+
+namespace kldiv::dsl {
+
+using Halide::Expr;
+using Halide::Type;
+
+namespace {
+
+Expr constant(Type t, double v) { return Halide::cast(t, Expr(v)); }
+
+// ln(2) split in two so that k * ln2_hi is exact for every exponent k that occurs.
+double ln2_hi(bool f64) { return f64 ? 6.93147180369123816490e-01 : 0.693145751953125; }
+double ln2_lo(bool f64) { return f64 ? 1.90821492927058770002e-10 : M_LN2 - 0.693145751953125; }
+
+// An unsigned 32-bit constant (Halide's operators take no unsigned literals).
+Expr u32(uint32_t v) { return Halide::cast(Halide::UInt(32), Expr((int64_t)v)); }
+
+Expr nan_of(Type t) { return constant(t, std::numeric_limits<double>::quiet_NaN()); }
+
+Expr inf_of(Type t) { return constant(t, std::numeric_limits<double>::infinity()); }
+
+// Horner evaluation of sum(coefficients[i] * z^i).
+Expr horner(const Expr &z, const std::vector<double> &coefficients) {
+    Type t = z.type();
+    Expr acc = constant(t, coefficients.back());
+    for (int i = (int)coefficients.size() - 2; i >= 0; i--) {
+        acc = acc * z + constant(t, coefficients[i]);
+    }
+    return acc;
+}
+
+}  // namespace
+
+Expr log(const Expr &x) {
+    const Type ft = x.type();
+    const bool f64 = ft.bits() == 64;
+    const Type it = Halide::Int(ft.bits());
+
+    // Denormals are scaled into the normal range first (and the exponent corrected).
+    const double smallest_normal = f64 ? std::numeric_limits<double>::min()
+                                       : (double)std::numeric_limits<float>::min();
+    const int denormal_shift = f64 ? 54 : 25;
+    Expr denormal = x < constant(ft, smallest_normal);
+    Expr scaled = Halide::select(denormal, x * constant(ft, std::ldexp(1.0, denormal_shift)), x);
+    Expr k_adjust = Halide::select(denormal, Halide::cast(it, -denormal_shift), Halide::cast(it, 0));
+
+    // Write x = 2^k * m with m in [sqrt(2)/2, sqrt(2)): shift the mantissa so
+    // that values above sqrt(2) carry into the exponent, then rebuild m.
+    const int mantissa_bits = f64 ? 52 : 23;
+    const int64_t bias = f64 ? 1023 : 127;
+    const int64_t one_bits = bias << mantissa_bits;
+    const int64_t sqrt_half_bits = f64 ? 0x3fe6a09e667f3bcdLL : 0x3f3504f3LL;
+    const int64_t mantissa_mask = (int64_t(1) << mantissa_bits) - 1;
+    Expr bits = Halide::reinterpret(it, scaled) + Halide::cast(it, Expr(one_bits - sqrt_half_bits));
+    Expr k = (bits >> mantissa_bits) - Halide::cast(it, Expr(bias)) + k_adjust;
+    Expr m_bits = (bits & Halide::cast(it, Expr(mantissa_mask))) + Halide::cast(it, Expr(sqrt_half_bits));
+    Expr m = Halide::reinterpret(ft, m_bits);
+
+    // log(1+f) = 2 atanh(s), s = f / (2 + f), |s| < 0.1716. The atanh series
+    // 2s(1 + z/3 + z^2/5 + ...) with z = s^2 is summed as
+    // f - f^2/2 + s (f^2/2 + R), R = sum_{j>=1} 2 z^j / (2j + 1), which keeps the
+    // leading terms exact. Truncation error is below 1e-19 (f64) and 1e-10 (f32).
+    Expr f = m - constant(ft, 1.0);
+    Expr s = f / (constant(ft, 2.0) + f);
+    Expr z = s * s;
+    std::vector<double> coefficients;
+    const int terms = f64 ? 10 : 5;
+    for (int j = 1; j <= terms; j++) coefficients.push_back(2.0 / (2 * j + 1));
+    Expr r = z * horner(z, coefficients);
+    Expr hfsq = constant(ft, 0.5) * f * f;
+    Expr kf = Halide::cast(ft, k);
+    Expr result = s * (hfsq + r) + kf * constant(ft, ln2_lo(f64)) - hfsq + f + kf * constant(ft, ln2_hi(f64));
+
+    result = Halide::select(x == inf_of(ft), inf_of(ft), result);
+    result = Halide::select(x == constant(ft, 0.0), -inf_of(ft), result);
+    return Halide::select(x < constant(ft, 0.0) || Halide::is_nan(x), nan_of(ft), result);
+}
+
+Expr exp(const Expr &x) {
+    const Type ft = x.type();
+    const bool f64 = ft.bits() == 64;
+    const Type it = Halide::Int(ft.bits());
+
+    // exp(x) = 2^k exp(r), k = round(x / ln2), |r| <= ln2 / 2. The clamp keeps
+    // k in a range where 2^k can be built in two halves (see below); beyond it
+    // the result is already 0 or inf.
+    const double lo = f64 ? -746.0 : -110.0;
+    const double hi = f64 ? 710.0 : 90.0;
+    Expr xc = Halide::clamp(x, constant(ft, lo), constant(ft, hi));
+    Expr kf = Halide::floor(xc * constant(ft, M_LOG2E) + constant(ft, 0.5));
+    Expr r = (xc - kf * constant(ft, ln2_hi(f64))) - kf * constant(ft, ln2_lo(f64));
+
+    // Taylor series of exp(r); truncation error < 1e-17 (f64, 13 terms) and
+    // 5e-9 (f32, 7 terms) relative.
+    std::vector<double> coefficients;
+    const int terms = f64 ? 13 : 7;
+    double factorial = 1.0;
+    for (int j = 0; j <= terms; j++) {
+        if (j > 0) factorial *= j;
+        coefficients.push_back(1.0 / factorial);
+    }
+    Expr p = horner(r, coefficients);
+
+    // 2^k as two normal powers of two: the first product is exact, so a
+    // denormal result is rounded once, by the second.
+    const int mantissa_bits = f64 ? 52 : 23;
+    const int64_t bias = f64 ? 1023 : 127;
+    Expr k = Halide::cast(it, kf);
+    Expr k1 = k >> 1;  // floor(k / 2)
+    Expr k2 = k - k1;
+    auto power_of_two = [&](const Expr &e) {
+        return Halide::reinterpret(ft, (e + Halide::cast(it, Expr(bias))) << mantissa_bits);
+    };
+    Expr result = (p * power_of_two(k1)) * power_of_two(k2);
+    return Halide::select(Halide::is_nan(x), x, result);
+}
+
+Type storage_type(DType dtype) {
+    switch (dtype) {
+    case DType::Float32: return Halide::Float(32);
+    case DType::Float64: return Halide::Float(64);
+    default: return Halide::UInt(16);
+    }
+}
+
+Type compute_type(DType dtype) {
+    return computes_in_double(dtype) ? Halide::Float(64) : Halide::Float(32);
+}
+
+Expr widen(const Expr &stored, DType dtype) {
+    using Halide::UInt;
+    switch (dtype) {
+    case DType::Float32:
+    case DType::Float64: return stored;
+    case DType::BFloat16:
+        return Halide::reinterpret(Halide::Float(32), Halide::cast(UInt(32), stored) << 16);
+    case DType::Float16: {
+        Expr h = Halide::cast(UInt(32), stored);
+        Expr sign = (h & u32(0x8000)) << 16;
+        Expr magnitude = h & u32(0x7fff);
+        // Shifted into float32 position, a half is 2^-112 times its value
+        // (denormals included); one exact multiply rescales it.
+        Expr rescaled = Halide::reinterpret(Halide::Float(32), magnitude << 13) *
+                        constant(Halide::Float(32), std::ldexp(1.0, 112));
+        Expr bits = Halide::select(magnitude >= u32(0x7c00), (magnitude << 13) | u32(0x7f800000),
+                                   Halide::reinterpret(UInt(32), rescaled));
+        return Halide::reinterpret(Halide::Float(32), bits | sign);
+    }
+    }
+    return stored;
+}
+
+Expr narrow(const Expr &value, DType dtype) {
+    using Halide::UInt;
+    switch (dtype) {
+    case DType::Float32:
+    case DType::Float64: return value;
+    case DType::BFloat16: {
+        Expr b = Halide::reinterpret(UInt(32), value);
+        Expr rounded = (b + u32(0x7fff) + ((b >> 16) & u32(1))) >> 16;
+        Expr quiet_nan = (b >> 16) | u32(0x40);
+        return Halide::cast(UInt(16), Halide::select(Halide::is_nan(value), quiet_nan, rounded));
+    }
+    case DType::Float16: {
+        Expr b = Halide::reinterpret(UInt(32), value);
+        Expr sign = (b >> 16) & u32(0x8000);
+        Expr a = b & u32(0x7fffffff);
+        // Normal halves: rebias the exponent and round the 13 dropped bits to even.
+        Expr normal = (a - (u32(112) << 23) + u32(0xfff) + ((a >> 13) & u32(1))) >> 13;
+        // Denormal halves: adding 0.5 puts the value's 2^-24 units in the low
+        // mantissa bits, rounded to even by the FPU.
+        Expr denormal = Halide::reinterpret(
+                            UInt(32), Halide::reinterpret(Halide::Float(32), a) +
+                                          constant(Halide::Float(32), 0.5)) -
+                        u32(0x3f000000);
+        Expr magnitude = Halide::select(a > u32(0x7f800000), u32(0x7e00),
+                                        a >= u32(0x477ff000), u32(0x7c00),  // >= 65520 rounds to inf
+                                        a >= u32(0x38800000), normal, denormal);
+        return Halide::cast(UInt(16), magnitude | sign);
+    }
+    }
+    return value;
+}
+
+}  // namespace kldiv::dsl

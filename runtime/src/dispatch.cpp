@@ -1,0 +1,464 @@
+#include "dispatch.h"
+
+#include <HalideRuntime.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "aot_registry.h"
+#include "errors.h"
+#include "host_convert.h"
+#include "kldiv/codegen/kernel_spec.h"
+#include "layout.h"
+
+namespace kldiv::runtime {
+
+using codegen::KernelSpec;
+using codegen::Pass;
+
+namespace {
+
+const char *const kMeanWarning =
+    "reduction: 'mean' divides the total loss by both the batch size and the support size."
+    "'batchmean' divides only by the batch size, and aligns with the KL div math definition."
+    "'mean' will be changed to behave the same as 'batchmean' in the next major release.";
+
+// ---- validation ---------------------------------------------------------
+
+bool known_dtype(DType dtype) {
+    return dtype == DType::Float32 || dtype == DType::Float64 || dtype == DType::Float16 ||
+           dtype == DType::BFloat16;
+}
+
+int64_t checked_numel(const Tensor &t, const char *name) {
+    int64_t n = 1;
+    for (int64_t s : t.sizes) {
+        if (__builtin_mul_overflow(n, s, &n)) fail(ErrorCode::InvalidArgument, std::string(name) + ": too many elements");
+    }
+    return n;
+}
+
+void check_tensor(const Tensor &t, const char *name) {
+    if (!known_dtype(t.dtype)) {
+        fail(ErrorCode::DType, std::string(name) + ": unknown dtype " + std::to_string((int)t.dtype));
+    }
+    if (t.device != Device::CPU) {
+        if (t.device == Device::CUDA) {
+            fail(ErrorCode::Device, std::string(name) + ": CUDA tensors are not supported by this build");
+        }
+        fail(ErrorCode::Device, std::string(name) + ": unknown device");
+    }
+    if (t.strides.size() != t.sizes.size()) {
+        fail(ErrorCode::InvalidArgument, std::string(name) + ": sizes and strides differ in length");
+    }
+    for (size_t d = 0; d < t.sizes.size(); d++) {
+        if (t.sizes[d] < 0) fail(ErrorCode::InvalidArgument, std::string(name) + ": negative size in dimension " + std::to_string(d));
+        if (t.strides[d] < 0) {
+            fail(ErrorCode::InvalidArgument, std::string(name) + ": negative stride in dimension " + std::to_string(d) +
+                                                  " (negative strides are not supported)");
+        }
+    }
+    if (t.data == nullptr && checked_numel(t, name) > 0) {
+        fail(ErrorCode::InvalidArgument, std::string(name) + ": data is null");
+    }
+}
+
+void check_same_dtype(const Tensor &a, const char *a_name, const Tensor &b, const char *b_name) {
+    if (a.dtype != b.dtype) {
+        fail(ErrorCode::DType, std::string(a_name) + " is " + short_name(a.dtype) + " but " + b_name + " is " +
+                                   short_name(b.dtype) + "; kldiv needs one dtype for all tensors");
+    }
+}
+
+std::string shape_text(const std::vector<int64_t> &sizes) {
+    std::string s = "[";
+    for (size_t i = 0; i < sizes.size(); i++) s += (i ? ", " : "") + std::to_string(sizes[i]);
+    return s + "]";
+}
+
+void check_shape(const Tensor &t, const char *name, const std::vector<int64_t> &expected) {
+    if (t.sizes != expected) {
+        fail(ErrorCode::Shape, std::string(name) + " has shape " + shape_text(t.sizes) + " but must have shape " +
+                                   shape_text(expected));
+    }
+}
+
+// Byte range [begin, end) a tensor's elements occupy (empty for no elements).
+struct Extent {
+    uintptr_t begin = 0, end = 0;
+};
+
+Extent memory_extent(const Tensor &t) {
+    Extent e;
+    if (t.numel() == 0) return e;
+    int64_t last = 0;
+    for (size_t d = 0; d < t.sizes.size(); d++) last += (t.sizes[d] - 1) * t.strides[d];
+    e.begin = reinterpret_cast<uintptr_t>(t.data);
+    e.end = e.begin + (uintptr_t)(last + 1) * element_size(t.dtype);
+    return e;
+}
+
+bool overlaps(const Tensor &a, const Tensor &b) {
+    Extent x = memory_extent(a), y = memory_extent(b);
+    return x.begin < x.end && y.begin < y.end && x.begin < y.end && y.begin < x.end;
+}
+
+bool same_view(const Tensor &a, const Tensor &b) {
+    return a.data == b.data && a.dtype == b.dtype && a.sizes == b.sizes && a.strides == b.strides;
+}
+
+// Outputs must not write one element twice, and may share memory with an
+// input only as the very same view (then each element is read before it is written).
+void check_outputs(const std::vector<std::pair<const Tensor *, const char *>> &outputs,
+                   const std::vector<std::pair<const Tensor *, const char *>> &inputs) {
+    for (size_t i = 0; i < outputs.size(); i++) {
+        const Tensor &out = *outputs[i].first;
+        for (size_t d = 0; d < out.sizes.size(); d++) {
+            if (out.sizes[d] > 1 && out.strides[d] == 0) {
+                fail(ErrorCode::Alias, std::string(outputs[i].second) +
+                                           " has internal overlap (stride 0 in dimension " + std::to_string(d) + ")");
+            }
+        }
+        for (const auto &[in, in_name] : inputs) {
+            if (overlaps(out, *in) && !same_view(out, *in)) {
+                fail(ErrorCode::Alias, std::string(outputs[i].second) + " partially overlaps " + in_name);
+            }
+        }
+        for (size_t j = i + 1; j < outputs.size(); j++) {
+            if (overlaps(out, *outputs[j].first)) {
+                fail(ErrorCode::Alias, std::string(outputs[i].second) + " overlaps " + outputs[j].second);
+            }
+        }
+    }
+}
+
+void check_reduction(Reduction reduction) {
+    if (reduction != Reduction::None && reduction != Reduction::Mean && reduction != Reduction::Sum &&
+        reduction != Reduction::BatchMean) {
+        fail(ErrorCode::InvalidArgument, std::to_string((int)reduction) + " is not a valid value for reduction");
+    }
+}
+
+// Divisor of the summed loss: numel (mean), input.size(0) (batchmean, none for 0-dim input).
+double divisor(Reduction reduction, const Tensor &input, int64_t numel) {
+    switch (reduction) {
+    case Reduction::Mean: return (double)numel;
+    case Reduction::BatchMean: return input.sizes.empty() ? 1.0 : (double)input.sizes[0];
+    default: return 1.0;
+    }
+}
+
+// ---- kernel calls --------------------------------------------------------
+
+using KernelEntry = int (*)(void **);
+
+KernelEntry find_kernel(const KernelSpec &spec) {
+    static const std::map<std::string, KernelEntry> table = [] {
+        std::map<std::string, KernelEntry> t;
+        for (const AotKernel &k : aot_kernels()) t[k.name] = k.argv;
+        return t;
+    }();
+    auto it = table.find(spec.name());
+    if (it == table.end()) fail(ErrorCode::Internal, "no kernel " + spec.name() + " in this build");
+    return it->second;
+}
+
+thread_local std::string halide_message;
+
+void capture_halide_error(void *, const char *message) { halide_message = message; }
+
+halide_type_t storage_halide_type(DType dtype) {
+    switch (dtype) {
+    case DType::Float32: return halide_type_t(halide_type_float, 32);
+    case DType::Float64: return halide_type_t(halide_type_float, 64);
+    default: return halide_type_t(halide_type_uint, 16);
+    }
+}
+
+// Runs `spec` over the broadcast `shape`. `buffers` are the kernel's buffer
+// arguments except `total`, in argument order, each with its strides in
+// `shape`. Buffer `order_by` (an output, where there is one) decides the
+// dimension order. Returns the float64 sum when the kernel has a `total`.
+double run_kernel(const KernelSpec &spec, const std::vector<int64_t> &shape, const std::vector<const Tensor *> &buffers,
+                  const std::vector<std::vector<int64_t>> &strides, double grad_scale, size_t order_by) {
+    static const bool handler_installed = [] {
+        halide_set_error_handler(capture_halide_error);
+        return true;
+    }();
+    (void)handler_installed;
+
+    const KernelEntry entry = find_kernel(spec);
+    const std::vector<codegen::Argument> args = codegen::arguments(spec);
+    const size_t elem = element_size(spec.dtype);
+    double total = 0.0;
+    const float grad_scale_f = (float)grad_scale;
+
+    for_each_piece(shape, strides, order_by, [&](const Piece &piece) {
+        std::vector<halide_buffer_t> hb(buffers.size());
+        std::vector<std::array<halide_dimension_t, kKernelRank>> dims(buffers.size());
+        for (size_t k = 0; k < buffers.size(); k++) {
+            for (int d = 0; d < kKernelRank; d++) dims[k][d] = halide_dimension_t(0, piece.extent[d], piece.stride[k][d]);
+            std::memset(&hb[k], 0, sizeof(halide_buffer_t));
+            hb[k].host = static_cast<uint8_t *>(buffers[k]->data) + piece.offset[k] * (int64_t)elem;
+            hb[k].type = storage_halide_type(spec.dtype);
+            hb[k].dimensions = kKernelRank;
+            hb[k].dim = dims[k].data();
+        }
+        double piece_total = 0.0;
+        halide_buffer_t total_buffer;
+        std::memset(&total_buffer, 0, sizeof(total_buffer));
+        total_buffer.host = reinterpret_cast<uint8_t *>(&piece_total);
+        total_buffer.type = halide_type_t(halide_type_float, 64);
+
+        std::vector<void *> argv;
+        size_t next = 0;
+        for (const codegen::Argument &a : args) {
+            if (a.kind == codegen::Argument::Scalar) {
+                argv.push_back(computes_in_double(spec.dtype) ? (void *)&grad_scale : (void *)&grad_scale_f);
+            } else if (a.name == "total") {
+                argv.push_back(&total_buffer);
+            } else {
+                argv.push_back(&hb[next++]);
+            }
+        }
+        halide_message.clear();
+        if (int status = entry(argv.data()); status != 0) {
+            fail(ErrorCode::Internal, "kernel " + spec.name() + " failed (" + std::to_string(status) + "): " + halide_message);
+        }
+        total += piece_total;
+    });
+    return total;
+}
+
+// A contiguous scratch tensor of `shape` (gradients of broadcast operands).
+struct Scratch {
+    std::unique_ptr<uint8_t[]> memory;
+    Tensor tensor;
+};
+
+Scratch make_scratch(DType dtype, const std::vector<int64_t> &shape) {
+    Scratch s;
+    int64_t n = 1;
+    for (int64_t v : shape) n *= v;
+    s.memory.reset(new uint8_t[std::max<int64_t>(n, 1) * element_size(dtype)]);
+    s.tensor = Tensor::contiguous(s.memory.get(), dtype, shape);
+    return s;
+}
+
+// Sums `full` (broadcast shape) into `out` (the operand's own shape), in
+// float64 from +0, rounding once, as PyTorch's sum_to_size does.
+void sum_to_size(const Tensor &full, const Tensor &out) {
+    const std::vector<int64_t> out_strides = expand_strides(out.sizes, out.strides, full.sizes);
+    const int64_t out_n = out.numel();
+    std::vector<double> acc(out_n, 0.0);
+    // Map every out element (by its offset) to an accumulator slot.
+    std::map<int64_t, int64_t> slot;
+    {
+        std::vector<int64_t> idx(out.sizes.size(), 0);
+        for (int64_t i = 0; i < out_n; i++) {
+            int64_t off = 0;
+            for (size_t d = 0; d < idx.size(); d++) off += idx[d] * out.strides[d];
+            slot[off] = i;
+            for (int d = (int)idx.size() - 1; d >= 0 && ++idx[d] == out.sizes[d]; d--) idx[d] = 0;
+        }
+    }
+    const size_t elem = element_size(full.dtype);
+    const int64_t n = full.numel();
+    std::vector<int64_t> idx(full.sizes.size(), 0);
+    for (int64_t i = 0; i < n; i++) {
+        int64_t out_off = 0, full_off = 0;
+        for (size_t d = 0; d < idx.size(); d++) {
+            out_off += idx[d] * out_strides[d];
+            full_off += idx[d] * full.strides[d];
+        }
+        acc[slot[out_off]] += load_as_double(static_cast<const uint8_t *>(full.data) + full_off * elem, full.dtype);
+        for (int d = (int)idx.size() - 1; d >= 0 && ++idx[d] == full.sizes[d]; d--) idx[d] = 0;
+    }
+    for (const auto &[off, i] : slot) {
+        store_from_double(static_cast<uint8_t *>(out.data) + off * elem, out.dtype, acc[i]);
+    }
+}
+
+// The tensor a kernel writes a gradient into: the caller's, or scratch of the
+// broadcast shape when the operand was broadcast.
+struct GradTarget {
+    const Tensor *user = nullptr;
+    Scratch scratch;
+    bool broadcast = false;
+    const Tensor &kernel_view() const { return broadcast ? scratch.tensor : *user; }
+    void finish() const {
+        if (broadcast) sum_to_size(scratch.tensor, *user);
+    }
+};
+
+GradTarget grad_target_for(const Tensor *user, const Tensor &operand, const std::vector<int64_t> &shape) {
+    GradTarget g;
+    g.user = user;
+    if (user && operand.sizes != shape) {
+        g.broadcast = true;
+        g.scratch = make_scratch(user->dtype, shape);
+    }
+    return g;
+}
+
+std::vector<int64_t> strides_in(const Tensor &t, const std::vector<int64_t> &shape) {
+    return expand_strides(t.sizes, t.strides, shape);
+}
+
+int64_t numel_of(const std::vector<int64_t> &shape) {
+    int64_t n = 1;
+    for (int64_t s : shape) n *= s;
+    return n;
+}
+
+void zero_fill(const Tensor &t) {
+    const size_t elem = element_size(t.dtype);
+    std::vector<int64_t> idx(t.sizes.size(), 0);
+    for (int64_t i = 0, n = t.numel(); i < n; i++) {
+        int64_t off = 0;
+        for (size_t d = 0; d < idx.size(); d++) off += idx[d] * t.strides[d];
+        std::memset(static_cast<uint8_t *>(t.data) + off * elem, 0, elem);
+        for (int d = (int)idx.size() - 1; d >= 0 && ++idx[d] == t.sizes[d]; d--) idx[d] = 0;
+    }
+}
+
+void write_scalar(const Tensor &out, double value) { store_from_double(out.data, out.dtype, value); }
+
+}  // namespace
+
+void forward(const Tensor &input, const Tensor &target, Reduction reduction, bool log_target, const Tensor &out,
+             bool warn_mean) {
+    check_reduction(reduction);
+    check_tensor(input, "input");
+    check_tensor(target, "target");
+    check_tensor(out, "out");
+    check_same_dtype(input, "input", target, "target");
+    check_same_dtype(input, "input", out, "out");
+    const std::vector<int64_t> shape = broadcast_shapes(input.sizes, target.sizes);
+    check_shape(out, "out", reduction == Reduction::None ? shape : std::vector<int64_t>{});
+    check_outputs({{&out, "out"}}, {{&input, "input"}, {&target, "target"}});
+    if (reduction == Reduction::Mean && warn_mean) warn(kMeanWarning);
+
+    const int64_t numel = numel_of(shape);
+    KernelSpec spec{Pass::Forward, input.dtype, log_target, reduction != Reduction::None, false, false};
+    if (reduction == Reduction::None) {
+        if (numel == 0) return;
+        run_kernel(spec, shape, {&input, &target, &out},
+                   {strides_in(input, shape), strides_in(target, shape), strides_in(out, shape)}, 0.0, 2);
+        return;
+    }
+    const double total = numel == 0 ? 0.0
+                                    : run_kernel(spec, shape, {&input, &target},
+                                                 {strides_in(input, shape), strides_in(target, shape)}, 0.0, 0);
+    write_scalar(out, total / divisor(reduction, input, numel));
+}
+
+void backward(const Tensor &grad_output, const Tensor &input, const Tensor &target, Reduction reduction,
+              bool log_target, const Tensor *grad_input, const Tensor *grad_target) {
+    check_reduction(reduction);
+    check_tensor(grad_output, "grad_output");
+    check_tensor(input, "input");
+    check_tensor(target, "target");
+    check_same_dtype(input, "input", target, "target");
+    check_same_dtype(input, "input", grad_output, "grad_output");
+    const std::vector<int64_t> shape = broadcast_shapes(input.sizes, target.sizes);
+    check_shape(grad_output, "grad_output", reduction == Reduction::None ? shape : std::vector<int64_t>{});
+    std::vector<std::pair<const Tensor *, const char *>> outputs;
+    if (grad_input) {
+        check_tensor(*grad_input, "grad_input");
+        check_same_dtype(input, "input", *grad_input, "grad_input");
+        check_shape(*grad_input, "grad_input", input.sizes);
+        outputs.push_back({grad_input, "grad_input"});
+    }
+    if (grad_target) {
+        check_tensor(*grad_target, "grad_target");
+        check_same_dtype(input, "input", *grad_target, "grad_target");
+        check_shape(*grad_target, "grad_target", target.sizes);
+        outputs.push_back({grad_target, "grad_target"});
+    }
+    check_outputs(outputs, {{&input, "input"}, {&target, "target"}, {&grad_output, "grad_output"}});
+    if (!grad_input && !grad_target) return;
+
+    const int64_t numel = numel_of(shape);
+    if (numel == 0) {  // only a broadcast operand can still have elements: its gradient is a sum of nothing
+        if (grad_input) zero_fill(*grad_input);
+        if (grad_target) zero_fill(*grad_target);
+        return;
+    }
+    const bool scalar = reduction != Reduction::None;
+    const double grad_scale =
+        scalar ? load_as_double(grad_output.data, grad_output.dtype) / divisor(reduction, input, numel) : 0.0;
+
+    GradTarget gi = grad_target_for(grad_input, input, shape);
+    GradTarget gt = grad_target_for(grad_target, target, shape);
+    KernelSpec spec{Pass::Backward, input.dtype, log_target, scalar, grad_input != nullptr, grad_target != nullptr};
+    // Argument order: [grad_output], input, target, [grad_input], [grad_target].
+    std::vector<const Tensor *> buffers;
+    if (!scalar) buffers.push_back(&grad_output);
+    buffers.push_back(&input);
+    buffers.push_back(&target);
+    const size_t first_output = buffers.size();
+    if (grad_input) buffers.push_back(&gi.kernel_view());
+    if (grad_target) buffers.push_back(&gt.kernel_view());
+    std::vector<std::vector<int64_t>> strides;
+    for (const Tensor *t : buffers) strides.push_back(strides_in(*t, shape));
+    run_kernel(spec, shape, buffers, strides, grad_scale, first_output);
+    gi.finish();
+    gt.finish();
+}
+
+void forward_backward(const Tensor &input, const Tensor &target, Reduction reduction, bool log_target,
+                      const Tensor &out, const Tensor &grad_input) {
+    check_reduction(reduction);
+    check_tensor(input, "input");
+    check_tensor(target, "target");
+    check_tensor(out, "out");
+    check_tensor(grad_input, "grad_input");
+    check_same_dtype(input, "input", target, "target");
+    check_same_dtype(input, "input", out, "out");
+    check_same_dtype(input, "input", grad_input, "grad_input");
+    const std::vector<int64_t> shape = broadcast_shapes(input.sizes, target.sizes);
+    check_shape(out, "out", reduction == Reduction::None ? shape : std::vector<int64_t>{});
+    check_shape(grad_input, "grad_input", input.sizes);
+    check_outputs({{&out, "out"}, {&grad_input, "grad_input"}}, {{&input, "input"}, {&target, "target"}});
+    if (reduction == Reduction::Mean) warn(kMeanWarning);
+
+    const int64_t numel = numel_of(shape);
+    const bool reduce = reduction != Reduction::None;
+    if (numel == 0) {
+        if (reduce) write_scalar(out, 0.0 / divisor(reduction, input, numel));
+        zero_fill(grad_input);
+        return;
+    }
+    const double scale = reduce ? 1.0 / divisor(reduction, input, numel) : 1.0;
+    GradTarget gi = grad_target_for(&grad_input, input, shape);
+    KernelSpec spec{Pass::Fused, input.dtype, log_target, reduce, true, false};
+    std::vector<const Tensor *> buffers = {&input, &target};
+    std::vector<std::vector<int64_t>> strides = {strides_in(input, shape), strides_in(target, shape)};
+    if (!reduce) {
+        buffers.push_back(&out);
+        strides.push_back(strides_in(out, shape));
+    }
+    buffers.push_back(&gi.kernel_view());
+    strides.push_back(strides_in(gi.kernel_view(), shape));
+    const double total = run_kernel(spec, shape, buffers, strides, scale, buffers.size() - 1);
+    if (reduce) write_scalar(out, total / divisor(reduction, input, numel));
+    gi.finish();
+}
+
+void scale_in_place(const Tensor &t, double factor) {
+    const size_t elem = element_size(t.dtype);
+    std::vector<int64_t> idx(t.sizes.size(), 0);
+    for (int64_t i = 0, n = t.numel(); i < n; i++) {
+        int64_t off = 0;
+        for (size_t d = 0; d < idx.size(); d++) off += idx[d] * t.strides[d];
+        uint8_t *p = static_cast<uint8_t *>(t.data) + off * elem;
+        store_from_double(p, t.dtype, load_as_double(p, t.dtype) * factor);
+        for (int d = (int)idx.size() - 1; d >= 0 && ++idx[d] == t.sizes[d]; d--) idx[d] = 0;
+    }
+}
+
+}  // namespace kldiv::runtime

@@ -1,0 +1,42 @@
+#include "errors.h"
+
+#include <memory>
+#include <mutex>
+
+namespace kldiv::runtime {
+
+namespace {
+
+std::mutex handler_mutex;
+std::shared_ptr<const WarningHandler> handler;  // null: warnings are dropped
+
+thread_local std::string thread_last_error;
+
+}  // namespace
+
+void fail(ErrorCode code, const std::string &message) { throw Error(code, message); }
+
+void warn(const std::string &message) {
+    std::shared_ptr<const WarningHandler> current;
+    {
+        std::lock_guard<std::mutex> lock(handler_mutex);
+        current = handler;
+    }
+    if (current && *current) (*current)(message);
+}
+
+void set_last_error(const std::string &message) { thread_last_error = message; }
+
+const char *last_error() { return thread_last_error.c_str(); }
+
+}  // namespace kldiv::runtime
+
+namespace kldiv {
+
+void set_warning_handler(WarningHandler new_handler) {
+    auto next = new_handler ? std::make_shared<const WarningHandler>(std::move(new_handler)) : nullptr;
+    std::lock_guard<std::mutex> lock(runtime::handler_mutex);
+    runtime::handler = std::move(next);
+}
+
+}  // namespace kldiv

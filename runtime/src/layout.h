@@ -1,0 +1,43 @@
+// From PyTorch-style strided tensors to the 4-d views the kernels take:
+// broadcasting, dropping unit dimensions, ordering and coalescing dimensions,
+// and cutting the work into pieces within Halide 14's int32 limits.
+#pragma once
+
+#include <cstdint>
+#include <array>
+#include <functional>
+#include <vector>
+
+namespace kldiv::runtime {
+
+constexpr int kKernelRank = 4;
+
+// Broadcast shape of two shapes, or fail with PyTorch's message.
+std::vector<int64_t> broadcast_shapes(const std::vector<int64_t> &a, const std::vector<int64_t> &b);
+
+// Strides of a tensor of `sizes` viewed in the broadcast `shape` (0 where broadcast).
+std::vector<int64_t> expand_strides(const std::vector<int64_t> &sizes, const std::vector<int64_t> &strides,
+                                    const std::vector<int64_t> &shape);
+
+// One kernel call: every operand viewed with the same 4 extents.
+struct Piece {
+    int32_t extent[kKernelRank];
+    std::vector<int64_t> offset;                      // per operand, in elements
+    std::vector<std::array<int32_t, kKernelRank>> stride;  // per operand
+};
+
+// Limits of one kernel call (Halide 14 without large_buffers): elements in a
+// call and the span of indices an operand covers both fit in int32.
+struct PieceLimits {
+    int64_t max_elements = (int64_t(1) << 31) - 1;
+    int64_t max_span = (int64_t(1) << 31) - 1;
+};
+
+// Calls `run` for pieces covering `shape` (numel > 0); `strides[k]` are operand
+// k's strides in that shape. Operand `order_by` decides the dimension order
+// (an output's gives the best write pattern), the others break ties.
+void for_each_piece(const std::vector<int64_t> &shape, const std::vector<std::vector<int64_t>> &strides,
+                    size_t order_by, const std::function<void(const Piece &)> &run,
+                    const PieceLimits &limits = {});
+
+}  // namespace kldiv::runtime

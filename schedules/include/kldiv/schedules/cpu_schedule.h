@@ -1,0 +1,22 @@
+// CPU schedules (x86 and ARM) for the passes in dsl/algorithm.h.
+#pragma once
+
+#include <vector>
+
+#include <Halide.h>
+
+#include "kldiv/dsl/algorithm.h"
+#include "kldiv/schedules/params.h"
+
+namespace kldiv::schedules {
+
+// The summation tree a reduction uses on `target` (lanes = native vector
+// width of the compute type times the parameter's factor).
+dsl::SumTree sum_tree(const Halide::Target &target, DType dtype, const Params &params);
+
+// Schedules every Func `algorithm` defines. `unit_stride` holds the conditions
+// under which the fast path applies (every buffer's dimension 0 has stride 1).
+void apply_cpu(dsl::Algorithm &algorithm, const Halide::Target &target, DType dtype,
+               const Params &params, const Halide::Expr &unit_stride);
+
+}  // namespace kldiv::schedules

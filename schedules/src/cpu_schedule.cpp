@@ -1,0 +1,67 @@
+#include "kldiv/schedules/cpu_schedule.h"
+
+#include "kldiv/dsl/math.h"
+
+namespace kldiv::schedules {
+
+using Halide::Func;
+using Halide::TailStrategy;
+using Halide::Var;
+
+dsl::SumTree sum_tree(const Halide::Target &target, DType dtype, const Params &params) {
+    dsl::SumTree tree;
+    const int native = target.natural_vector_size(dsl::compute_type(dtype));
+    tree.lanes = native * params.cpu.sum_lanes_factor;
+    tree.chunk = params.cpu.sum_chunk;
+    return tree;
+}
+
+namespace {
+
+// One parallel loop over blocks of dimension 0 times the outer rows; inside a
+// block, vectors along dimension 0. The runtime has coalesced dimensions, so
+// the common case is one long row.
+void schedule_elementwise(Func f, const dsl::Algorithm &a, int vector_size, const CpuParams &p,
+                          const Halide::Expr &unit_stride) {
+    const auto &[i0, i1, i2, i3] = a.dims;
+    Var rows("rows"), outer_rows("outer_rows"), block("block"), within("within"), task("task");
+    f.compute_root()
+        .fuse(i2, i3, outer_rows)
+        .fuse(i1, outer_rows, rows)
+        .split(i0, block, within, p.elements_per_task, TailStrategy::GuardWithIf)
+        .fuse(block, rows, task)
+        .vectorize(within, vector_size, TailStrategy::GuardWithIf);
+    if (p.parallel) f.parallel(task);
+    if (p.unit_stride_fast_path) f.specialize(unit_stride);
+}
+
+void schedule_sum(dsl::Algorithm &a, int vector_size, const CpuParams &p,
+                  const Halide::Expr &unit_stride) {
+    const auto &[i0, i1, i2, i3] = a.dims;
+    Var tasks("tasks"), in_task("in_task"), job("job");
+    // Parallel jobs of `chunks_per_task` chunks of one row; each chunk's
+    // partial sums live in registers (lane_sum, one set of vectors). Only
+    // dimension 1 is fused into the jobs: a fused index split by modulo would
+    // make bounds inference give lane_sum whole rows of storage.
+    a.chunk_sum.compute_root()
+        .split(a.chunk, tasks, in_task, p.chunks_per_task, TailStrategy::GuardWithIf)
+        .fuse(tasks, i1, job);
+    if (p.parallel) a.chunk_sum.parallel(job);
+    a.lane_sum.compute_at(a.chunk_sum, in_task).vectorize(a.lane, vector_size);
+    a.lane_sum.update().reorder(a.lane, a.step.x).vectorize(a.lane, vector_size);
+    if (p.unit_stride_fast_path) a.chunk_sum.specialize(unit_stride);
+}
+
+}  // namespace
+
+void apply_cpu(dsl::Algorithm &a, const Halide::Target &target, DType dtype, const Params &params,
+               const Halide::Expr &unit_stride) {
+    const CpuParams &p = params.cpu;
+    const int vector_size = target.natural_vector_size(dsl::compute_type(dtype)) * p.vector_factor;
+    if (a.total.defined()) schedule_sum(a, vector_size, p, unit_stride);
+    if (a.loss.defined()) schedule_elementwise(a.loss, a, vector_size, p, unit_stride);
+    if (a.grad_input.defined()) schedule_elementwise(a.grad_input, a, vector_size, p, unit_stride);
+    if (a.grad_target.defined()) schedule_elementwise(a.grad_target, a, vector_size, p, unit_stride);
+}
+
+}  // namespace kldiv::schedules
