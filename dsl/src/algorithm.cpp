@@ -41,6 +41,7 @@ void define_sum(Algorithm &a, const Inputs &in, const SumTree &tree, Halide::Typ
     // A short dimension 0 gets short chunks, so no work is spent on padding.
     const Expr steps = (Halide::min(tree.chunk, n0) + tree.lanes - 1) / tree.lanes;
     const Expr chunk_length = steps * tree.lanes;
+    a.chunk_length = chunk_length;
     const Expr chunks = (n0 + chunk_length - 1) / chunk_length;
 
     a.step = RDom(0, steps, "step");

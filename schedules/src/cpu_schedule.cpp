@@ -22,17 +22,53 @@ namespace {
 // block, vectors along dimension 0. The runtime has coalesced dimensions, so
 // the common case is one long row.
 void schedule_elementwise(Func f, const dsl::Algorithm &a, int vector_size, const CpuParams &p,
-                          const Halide::Expr &unit_stride) {
+                          const Halide::Expr &unit_stride, bool specialize = true) {
     const auto &[i0, i1, i2, i3] = a.dims;
     Var rows("rows"), outer_rows("outer_rows"), block("block"), within("within"), task("task");
+    Var vectors("vectors"), lanes("lanes");
     f.compute_root()
         .fuse(i2, i3, outer_rows)
         .fuse(i1, outer_rows, rows)
         .split(i0, block, within, p.elements_per_task, TailStrategy::GuardWithIf)
         .fuse(block, rows, task)
-        .vectorize(within, vector_size, TailStrategy::GuardWithIf);
+        .split(within, vectors, lanes, vector_size, TailStrategy::GuardWithIf)
+        .vectorize(lanes);
     if (p.parallel) f.parallel(task);
-    if (p.unit_stride_fast_path) f.specialize(unit_stride);
+    if (specialize && p.unit_stride_fast_path) f.specialize(unit_stride);
+}
+
+// Fused forward+backward, `none`: both outputs in one loop nest, so each
+// vector of input and target is loaded once for both.
+void schedule_fused_none(dsl::Algorithm &a, int vector_size, const CpuParams &p, const Halide::Expr &unit_stride) {
+    schedule_elementwise(a.loss, a, vector_size, p, unit_stride, false);
+    schedule_elementwise(a.grad_input, a, vector_size, p, unit_stride, false);
+    a.grad_input.compute_with(a.loss, Var("vectors"));
+    if (p.unit_stride_fast_path) {
+        a.loss.specialize(unit_stride);
+    }
+}
+
+// Fused forward+backward, reduced: grad_input is cut into the same chunks as
+// the sum and computed with each chunk, while the chunk is in L1.
+void schedule_fused_sum(dsl::Algorithm &a, int vector_size, const CpuParams &p, const Halide::Expr &unit_stride) {
+    const auto &[i0, i1, i2, i3] = a.dims;
+    Var tasks("tasks"), in_task("in_task"), chunk("chunk"), in_chunk("in_chunk"), step("step"), lane("lane");
+    // Only chunk tasks run in parallel (rows stay serial): compute_with needs
+    // both loop nests to decompose their loops identically.
+    a.chunk_sum.compute_root().split(a.chunk, tasks, in_task, p.chunks_per_task, TailStrategy::GuardWithIf);
+    a.grad_input.compute_root()
+        .split(i0, chunk, in_chunk, a.chunk_length, TailStrategy::GuardWithIf)
+        .split(chunk, tasks, in_task, p.chunks_per_task, TailStrategy::GuardWithIf)
+        .split(in_chunk, step, lane, vector_size, TailStrategy::GuardWithIf)
+        .vectorize(lane);
+    if (p.parallel) {
+        a.chunk_sum.parallel(tasks);
+        a.grad_input.parallel(tasks);
+    }
+    a.lane_sum.compute_at(a.chunk_sum, in_task).vectorize(a.lane, vector_size);
+    a.lane_sum.update().reorder(a.lane, a.step.x).vectorize(a.lane, vector_size);
+    a.grad_input.compute_with(a.chunk_sum, in_task);
+    if (p.unit_stride_fast_path) a.chunk_sum.specialize(unit_stride);
 }
 
 void schedule_sum(dsl::Algorithm &a, int vector_size, const CpuParams &p,
@@ -58,6 +94,9 @@ void apply_cpu(dsl::Algorithm &a, const Halide::Target &target, DType dtype, con
                const Halide::Expr &unit_stride) {
     const CpuParams &p = params.cpu;
     const int vector_size = target.natural_vector_size(dsl::compute_type(dtype)) * p.vector_factor;
+    const bool fused = a.grad_input.defined() && (a.total.defined() || a.loss.defined());
+    if (fused && a.total.defined()) return schedule_fused_sum(a, vector_size, p, unit_stride);
+    if (fused) return schedule_fused_none(a, vector_size, p, unit_stride);
     if (a.total.defined()) schedule_sum(a, vector_size, p, unit_stride);
     if (a.loss.defined()) schedule_elementwise(a.loss, a, vector_size, p, unit_stride);
     if (a.grad_input.defined()) schedule_elementwise(a.grad_input, a, vector_size, p, unit_stride);

@@ -48,6 +48,7 @@ struct Algorithm {
     Halide::Var chunk;
     SumTree tree;
     Halide::RDom step;         // steps within a chunk (lane_sum's update)
+    Halide::Expr chunk_length; // elements per chunk (a multiple of tree.lanes)
 
     Halide::Func pointwise;    // loss per element, compute type
     Halide::Func lane_sum;     // (lane, chunk, i1, i2, i3): partial sums of a chunk
