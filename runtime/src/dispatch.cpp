@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -153,6 +154,12 @@ double divisor(Reduction reduction, const Tensor &input, int64_t numel) {
 
 // ---- kernel calls --------------------------------------------------------
 
+int64_t numel_of(const std::vector<int64_t> &shape) {
+    int64_t n = 1;
+    for (int64_t s : shape) n *= s;
+    return n;
+}
+
 using KernelEntry = int (*)(void **);
 
 KernelEntry find_kernel(const KernelSpec &spec) {
@@ -233,85 +240,127 @@ double run_kernel(const KernelSpec &spec, const std::vector<int64_t> &shape, con
     return total;
 }
 
-// A contiguous scratch tensor of `shape` (gradients of broadcast operands).
-struct Scratch {
-    std::unique_ptr<uint8_t[]> memory;
-    Tensor tensor;
-};
+// Gradients of broadcast operands are summed back to the operand's shape
+// (float64, from +0, rounded once, as PyTorch's sum_to_size). The kernel
+// writes them in slabs of the broadcast shape into a bounded scratch buffer,
+// so memory stays small however large the broadcast shape is.
+constexpr int64_t kSlabElements = int64_t(1) << 22;
 
-Scratch make_scratch(DType dtype, const std::vector<int64_t> &shape) {
-    Scratch s;
-    int64_t n = 1;
-    for (int64_t v : shape) n *= v;
-    s.memory.reset(new uint8_t[std::max<int64_t>(n, 1) * element_size(dtype)]);
-    s.tensor = Tensor::contiguous(s.memory.get(), dtype, shape);
-    return s;
+Tensor expanded(const Tensor &t, const std::vector<int64_t> &shape) {
+    Tensor v = t;
+    v.strides = expand_strides(t.sizes, t.strides, shape);
+    v.sizes = shape;
+    return v;
 }
 
-// Sums `full` (broadcast shape) into `out` (the operand's own shape), in
-// float64 from +0, rounding once, as PyTorch's sum_to_size does.
-void sum_to_size(const Tensor &full, const Tensor &out) {
-    const std::vector<int64_t> out_strides = expand_strides(out.sizes, out.strides, full.sizes);
-    const int64_t out_n = out.numel();
-    std::vector<double> acc(out_n, 0.0);
-    // Map every out element (by its offset) to an accumulator slot.
-    std::map<int64_t, int64_t> slot;
-    {
-        std::vector<int64_t> idx(out.sizes.size(), 0);
-        for (int64_t i = 0; i < out_n; i++) {
+Tensor slice(const Tensor &view, const std::vector<int64_t> &start, const std::vector<int64_t> &sizes) {
+    Tensor v = view;
+    int64_t offset = 0;
+    for (size_t d = 0; d < start.size(); d++) offset += start[d] * view.strides[d];
+    v.data = static_cast<uint8_t *>(view.data) + offset * (int64_t)element_size(view.dtype);
+    v.sizes = sizes;
+    return v;
+}
+
+// Calls `run(start, sizes)` for slabs covering `shape`, each of at most
+// kSlabElements elements (or one row of the innermost dimension's blocks).
+void for_each_slab(const std::vector<int64_t> &shape,
+                   const std::function<void(const std::vector<int64_t> &, const std::vector<int64_t> &)> &run) {
+    const int rank = (int)shape.size();
+    if (rank == 0) return run({}, {});
+    // Dimensions after `split` are whole in every slab; `split` is cut into
+    // blocks; dimensions before it step one index at a time.
+    int split = rank - 1;
+    int64_t inner = 1;
+    while (split > 0 && inner * shape[split] <= kSlabElements) inner *= shape[split--];
+    const int64_t block = std::max<int64_t>(1, kSlabElements / inner);
+    std::vector<int64_t> start(rank, 0), sizes = shape;
+    for (int d = 0; d < split; d++) sizes[d] = 1;
+    while (true) {
+        sizes[split] = std::min(block, shape[split] - start[split]);
+        run(start, sizes);
+        start[split] += block;
+        if (start[split] < shape[split]) continue;
+        start[split] = 0;
+        int d = split - 1;
+        while (d >= 0 && ++start[d] == shape[d]) start[d--] = 0;
+        if (d < 0) break;
+    }
+}
+
+// Runs `spec` with `buffers` in argument order (each in its own shape) over
+// the broadcast `shape`. Buffers flagged in `summed` are outputs whose operand
+// was broadcast: they receive the gradient summed to their own shape.
+double run_summing_broadcast(const KernelSpec &spec, const std::vector<int64_t> &shape,
+                             const std::vector<const Tensor *> &buffers, const std::vector<bool> &summed,
+                             double grad_scale, size_t order_by) {
+    if (std::none_of(summed.begin(), summed.end(), [](bool b) { return b; })) {
+        std::vector<std::vector<int64_t>> strides;
+        for (const Tensor *t : buffers) strides.push_back(expand_strides(t->sizes, t->strides, shape));
+        return run_kernel(spec, shape, buffers, strides, grad_scale, order_by);
+    }
+    const size_t elem = element_size(spec.dtype);
+    std::vector<Tensor> views;
+    for (const Tensor *t : buffers) views.push_back(expanded(*t, shape));
+    // Per summed output: float64 accumulators in the operand's own row-major
+    // order, their strides in the broadcast shape, and a scratch slab.
+    struct Summed {
+        std::vector<double> acc;
+        std::vector<int64_t> acc_strides;
+        std::unique_ptr<uint8_t[]> scratch;
+    };
+    std::vector<Summed> sums(buffers.size());
+    for (size_t k = 0; k < buffers.size(); k++) {
+        if (!summed[k]) continue;
+        const Tensor &t = *buffers[k];
+        sums[k].acc.assign(t.numel(), 0.0);
+        sums[k].acc_strides = expand_strides(t.sizes, Tensor::contiguous(nullptr, t.dtype, t.sizes).strides, shape);
+        sums[k].scratch.reset(new uint8_t[kSlabElements * elem]);
+    }
+    double total = 0.0;
+    for_each_slab(shape, [&](const std::vector<int64_t> &start, const std::vector<int64_t> &sizes) {
+        std::vector<Tensor> slab;
+        for (size_t k = 0; k < buffers.size(); k++) {
+            slab.push_back(summed[k] ? Tensor::contiguous(sums[k].scratch.get(), spec.dtype, sizes)
+                                     : slice(views[k], start, sizes));
+        }
+        std::vector<const Tensor *> slab_buffers;
+        std::vector<std::vector<int64_t>> strides;
+        for (const Tensor &t : slab) {
+            slab_buffers.push_back(&t);
+            strides.push_back(t.strides);
+        }
+        total += run_kernel(spec, sizes, slab_buffers, strides, grad_scale, order_by);
+        for (size_t k = 0; k < buffers.size(); k++) {
+            if (!summed[k]) continue;
+            int64_t base = 0;
+            for (size_t d = 0; d < start.size(); d++) base += start[d] * sums[k].acc_strides[d];
+            std::vector<int64_t> idx(sizes.size(), 0);
+            const uint8_t *values = sums[k].scratch.get();
+            for (int64_t i = 0, n = numel_of(sizes); i < n; i++) {
+                int64_t a = base;
+                for (size_t d = 0; d < idx.size(); d++) a += idx[d] * sums[k].acc_strides[d];
+                sums[k].acc[a] += load_as_double(values + i * elem, spec.dtype);
+                for (int d = (int)idx.size() - 1; d >= 0 && ++idx[d] == sizes[d]; d--) idx[d] = 0;
+            }
+        }
+    });
+    for (size_t k = 0; k < buffers.size(); k++) {
+        if (!summed[k]) continue;
+        const Tensor &t = *buffers[k];
+        std::vector<int64_t> idx(t.sizes.size(), 0);
+        for (int64_t i = 0, n = t.numel(); i < n; i++) {
             int64_t off = 0;
-            for (size_t d = 0; d < idx.size(); d++) off += idx[d] * out.strides[d];
-            slot[off] = i;
-            for (int d = (int)idx.size() - 1; d >= 0 && ++idx[d] == out.sizes[d]; d--) idx[d] = 0;
+            for (size_t d = 0; d < idx.size(); d++) off += idx[d] * t.strides[d];
+            store_from_double(static_cast<uint8_t *>(t.data) + off * (int64_t)elem, t.dtype, sums[k].acc[i]);
+            for (int d = (int)idx.size() - 1; d >= 0 && ++idx[d] == t.sizes[d]; d--) idx[d] = 0;
         }
     }
-    const size_t elem = element_size(full.dtype);
-    const int64_t n = full.numel();
-    std::vector<int64_t> idx(full.sizes.size(), 0);
-    for (int64_t i = 0; i < n; i++) {
-        int64_t out_off = 0, full_off = 0;
-        for (size_t d = 0; d < idx.size(); d++) {
-            out_off += idx[d] * out_strides[d];
-            full_off += idx[d] * full.strides[d];
-        }
-        acc[slot[out_off]] += load_as_double(static_cast<const uint8_t *>(full.data) + full_off * elem, full.dtype);
-        for (int d = (int)idx.size() - 1; d >= 0 && ++idx[d] == full.sizes[d]; d--) idx[d] = 0;
-    }
-    for (const auto &[off, i] : slot) {
-        store_from_double(static_cast<uint8_t *>(out.data) + off * elem, out.dtype, acc[i]);
-    }
-}
-
-// The tensor a kernel writes a gradient into: the caller's, or scratch of the
-// broadcast shape when the operand was broadcast.
-struct GradTarget {
-    const Tensor *user = nullptr;
-    Scratch scratch;
-    bool broadcast = false;
-    const Tensor &kernel_view() const { return broadcast ? scratch.tensor : *user; }
-    void finish() const {
-        if (broadcast) sum_to_size(scratch.tensor, *user);
-    }
-};
-
-GradTarget grad_target_for(const Tensor *user, const Tensor &operand, const std::vector<int64_t> &shape) {
-    GradTarget g;
-    g.user = user;
-    if (user && operand.sizes != shape) {
-        g.broadcast = true;
-        g.scratch = make_scratch(user->dtype, shape);
-    }
-    return g;
+    return total;
 }
 
 std::vector<int64_t> strides_in(const Tensor &t, const std::vector<int64_t> &shape) {
     return expand_strides(t.sizes, t.strides, shape);
-}
-
-int64_t numel_of(const std::vector<int64_t> &shape) {
-    int64_t n = 1;
-    for (int64_t s : shape) n *= s;
-    return n;
 }
 
 void zero_fill(const Tensor &t) {
@@ -392,22 +441,23 @@ void backward(const Tensor &grad_output, const Tensor &input, const Tensor &targ
     const double grad_scale =
         scalar ? load_as_double(grad_output.data, grad_output.dtype) / divisor(reduction, input, numel) : 0.0;
 
-    GradTarget gi = grad_target_for(grad_input, input, shape);
-    GradTarget gt = grad_target_for(grad_target, target, shape);
     KernelSpec spec{Pass::Backward, input.dtype, log_target, scalar, grad_input != nullptr, grad_target != nullptr};
     // Argument order: [grad_output], input, target, [grad_input], [grad_target].
     std::vector<const Tensor *> buffers;
     if (!scalar) buffers.push_back(&grad_output);
     buffers.push_back(&input);
     buffers.push_back(&target);
+    std::vector<bool> summed(buffers.size(), false);
     const size_t first_output = buffers.size();
-    if (grad_input) buffers.push_back(&gi.kernel_view());
-    if (grad_target) buffers.push_back(&gt.kernel_view());
-    std::vector<std::vector<int64_t>> strides;
-    for (const Tensor *t : buffers) strides.push_back(strides_in(*t, shape));
-    run_kernel(spec, shape, buffers, strides, grad_scale, first_output);
-    gi.finish();
-    gt.finish();
+    if (grad_input) {
+        buffers.push_back(grad_input);
+        summed.push_back(input.sizes != shape);
+    }
+    if (grad_target) {
+        buffers.push_back(grad_target);
+        summed.push_back(target.sizes != shape);
+    }
+    run_summing_broadcast(spec, shape, buffers, summed, grad_scale, first_output);
 }
 
 void forward_backward(const Tensor &input, const Tensor &target, Reduction reduction, bool log_target,
@@ -434,19 +484,14 @@ void forward_backward(const Tensor &input, const Tensor &target, Reduction reduc
         return;
     }
     const double scale = reduce ? 1.0 / divisor(reduction, input, numel) : 1.0;
-    GradTarget gi = grad_target_for(&grad_input, input, shape);
     KernelSpec spec{Pass::Fused, input.dtype, log_target, reduce, true, false};
     std::vector<const Tensor *> buffers = {&input, &target};
-    std::vector<std::vector<int64_t>> strides = {strides_in(input, shape), strides_in(target, shape)};
-    if (!reduce) {
-        buffers.push_back(&out);
-        strides.push_back(strides_in(out, shape));
-    }
-    buffers.push_back(&gi.kernel_view());
-    strides.push_back(strides_in(gi.kernel_view(), shape));
-    const double total = run_kernel(spec, shape, buffers, strides, scale, buffers.size() - 1);
+    if (!reduce) buffers.push_back(&out);
+    buffers.push_back(&grad_input);
+    std::vector<bool> summed(buffers.size(), false);
+    summed.back() = input.sizes != shape;
+    const double total = run_summing_broadcast(spec, shape, buffers, summed, scale, buffers.size() - 1);
     if (reduce) write_scalar(out, total / divisor(reduction, input, numel));
-    gi.finish();
 }
 
 void scale_in_place(const Tensor &t, double factor) {
