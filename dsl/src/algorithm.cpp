@@ -25,6 +25,14 @@ Expr xlogy(const Expr &a, const Expr &b) {
     return Halide::select(Halide::is_nan(b), nan_of(b.type()), value);
 }
 
+// IEEE negation (flips the sign bit): Halide's unary minus is 0 - a, which
+// turns -(+0) into +0 where PyTorch gives -0.
+Expr negate(const Expr &a) {
+    const Halide::Type bits = Halide::UInt(a.type().bits());
+    const Expr sign = Halide::cast(bits, Expr(int64_t(1))) << (a.type().bits() - 1);
+    return Halide::reinterpret(a.type(), Halide::reinterpret(bits, a) ^ sign);
+}
+
 Algorithm named_dims() {
     Algorithm a;
     a.dims = {Var("i0"), Var("i1"), Var("i2"), Var("i3")};
@@ -82,8 +90,8 @@ Expr pointwise_loss(const Expr &x_stored, const Expr &t_stored, const LossOption
 
 Expr grad_input_expr(const Expr &g, const Expr &, const Expr &t_stored, const LossOptions &options) {
     Expr t = widen(t_stored, options.dtype);
-    if (options.log_target) return -(g * dsl::exp(t));
-    return (-g) * t;
+    if (options.log_target) return negate(g * dsl::exp(t));
+    return negate(g) * t;
 }
 
 Expr grad_target_expr(const Expr &g, const Expr &x_stored, const Expr &t_stored,
@@ -96,7 +104,7 @@ Expr grad_target_expr(const Expr &g, const Expr &x_stored, const Expr &t_stored,
     }
     // d xlogy(t, t) = xlogy(g, t) (0 where t == 0) + g * t / t; d(-t x) = -g x.
     Expr from_log = Halide::select(t == zero_of(t.type()), zero_of(t.type()), xlogy(g, t));
-    return (from_log + (g * t) / t) + (-g) * x;
+    return (from_log + (g * t) / t) + negate(g) * x;
 }
 
 Algorithm forward(const Inputs &in, const LossOptions &options, bool reduce, const SumTree &tree) {

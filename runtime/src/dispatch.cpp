@@ -374,6 +374,12 @@ void zero_fill(const Tensor &t) {
     }
 }
 
+// Broadcast shape of the loss. PyTorch builds it from target * input, so
+// its shape error names the target as tensor a.
+std::vector<int64_t> loss_shape(const Tensor &input, const Tensor &target) {
+    return broadcast_shapes(target.sizes, input.sizes);
+}
+
 void write_scalar(const Tensor &out, double value) { store_from_double(out.data, out.dtype, value); }
 
 }  // namespace
@@ -386,7 +392,7 @@ void forward(const Tensor &input, const Tensor &target, Reduction reduction, boo
     check_tensor(out, "out");
     check_same_dtype(input, "input", target, "target");
     check_same_dtype(input, "input", out, "out");
-    const std::vector<int64_t> shape = broadcast_shapes(input.sizes, target.sizes);
+    const std::vector<int64_t> shape = loss_shape(input, target);
     check_shape(out, "out", reduction == Reduction::None ? shape : std::vector<int64_t>{});
     check_outputs({{&out, "out"}}, {{&input, "input"}, {&target, "target"}});
     if (reduction == Reduction::Mean && warn_mean) warn(kMeanWarning);
@@ -413,7 +419,7 @@ void backward(const Tensor &grad_output, const Tensor &input, const Tensor &targ
     check_tensor(target, "target");
     check_same_dtype(input, "input", target, "target");
     check_same_dtype(input, "input", grad_output, "grad_output");
-    const std::vector<int64_t> shape = broadcast_shapes(input.sizes, target.sizes);
+    const std::vector<int64_t> shape = loss_shape(input, target);
     check_shape(grad_output, "grad_output", reduction == Reduction::None ? shape : std::vector<int64_t>{});
     std::vector<std::pair<const Tensor *, const char *>> outputs;
     if (grad_input) {
@@ -470,7 +476,7 @@ void forward_backward(const Tensor &input, const Tensor &target, Reduction reduc
     check_same_dtype(input, "input", target, "target");
     check_same_dtype(input, "input", out, "out");
     check_same_dtype(input, "input", grad_input, "grad_input");
-    const std::vector<int64_t> shape = broadcast_shapes(input.sizes, target.sizes);
+    const std::vector<int64_t> shape = loss_shape(input, target);
     check_shape(out, "out", reduction == Reduction::None ? shape : std::vector<int64_t>{});
     check_shape(grad_input, "grad_input", input.sizes);
     check_outputs({{&out, "out"}, {&grad_input, "grad_input"}}, {{&input, "input"}, {&target, "target"}});

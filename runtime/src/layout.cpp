@@ -12,7 +12,8 @@ namespace kldiv::runtime {
 std::vector<int64_t> broadcast_shapes(const std::vector<int64_t> &a, const std::vector<int64_t> &b) {
     const size_t rank = std::max(a.size(), b.size());
     std::vector<int64_t> shape(rank);
-    for (size_t i = 0; i < rank; i++) {
+    // From the right, as PyTorch's infer_size: the rightmost mismatch is reported.
+    for (size_t i = rank; i-- > 0;) {
         const size_t from_end = rank - 1 - i;
         const int64_t size_a = from_end < a.size() ? a[a.size() - 1 - from_end] : 1;
         const int64_t size_b = from_end < b.size() ? b[b.size() - 1 - from_end] : 1;
@@ -103,7 +104,7 @@ void for_each_piece(const std::vector<int64_t> &shape, const std::vector<std::ve
             loop_step.push_back(1);
             continue;
         }
-        int64_t fit = std::min(dim.size, limits.max_elements / elements);
+        int64_t fit = std::min({dim.size, limits.max_extent, limits.max_elements / elements});
         for (size_t k = 0; k < operands; k++) {
             const int64_t s = std::llabs(dim.stride[k]);
             if (s > 0) fit = std::min(fit, (limits.max_span - span[k]) / s + 1);

@@ -27,8 +27,10 @@ struct Piece {
 };
 
 // Limits of one kernel call (Halide 14 without large_buffers): elements in a
-// call and the span of indices an operand covers both fit in int32.
+// call and the span of indices an operand covers both fit in int32, and an
+// extent leaves room for the summation tree's rounding up to whole chunks.
 struct PieceLimits {
+    int64_t max_extent = int64_t(1) << 30;
     int64_t max_elements = (int64_t(1) << 31) - 1;
     int64_t max_span = (int64_t(1) << 31) - 1;
 };
