@@ -19,7 +19,7 @@ Expr nan_of(Halide::Type t) {
     return Halide::cast(t, Expr(std::numeric_limits<double>::quiet_NaN()));
 }
 
-// xlogy(a, b) as torch defines it: NaN if b is NaN, else 0 if a == 0, else a * dsl::log(b).
+// xlogy(a, b) as torch defines it: NaN if b is NaN, else 0 if a == 0, else a * log(b).
 Expr xlogy(const Expr &a, const Expr &b) {
     Expr value = Halide::select(a == zero_of(a.type()), zero_of(a.type()), a * dsl::log(b));
     return Halide::select(Halide::is_nan(b), nan_of(b.type()), value);
@@ -33,8 +33,12 @@ Expr negate(const Expr &a) {
     return Halide::reinterpret(a.type(), Halide::reinterpret(bits, a) ^ sign);
 }
 
-Algorithm named_dims() {
+// xlogy(t, t): log(NaN) is NaN, so only t == 0 needs a select.
+Expr xlogx(const Expr &t) { return Halide::select(t == zero_of(t.type()), zero_of(t.type()), t * dsl::log(t)); }
+
+Algorithm named_dims(const Inputs &in) {
     Algorithm a;
+    a.extent = in.extent;
     a.dims = {Var("i0"), Var("i1"), Var("i2"), Var("i3")};
     a.lane = Var("lane");
     a.chunk = Var("chunk");
@@ -85,7 +89,7 @@ Expr pointwise_loss(const Expr &x_stored, const Expr &t_stored, const LossOption
     Expr x = widen(x_stored, options.dtype);
     Expr t = widen(t_stored, options.dtype);
     if (options.log_target) return dsl::exp(t) * (t - x);
-    return xlogy(t, t) - t * x;
+    return xlogx(t) - t * x;
 }
 
 Expr grad_input_expr(const Expr &g, const Expr &, const Expr &t_stored, const LossOptions &options) {
@@ -108,7 +112,7 @@ Expr grad_target_expr(const Expr &g, const Expr &x_stored, const Expr &t_stored,
 }
 
 Algorithm forward(const Inputs &in, const LossOptions &options, bool reduce, const SumTree &tree) {
-    Algorithm a = named_dims();
+    Algorithm a = named_dims(in);
     const auto &[i0, i1, i2, i3] = a.dims;
     const Halide::Type type = compute_type(options.dtype);
     a.pointwise = Func("pointwise");
@@ -125,7 +129,7 @@ Algorithm forward(const Inputs &in, const LossOptions &options, bool reduce, con
 
 Algorithm backward(const Inputs &in, const LossOptions &options, bool want_grad_input,
                    bool want_grad_target, bool scalar_grad) {
-    Algorithm a = named_dims();
+    Algorithm a = named_dims(in);
     const auto &[i0, i1, i2, i3] = a.dims;
     Expr x = in.input(i0, i1, i2, i3);
     Expr t = in.target(i0, i1, i2, i3);

@@ -75,9 +75,10 @@ Expr log(const Expr &x) {
     Expr kf = Halide::cast(ft, k);
     Expr result = s * (hfsq + r) + kf * constant(ft, ln2_lo(f64)) - hfsq + f + kf * constant(ft, ln2_hi(f64));
 
+    // x > 0 is false for NaN: zero gives -inf, negatives and NaN give NaN.
     result = Halide::select(x == inf_of(ft), inf_of(ft), result);
-    result = Halide::select(x == constant(ft, 0.0), -inf_of(ft), result);
-    return Halide::select(x < constant(ft, 0.0) || Halide::is_nan(x), nan_of(ft), result);
+    return Halide::select(x > constant(ft, 0.0), result,
+                          Halide::select(x == constant(ft, 0.0), -inf_of(ft), nan_of(ft)));
 }
 
 Expr exp(const Expr &x) {
@@ -142,12 +143,13 @@ Expr widen(const Expr &stored, DType dtype) {
         Expr h = Halide::cast(UInt(32), stored);
         Expr sign = (h & u32(0x8000)) << 16;
         Expr magnitude = h & u32(0x7fff);
-        // Shifted into float32 position, a half is 2^-112 times its value
-        // (denormals included); one exact multiply rescales it.
-        Expr rescaled = Halide::reinterpret(Halide::Float(32), magnitude << 13) *
-                        constant(Halide::Float(32), std::ldexp(1.0, 112));
+        // Normal halves: rebias the exponent. Denormal halves: mantissa * 2^-24,
+        // exact, and without denormal float arithmetic (slow on x86).
+        Expr normal = (magnitude << 13) + (u32(112) << 23);
+        Expr denormal = Halide::reinterpret(
+            UInt(32), Halide::cast(Halide::Float(32), magnitude) * constant(Halide::Float(32), std::ldexp(1.0, -24)));
         Expr bits = Halide::select(magnitude >= u32(0x7c00), (magnitude << 13) | u32(0x7f800000),
-                                   Halide::reinterpret(UInt(32), rescaled));
+                                   magnitude < u32(0x400), denormal, normal);
         return Halide::reinterpret(Halide::Float(32), bits | sign);
     }
     }

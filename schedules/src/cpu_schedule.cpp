@@ -26,10 +26,15 @@ void schedule_elementwise(Func f, const dsl::Algorithm &a, int vector_size, cons
     const auto &[i0, i1, i2, i3] = a.dims;
     Var rows("rows"), outer_rows("outer_rows"), block("block"), within("within"), task("task");
     Var vectors("vectors"), lanes("lanes");
+    // Blocks of equal size (a whole number of vectors): a short last block
+    // would still run a full block of guarded, masked vector iterations.
+    const Halide::Expr n0 = a.extent[0];
+    const Halide::Expr blocks = Halide::max((n0 + p.elements_per_task - 1) / p.elements_per_task, 1);
+    const Halide::Expr block_size = ((n0 + blocks - 1) / blocks + vector_size - 1) / vector_size * vector_size;
     f.compute_root()
         .fuse(i2, i3, outer_rows)
         .fuse(i1, outer_rows, rows)
-        .split(i0, block, within, p.elements_per_task, TailStrategy::GuardWithIf)
+        .split(i0, block, within, block_size, TailStrategy::GuardWithIf)
         .fuse(block, rows, task)
         .split(within, vectors, lanes, vector_size, TailStrategy::GuardWithIf)
         .vectorize(lanes);
@@ -65,7 +70,9 @@ void schedule_fused_sum(dsl::Algorithm &a, int vector_size, const CpuParams &p, 
         a.chunk_sum.parallel(tasks);
         a.grad_input.parallel(tasks);
     }
-    a.lane_sum.compute_at(a.chunk_sum, in_task).vectorize(a.lane, vector_size);
+    // Stored per task: with compute_with, bounds inference cannot see that a
+    // chunk needs one set of partial sums, and would allocate per chunk.
+    a.lane_sum.store_at(a.chunk_sum, tasks).compute_at(a.chunk_sum, in_task).vectorize(a.lane, vector_size);
     a.lane_sum.update().reorder(a.lane, a.step.x).vectorize(a.lane, vector_size);
     a.grad_input.compute_with(a.chunk_sum, in_task);
     if (p.unit_stride_fast_path) a.chunk_sum.specialize(unit_stride);

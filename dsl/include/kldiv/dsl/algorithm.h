@@ -44,6 +44,7 @@ struct Inputs {
 // defines are set.
 struct Algorithm {
     std::array<Halide::Var, kRank> dims;
+    std::array<Halide::Expr, kRank> extent;  // of the domain
     Halide::Var lane;
     Halide::Var chunk;
     SumTree tree;
