@@ -152,6 +152,21 @@ double divisor(Reduction reduction, const Tensor &input, int64_t numel) {
     }
 }
 
+// Calls fn(i, offset) for every element of `sizes` in row-major order i, with
+// its offset under `strides` (host loops over results and gradients).
+template<typename F>
+void for_each_offset(const std::vector<int64_t> &sizes, const std::vector<int64_t> &strides, F &&fn) {
+    std::vector<int64_t> idx(sizes.size(), 0);
+    int64_t n = 1;
+    for (int64_t s : sizes) n *= s;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t offset = 0;
+        for (size_t d = 0; d < idx.size(); d++) offset += idx[d] * strides[d];
+        fn(i, offset);
+        for (int d = (int)idx.size() - 1; d >= 0 && ++idx[d] == sizes[d]; d--) idx[d] = 0;
+    }
+}
+
 // ---- kernel calls --------------------------------------------------------
 
 int64_t numel_of(const std::vector<int64_t> &shape) {
@@ -204,19 +219,17 @@ double run_kernel(const KernelSpec &spec, const std::vector<int64_t> &shape, con
     const float grad_scale_f = (float)grad_scale;
 
     for_each_piece(shape, strides, order_by, [&](const Piece &piece) {
-        std::vector<halide_buffer_t> hb(buffers.size());
+        std::vector<halide_buffer_t> hb(buffers.size());  // value-initialised: no device, no flags
         std::vector<std::array<halide_dimension_t, kKernelRank>> dims(buffers.size());
         for (size_t k = 0; k < buffers.size(); k++) {
             for (int d = 0; d < kKernelRank; d++) dims[k][d] = halide_dimension_t(0, piece.extent[d], piece.stride[k][d]);
-            std::memset(&hb[k], 0, sizeof(halide_buffer_t));
             hb[k].host = static_cast<uint8_t *>(buffers[k]->data) + piece.offset[k] * (int64_t)elem;
             hb[k].type = storage_halide_type(spec.dtype);
             hb[k].dimensions = kKernelRank;
             hb[k].dim = dims[k].data();
         }
         double piece_total = 0.0;
-        halide_buffer_t total_buffer;
-        std::memset(&total_buffer, 0, sizeof(total_buffer));
+        halide_buffer_t total_buffer{};
         total_buffer.host = reinterpret_cast<uint8_t *>(&piece_total);
         total_buffer.type = halide_type_t(halide_type_float, 64);
 
@@ -335,26 +348,19 @@ double run_summing_broadcast(const KernelSpec &spec, const std::vector<int64_t> 
             if (!summed[k]) continue;
             int64_t base = 0;
             for (size_t d = 0; d < start.size(); d++) base += start[d] * sums[k].acc_strides[d];
-            std::vector<int64_t> idx(sizes.size(), 0);
             const uint8_t *values = sums[k].scratch.get();
-            for (int64_t i = 0, n = numel_of(sizes); i < n; i++) {
-                int64_t a = base;
-                for (size_t d = 0; d < idx.size(); d++) a += idx[d] * sums[k].acc_strides[d];
-                sums[k].acc[a] += load_as_double(values + i * elem, spec.dtype);
-                for (int d = (int)idx.size() - 1; d >= 0 && ++idx[d] == sizes[d]; d--) idx[d] = 0;
-            }
+            std::vector<double> &acc = sums[k].acc;
+            for_each_offset(sizes, sums[k].acc_strides, [&](int64_t i, int64_t offset) {
+                acc[base + offset] += load_as_double(values + i * elem, spec.dtype);
+            });
         }
     });
     for (size_t k = 0; k < buffers.size(); k++) {
         if (!summed[k]) continue;
         const Tensor &t = *buffers[k];
-        std::vector<int64_t> idx(t.sizes.size(), 0);
-        for (int64_t i = 0, n = t.numel(); i < n; i++) {
-            int64_t off = 0;
-            for (size_t d = 0; d < idx.size(); d++) off += idx[d] * t.strides[d];
-            store_from_double(static_cast<uint8_t *>(t.data) + off * (int64_t)elem, t.dtype, sums[k].acc[i]);
-            for (int d = (int)idx.size() - 1; d >= 0 && ++idx[d] == t.sizes[d]; d--) idx[d] = 0;
-        }
+        for_each_offset(t.sizes, t.strides, [&](int64_t i, int64_t offset) {
+            store_from_double(static_cast<uint8_t *>(t.data) + offset * (int64_t)elem, t.dtype, sums[k].acc[i]);
+        });
     }
     return total;
 }
@@ -365,13 +371,9 @@ std::vector<int64_t> strides_in(const Tensor &t, const std::vector<int64_t> &sha
 
 void zero_fill(const Tensor &t) {
     const size_t elem = element_size(t.dtype);
-    std::vector<int64_t> idx(t.sizes.size(), 0);
-    for (int64_t i = 0, n = t.numel(); i < n; i++) {
-        int64_t off = 0;
-        for (size_t d = 0; d < idx.size(); d++) off += idx[d] * t.strides[d];
-        std::memset(static_cast<uint8_t *>(t.data) + off * elem, 0, elem);
-        for (int d = (int)idx.size() - 1; d >= 0 && ++idx[d] == t.sizes[d]; d--) idx[d] = 0;
-    }
+    for_each_offset(t.sizes, t.strides, [&](int64_t, int64_t offset) {
+        std::memset(static_cast<uint8_t *>(t.data) + offset * (int64_t)elem, 0, elem);
+    });
 }
 
 // Broadcast shape of the loss. PyTorch builds it from target * input, so
@@ -502,14 +504,10 @@ void forward_backward(const Tensor &input, const Tensor &target, Reduction reduc
 
 void scale_in_place(const Tensor &t, double factor) {
     const size_t elem = element_size(t.dtype);
-    std::vector<int64_t> idx(t.sizes.size(), 0);
-    for (int64_t i = 0, n = t.numel(); i < n; i++) {
-        int64_t off = 0;
-        for (size_t d = 0; d < idx.size(); d++) off += idx[d] * t.strides[d];
-        uint8_t *p = static_cast<uint8_t *>(t.data) + off * elem;
+    for_each_offset(t.sizes, t.strides, [&](int64_t, int64_t offset) {
+        uint8_t *p = static_cast<uint8_t *>(t.data) + offset * (int64_t)elem;
         store_from_double(p, t.dtype, load_as_double(p, t.dtype) * factor);
-        for (int d = (int)idx.size() - 1; d >= 0 && ++idx[d] == t.sizes[d]; d--) idx[d] = 0;
-    }
+    });
 }
 
 }  // namespace kldiv::runtime
