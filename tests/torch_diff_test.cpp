@@ -30,6 +30,7 @@ enum class Layout {
     EmptyBroadcast,   // x (3, 1), t (3, 0)
     Large2D,          // (1000, 1000)
     Large1D,          // (1000000,)
+    Rank8,            // 8-d, permuted and sliced so no dimensions coalesce; t broadcast in 3 dims
 };
 
 const char *layout_name(Layout l) {
@@ -40,6 +41,7 @@ const char *layout_name(Layout l) {
     case Layout::Sliced: return "Sliced";
     case Layout::Narrowed: return "Narrowed";
     case Layout::Permuted: return "Permuted";
+    case Layout::Rank8: return "Rank8";
     case Layout::Expanded: return "Expanded";
     case Layout::BroadcastRow: return "BroadcastRow";
     case Layout::BroadcastMiddle: return "BroadcastMiddle";
@@ -107,6 +109,11 @@ Operands make_operands(const Params &p) {
     case Layout::EmptyBroadcast: return {log_probs({3, 1}, dt), targets({3, 0}, dt, lt)};
     case Layout::Large2D: return {log_probs({1000, 1000}, dt), targets({1000, 1000}, dt, lt)};
     case Layout::Large1D: return {log_probs({1000000}, dt), targets({1000000}, dt, lt)};
+    case Layout::Rank8:
+        // More non-mergeable dimensions than a kernel takes (4): the runtime
+        // loops over the rest, and sums the target's gradient over 3 of them.
+        return {log_probs({3, 2, 5, 3, 2, 3, 4, 6}, dt).permute({7, 0, 6, 1, 5, 2, 4, 3}).slice(0, 0, 6, 2),
+                targets({3, 1, 4, 1, 3, 1, 2, 3}, dt, lt)};
     }
     return {};
 }
@@ -259,7 +266,7 @@ TEST_P(TorchDiff, ForwardBackwardFused) {
 std::vector<Params> all_params() {
     std::vector<Params> v;
     for (Layout l : {Layout::Contiguous, Layout::TransposedInput, Layout::TransposedBoth, Layout::Sliced,
-                     Layout::Narrowed, Layout::Permuted, Layout::Expanded, Layout::BroadcastRow,
+                     Layout::Narrowed, Layout::Permuted, Layout::Rank8, Layout::Expanded, Layout::BroadcastRow,
                      Layout::BroadcastMiddle, Layout::BroadcastInput, Layout::EmptyRows, Layout::EmptyColumns,
                      Layout::EmptyBroadcast, Layout::Large2D, Layout::Large1D})
         for (torch::ScalarType dt : {torch::kFloat32, torch::kFloat64})
