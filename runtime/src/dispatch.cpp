@@ -22,11 +22,6 @@ using codegen::Pass;
 
 namespace {
 
-const char *const kMeanWarning =
-    "reduction: 'mean' divides the total loss by both the batch size and the support size."
-    "'batchmean' divides only by the batch size, and aligns with the KL div math definition."
-    "'mean' will be changed to behave the same as 'batchmean' in the next major release.";
-
 // ---- validation ---------------------------------------------------------
 
 bool known_dtype(DType dtype) {
@@ -397,7 +392,7 @@ void forward(const Tensor &input, const Tensor &target, Reduction reduction, boo
     const std::vector<int64_t> shape = loss_shape(input, target);
     check_shape(out, "out", reduction == Reduction::None ? shape : std::vector<int64_t>{});
     check_outputs({{&out, "out"}}, {{&input, "input"}, {&target, "target"}});
-    if (reduction == Reduction::Mean && warn_mean) warn(kMeanWarning);
+    if (reduction == Reduction::Mean && warn_mean) warn_mean_reduction();
 
     const int64_t numel = numel_of(shape);
     KernelSpec spec{Pass::Forward, input.dtype, log_target, reduction != Reduction::None, false, false};
@@ -482,7 +477,7 @@ void forward_backward(const Tensor &input, const Tensor &target, Reduction reduc
     check_shape(out, "out", reduction == Reduction::None ? shape : std::vector<int64_t>{});
     check_shape(grad_input, "grad_input", input.sizes);
     check_outputs({{&out, "out"}, {&grad_input, "grad_input"}}, {{&input, "input"}, {&target, "target"}});
-    if (reduction == Reduction::Mean) warn(kMeanWarning);
+    if (reduction == Reduction::Mean) warn_mean_reduction();
 
     const int64_t numel = numel_of(shape);
     const bool reduce = reduction != Reduction::None;

@@ -25,6 +25,12 @@ void warn(const std::string &message) {
     if (current && *current) (*current)(message);
 }
 
+void warn_mean_reduction() {
+    warn("reduction: 'mean' divides the total loss by both the batch size and the support size."
+         "'batchmean' divides only by the batch size, and aligns with the KL div math definition."
+         "'mean' will be changed to behave the same as 'batchmean' in the next major release.");
+}
+
 void set_last_error(const std::string &message) { thread_last_error = message; }
 
 const char *last_error() { return thread_last_error.c_str(); }

@@ -12,6 +12,9 @@ namespace kldiv::runtime {
 // Sends a warning to the installed handler (dropped when there is none).
 void warn(const std::string &message);
 
+// PyTorch's warning for reduction='mean', sent on every call that uses it.
+void warn_mean_reduction();
+
 // The calling thread's last error message, for kldiv_last_error().
 void set_last_error(const std::string &message);
 const char *last_error();

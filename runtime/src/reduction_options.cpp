@@ -5,11 +5,6 @@ namespace kldiv {
 
 namespace {
 
-const char *const kMeanWarning =
-    "reduction: 'mean' divides the total loss by both the batch size and the support size."
-    "'batchmean' divides only by the batch size, and aligns with the KL div math definition."
-    "'mean' will be changed to behave the same as 'batchmean' in the next major release.";
-
 // torch.nn._reduction.legacy_get_string: either argument unset counts as true.
 std::string legacy_reduction_name(std::optional<bool> size_average, std::optional<bool> reduce) {
     const bool average = size_average.value_or(true);
@@ -48,7 +43,7 @@ ResolvedReduction resolve_functional(const FunctionalOptions &options) {
     }
     // Validate first: an unknown name is an error, not a warning.
     const Reduction reduction = parse_reduction(options.reduction);
-    if (reduction == Reduction::Mean) runtime::warn(kMeanWarning);
+    if (reduction == Reduction::Mean) runtime::warn_mean_reduction();
     // The functional form computes batchmean as sum, then divides.
     return {reduction == Reduction::BatchMean ? Reduction::Sum : reduction, divide_by_batch};
 }
