@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages kldiv needs to build, test and benchmark.
+# Installs the Debian 12 packages kldiv needs to build, test and benchmark
+# (the aarch64 cross compiler and qemu-user run the arm64 kernels' tests).
 # Idempotent: does nothing when everything is already installed.
 set -euo pipefail
 
@@ -8,6 +9,7 @@ packages=(
     libhalide14-0-dev llvm-14-dev
     libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev
     libtorch-dev
+    g++-aarch64-linux-gnu qemu-user
 )
 
 missing=()

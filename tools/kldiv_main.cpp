@@ -3,7 +3,9 @@
 #include <string>
 #include <vector>
 
+#include "aot_command.h"
 #include "bench_command.h"
+#include "cache_command.h"
 #include "command_line.h"
 #include "run_command.h"
 
@@ -19,6 +21,10 @@ Commands:
            ceiling measured in the same process
   bench    run the kldiv_bench Google Benchmark binary (all passes, reductions,
            sizes, f32 and bf16, with libtorch as the baseline when built)
+  cache    the on-disk cache of JIT-compiled kernels: ls, stats, clear,
+           prune
+  aot      generate kernels ahead of time for named specs and targets (x86,
+           arm64): static libraries and C headers a program links directly
   help     this text, or 'kldiv help <command>' for a command's options
 
 Options:
@@ -38,6 +44,10 @@ int help_for(const std::string &command) {
         std::fputs(kldiv::tools::kRunHelp, stdout);
     } else if (command == "bench") {
         std::fputs(kldiv::tools::kBenchHelp, stdout);
+    } else if (command == "cache") {
+        std::fputs(kldiv::tools::kCacheHelp, stdout);
+    } else if (command == "aot") {
+        std::fputs(kldiv::tools::kAotHelp, stdout);
     } else {
         return usage_error("unknown command '" + command + "'");
     }
@@ -67,6 +77,8 @@ int main(int argc, char **argv) {
     }
     if (command == "run") return kldiv::tools::run_command(rest);
     if (command == "bench") return kldiv::tools::bench_command(rest);
+    if (command == "cache") return kldiv::tools::cache_command(rest);
+    if (command == "aot") return kldiv::tools::aot_command(rest);
     if (command.rfind("-", 0) == 0) return usage_error("unknown option '" + command + "'");
     return usage_error("unknown command '" + command + "'");
 }

@@ -1,6 +1,7 @@
 #include "run_command.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cinttypes>
 #include <cstdio>
 #include <functional>
@@ -19,7 +20,9 @@ const char kRunHelp[] = R"(Usage: kldiv run [options]
 
 Runs one KL-divergence kernel (F.kl_div) on random data through the C++ API,
 checks it against a float64 reference, times it, and sets its memory traffic
-against the machine's bandwidth ceiling measured in the same process.
+against the machine's bandwidth ceiling measured in the same process. The
+kernel is JIT-compiled for the exact shape (or loaded from the kernel cache);
+the first call says where it came from and how long getting it took.
 
 Options:
   --shape DIMS      sizes joined by 'x', e.g. 64x32000 or 1048576; the last
@@ -38,6 +41,13 @@ Options:
   --repeat N        timed runs; their median is reported. Default 20
   --warmup N        untimed runs before them. Default 2
   --seed S          seed of the random logits. Default 0
+  --specialize P    always | never | auto: compile a kernel for this exact
+                    shape, use a shape-generic one, or decide as a library
+                    user's runtime would (after a shape repeats). Default always
+  --aot             use the library's AOT kernels (no JIT)
+  --jit-generic     shape-generic kernels from the JIT too, not the AOT ones
+  --cache-dir DIR   on-disk kernel cache ('off': none). Default: KLDIV_CACHE_DIR,
+                    else $XDG_CACHE_HOME/kldiv, else ~/.cache/kldiv
   --no-ceiling      do not measure the bandwidth ceiling (it needs three arrays
                     of max(256 MiB, 4 x one operand) and about a second)
   -h, --help        this text
@@ -82,11 +92,13 @@ struct RunOptions {
     int warmup = 2;
     std::uint64_t seed = 0;
     bool measure_ceiling = true;
+    RuntimeOptions runtime;
     bool help = false;
 };
 
 RunOptions parse_run_options(const std::vector<std::string> &args) {
     RunOptions options;
+    options.runtime.specialize = Specialize::Always;
     ArgumentReader reader(args);
     while (!reader.done()) {
         const std::string option = reader.next_option();
@@ -125,6 +137,19 @@ RunOptions parse_run_options(const std::vector<std::string> &args) {
             options.warmup = (int)parse_integer(option, reader.value(), 0, 1000000);
         } else if (option == "--seed") {
             options.seed = (std::uint64_t)parse_integer(option, reader.value(), 0, INT64_MAX);
+        } else if (option == "--specialize") {
+            const std::string name = reader.value();
+            try {
+                options.runtime.specialize = parse_specialize(name);
+            } catch (const kldiv::Error &) {
+                throw UsageError("invalid value '" + name + "' for --specialize: expected always, never or auto");
+            }
+        } else if (option == "--aot") {
+            options.runtime.jit = false;
+        } else if (option == "--jit-generic") {
+            options.runtime.generic_from_aot = false;
+        } else if (option == "--cache-dir") {
+            options.runtime.cache_dir = reader.value();
         } else if (option == "--no-ceiling") {
             reader.no_value();
             options.measure_ceiling = false;
@@ -228,6 +253,16 @@ std::string format_bytes(std::int64_t bytes) {
     return text;
 }
 
+const char *origin_label(KernelOrigin origin) {
+    switch (origin) {
+    case KernelOrigin::Aot: return "the AOT library";
+    case KernelOrigin::Memory: return "the in-memory cache";
+    case KernelOrigin::Disk: return "the disk cache";
+    case KernelOrigin::Compiled: return "a fresh JIT compile";
+    }
+    return "?";
+}
+
 int run(const RunOptions &options) {
     const int threads = resolve_threads(options.threads);
     set_num_threads(options.threads);
@@ -239,6 +274,16 @@ int run(const RunOptions &options) {
     std::printf("%-15s %s\n", "cpu target", cpu_target().c_str());
     std::printf("%-15s %d%s\n", "threads", threads, options.threads == 0 ? " (one per core)" : "");
     std::fflush(stdout);
+    RuntimeOptions runtime_options = options.runtime;
+    runtime_options.warning_handler = [](const std::string &message) {
+        std::fprintf(stderr, "kldiv run: warning: %s\n", message.c_str());
+    };
+    Runtime runtime(runtime_options);
+    if (options.runtime.jit) {
+        std::printf("%-15s %s, specialize %s, cache %s\n", "jit", runtime.target().c_str(),
+                    specialize_name(*options.runtime.specialize),
+                    runtime.cache_dir().empty() ? "off (memory only)" : runtime.cache_dir().c_str());
+    }
 
     const KlOperands operands =
         make_operands(options.shape, options.dtype, options.log_target, options.seed);
@@ -256,7 +301,7 @@ int run(const RunOptions &options) {
     case Pass::Forward: {
         loss = poisoned(options.dtype, per_element ? numel : 1);
         const Tensor out = Tensor::contiguous(loss.data(), options.dtype, loss_shape);
-        call = [=] { kl_div(input, target, out, options.reduction, options.log_target); };
+        call = [=, &runtime] { runtime.kl_div(input, target, out, options.reduction, options.log_target); };
         break;
     }
     case Pass::Backward: {
@@ -267,8 +312,8 @@ int run(const RunOptions &options) {
         const Tensor upstream = Tensor::contiguous(grad_output.data(), options.dtype, loss_shape);
         const Tensor dx = Tensor::contiguous(grad_input.data(), options.dtype, options.shape);
         const Tensor dt = Tensor::contiguous(grad_target.data(), options.dtype, options.shape);
-        call = [=] {
-            kl_div_backward(upstream, input, target, options.reduction, options.log_target, &dx,
+        call = [=, &runtime] {
+            runtime.kl_div_backward(upstream, input, target, options.reduction, options.log_target, &dx,
                             &dt);
         };
         break;
@@ -278,13 +323,23 @@ int run(const RunOptions &options) {
         grad_input = poisoned(options.dtype, numel);
         const Tensor out = Tensor::contiguous(loss.data(), options.dtype, loss_shape);
         const Tensor dx = Tensor::contiguous(grad_input.data(), options.dtype, options.shape);
-        call = [=] {
-            kl_div_forward_backward(input, target, out, dx, options.reduction,
+        call = [=, &runtime] {
+            runtime.kl_div_forward_backward(input, target, out, dx, options.reduction,
                                     options.log_target);
         };
         break;
     }
     }
+
+    // The first call finds the kernel: AOT, the memory or disk cache, or a compile.
+    const auto first_start = std::chrono::steady_clock::now();
+    call();
+    const double first_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - first_start).count();
+    const KernelInfo kernel = last_kernel();
+    std::printf("%-15s %s from %s in %.1f ms (first call %.1f ms)\n", "kernel", kernel.name.c_str(),
+                origin_label(kernel.origin), kernel.seconds * 1e3, first_seconds * 1e3);
+    std::fflush(stdout);
 
     const std::vector<double> seconds = time_calls(call, options.warmup, options.repeat);
 

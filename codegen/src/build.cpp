@@ -1,5 +1,9 @@
 #include "kldiv/codegen/build.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
 #include "kldiv/dsl/algorithm.h"
 #include "kldiv/dsl/math.h"
 #include "kldiv/schedules/cpu_schedule.h"
@@ -16,6 +20,23 @@ int argument_dimensions(const Argument &argument) {
     if (argument.kind == Argument::Scalar || argument.name == "total") return 0;
     return dsl::kRank;
 }
+
+// Halide 14's host target, less what this CPU cannot run: it reports
+// avx512_sapphirerapids from AVX512-BF16 and AVX-VNNI alone, and LLVM's
+// sapphirerapids then emits AVX512-FP16 instructions, which some CPUs with
+// both (AMD Zen 4) lack.
+Halide::Target host_target() {
+    Halide::Target host = Halide::get_host_target();
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    const bool has_fp16 = __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) && (edx & (1u << 23)) != 0;
+    if (host.has_feature(Halide::Target::AVX512_SapphireRapids) && !has_fp16) {
+        host = host.without_feature(Halide::Target::AVX512_SapphireRapids);
+    }
+#endif
+    return host;
+}
+
 
 Halide::Target with_kernel_features(Halide::Target target) {
     return target.with_feature(Halide::Target::StrictFloat);
@@ -62,6 +83,69 @@ std::vector<Halide::Func> build(const KernelSpec &spec, const schedules::Params 
     }
     schedules::apply_cpu(algorithm, target, spec.dtype, params, unit_stride);
     return outputs;
+}
+
+
+namespace {
+
+// Pins every dimension of a buffer to the fixed shape (min 0), or leaves the
+// inner stride free. `strides_only` pins the strides alone.
+void constrain(const Halide::OutputImageParam &buffer, const std::optional<FixedShape> &shape, size_t index,
+               bool strides_only) {
+    for (int d = 0; d < 4; d++) {
+        if (shape && strides_only) {
+            buffer.dim(d).set_stride(shape->strides[index][d]);
+        } else if (shape) {
+            buffer.dim(d).set_bounds(0, shape->extent[d]).set_stride(shape->strides[index][d]);
+        } else if (d == 0) {
+            buffer.dim(0).set_stride(Halide::Expr());
+        }
+    }
+}
+
+}  // namespace
+
+Halide::Module compile_module(const KernelSpec &spec, const std::optional<FixedShape> &shape,
+                              const schedules::Params &params, const Halide::Target &target,
+                              const std::string &function) {
+    // Halide 14 miscompiles the fused `none` schedule (compute_with over fused
+    // loops) when every extent is a constant: it writes before the buffer. Its
+    // fixed kernels know the strides only.
+    const bool strides_only = spec.pass == Pass::Fused && !spec.reduce;
+    PipelineInputs inputs;
+    std::vector<Halide::Argument> halide_args;
+    std::vector<Halide::ImageParam> images;
+    std::optional<Halide::Param<>> scale;
+    const std::vector<Argument> args = arguments(spec);
+    for (const Argument &a : args) {
+        if (a.is_output) continue;
+        const Halide::Type type = argument_type(spec, a);
+        if (a.kind == Argument::Scalar) {
+            scale.emplace(type, a.name);
+            inputs.grad_scale = *scale;
+            halide_args.push_back(*scale);
+            continue;
+        }
+        Halide::ImageParam image(type, argument_dimensions(a), a.name);
+        constrain(image, shape, images.size(), strides_only);
+        inputs.buffers[a.name] = image;
+        inputs.inner_strides[a.name] = image.dim(0).stride();
+        images.push_back(image);
+        halide_args.push_back(image);
+    }
+    for (const Halide::ImageParam &image : images) {
+        if (image.name() == "input") {
+            for (int d = 0; d < 4; d++) inputs.extent[d] = image.dim(d).extent();
+        }
+    }
+    const std::vector<Halide::Func> outputs = build(spec, params, target, inputs);
+    size_t index = images.size();
+    for (const Halide::Func &output : outputs) {
+        if (output.dimensions() == 0) continue;
+        constrain(output.output_buffer(), shape, index++, strides_only);
+    }
+    Halide::Pipeline pipeline(outputs);
+    return pipeline.compile_to_module(halide_args, function, target);
 }
 
 }  // namespace kldiv::codegen

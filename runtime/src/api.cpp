@@ -1,4 +1,7 @@
 // The C++ API: thin wrappers over dispatch.
+#include <cstdlib>
+#include <memory>
+
 #include "dispatch.h"
 #include "errors.h"
 
@@ -21,24 +24,77 @@ int64_t Tensor::numel() const {
 }
 
 void kl_div(const Tensor &input, const Tensor &target, const Tensor &out, Reduction reduction, bool log_target) {
-    runtime::forward(input, target, reduction, log_target, out);
+    Runtime::process_default().kl_div(input, target, out, reduction, log_target);
 }
 
 void kl_div_backward(const Tensor &grad_output, const Tensor &input, const Tensor &target, Reduction reduction,
                      bool log_target, const Tensor *grad_input, const Tensor *grad_target) {
-    runtime::backward(grad_output, input, target, reduction, log_target, grad_input, grad_target);
+    Runtime::process_default().kl_div_backward(grad_output, input, target, reduction, log_target, grad_input,
+                                               grad_target);
 }
 
 void kl_div_forward_backward(const Tensor &input, const Tensor &target, const Tensor &out, const Tensor &grad_input,
                              Reduction reduction, bool log_target) {
-    runtime::forward_backward(input, target, reduction, log_target, out, grad_input);
+    Runtime::process_default().kl_div_forward_backward(input, target, out, grad_input, reduction, log_target);
+}
+
+Runtime::Runtime(RuntimeOptions options) : cache_(std::make_unique<runtime::KernelCache>(options)) {}
+
+Runtime::~Runtime() = default;
+
+void Runtime::kl_div(const Tensor &input, const Tensor &target, const Tensor &out, Reduction reduction,
+                     bool log_target) {
+    runtime::forward(*cache_, input, target, reduction, log_target, out);
+}
+
+void Runtime::kl_div_backward(const Tensor &grad_output, const Tensor &input, const Tensor &target,
+                              Reduction reduction, bool log_target, const Tensor *grad_input,
+                              const Tensor *grad_target) {
+    runtime::backward(*cache_, grad_output, input, target, reduction, log_target, grad_input, grad_target);
+}
+
+void Runtime::kl_div_forward_backward(const Tensor &input, const Tensor &target, const Tensor &out,
+                                      const Tensor &grad_input, Reduction reduction, bool log_target) {
+    runtime::forward_backward(*cache_, input, target, reduction, log_target, out, grad_input);
+}
+
+CacheStats Runtime::stats() const { return cache_->stats(); }
+const std::string &Runtime::target() const { return cache_->target(); }
+const std::string &Runtime::cache_dir() const { return cache_->cache_dir(); }
+
+namespace {
+
+// Options of the process's default runtime: the defaults, with KLDIV_JIT
+// choosing where kernels come from (KLDIV_SPECIALIZE and KLDIV_CACHE_DIR are
+// read by every runtime).
+RuntimeOptions process_default_options() {
+    RuntimeOptions options;
+    const char *jit = std::getenv("KLDIV_JIT");
+    const std::string mode = jit ? jit : "";
+    if (mode == "off") {
+        options.jit = false;
+    } else if (mode == "all") {
+        options.generic_from_aot = false;
+    } else if (!mode.empty() && mode != "auto") {
+        runtime::warn("KLDIV_JIT: '" + mode + "' is not one of off, auto, all; using 'auto'");
+    }
+    return options;
+}
+
+}  // namespace
+
+Runtime &Runtime::process_default() {
+    // Never destroyed: kernels may still run during static destruction.
+    static Runtime *instance = new Runtime(process_default_options());
+    return *instance;
 }
 
 void kl_div(const Tensor &input, const Tensor &target, const Tensor &out, const FunctionalOptions &options) {
     // The 'mean' warning comes from resolve_functional, so the kernel call
     // below must not warn again: route Mean through the same path silently.
     const ResolvedReduction resolved = resolve_functional(options);
-    runtime::forward(input, target, resolved.reduction, options.log_target, out, /*warn_mean=*/false);
+    runtime::forward(Runtime::process_default().cache(), input, target, resolved.reduction, options.log_target, out,
+                     /*warn_mean=*/false);
     if (resolved.divide_by_batch && !input.sizes.empty()) {
         runtime::scale_in_place(out, 1.0 / (double)input.sizes[0]);
     }

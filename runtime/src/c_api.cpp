@@ -64,36 +64,123 @@ int guarded(F &&body) {
     }
 }
 
+Runtime &runtime_or_default(kldiv_runtime *runtime);
+
+}  // namespace
+
+struct kldiv_runtime {
+    explicit kldiv_runtime(const RuntimeOptions &options) : runtime(options) {}
+    Runtime runtime;
+};
+
+namespace {
+
+Runtime &runtime_or_default(kldiv_runtime *runtime) {
+    return runtime ? runtime->runtime : Runtime::process_default();
+}
+
+RuntimeOptions to_options(const kldiv_runtime_options &c) {
+    RuntimeOptions o;
+    if (c.cache_dir) o.cache_dir = c.cache_dir;
+    if (c.disk_cache_bytes) o.disk_cache_bytes = c.disk_cache_bytes;
+    if (c.memory_cache_entries) o.memory_cache_entries = c.memory_cache_entries;
+    if (c.memory_cache_bytes) o.memory_cache_bytes = c.memory_cache_bytes;
+    switch (c.specialize) {
+    case KLDIV_SPECIALIZE_DEFAULT: break;
+    case KLDIV_SPECIALIZE_NEVER: o.specialize = Specialize::Never; break;
+    case KLDIV_SPECIALIZE_ALWAYS: o.specialize = Specialize::Always; break;
+    case KLDIV_SPECIALIZE_AUTO: o.specialize = Specialize::Auto; break;
+    default:
+        runtime::fail(ErrorCode::InvalidArgument,
+                      std::to_string((int)c.specialize) + " is not a valid value for specialize");
+    }
+    if (c.specialize_after < 0) runtime::fail(ErrorCode::InvalidArgument, "specialize_after is negative");
+    if (c.specialize_after) o.specialize_after = c.specialize_after;
+    o.jit = c.aot_only == 0;
+    o.generic_from_aot = c.jit_generic == 0;
+    o.blocking = c.no_blocking == 0;
+    if (c.target) o.target = c.target;
+    if (c.threads < 0) runtime::fail(ErrorCode::InvalidArgument, "threads is negative");
+    o.threads = c.threads;
+    if (c.warning_handler) {
+        kldiv_warning_handler handler = c.warning_handler;
+        void *user_data = c.warning_user_data;
+        o.warning_handler = [handler, user_data](const std::string &message) { handler(message.c_str(), user_data); };
+    }
+    return o;
+}
+
 }  // namespace
 
 extern "C" {
 
 int kldiv_forward(const kldiv_tensor *input, const kldiv_tensor *target, kldiv_reduction reduction, int log_target,
                   const kldiv_tensor *out) {
-    return guarded([&] {
-        kl_div(to_tensor(input, "input"), to_tensor(target, "target"), to_tensor(out, "out"), to_reduction(reduction),
-               log_target != 0);
-    });
+    return kldiv_runtime_forward(nullptr, input, target, reduction, log_target, out);
 }
 
 int kldiv_backward(const kldiv_tensor *grad_output, const kldiv_tensor *input, const kldiv_tensor *target,
                    kldiv_reduction reduction, int log_target, const kldiv_tensor *grad_input,
                    const kldiv_tensor *grad_target) {
-    return guarded([&] {
-        Tensor gi, gt;
-        if (grad_input) gi = to_tensor(grad_input, "grad_input");
-        if (grad_target) gt = to_tensor(grad_target, "grad_target");
-        kl_div_backward(to_tensor(grad_output, "grad_output"), to_tensor(input, "input"), to_tensor(target, "target"),
-                        to_reduction(reduction), log_target != 0, grad_input ? &gi : nullptr,
-                        grad_target ? &gt : nullptr);
-    });
+    return kldiv_runtime_backward(nullptr, grad_output, input, target, reduction, log_target, grad_input,
+                                  grad_target);
 }
 
 int kldiv_forward_backward(const kldiv_tensor *input, const kldiv_tensor *target, kldiv_reduction reduction,
                            int log_target, const kldiv_tensor *out, const kldiv_tensor *grad_input) {
+    return kldiv_runtime_forward_backward(nullptr, input, target, reduction, log_target, out, grad_input);
+}
+
+kldiv_runtime *kldiv_runtime_create(const kldiv_runtime_options *options) {
+    kldiv_runtime *created = nullptr;
+    const int status = guarded([&] {
+        const kldiv_runtime_options defaults{};
+        created = new kldiv_runtime(to_options(options ? *options : defaults));
+    });
+    return status == KLDIV_OK ? created : nullptr;
+}
+
+void kldiv_runtime_destroy(kldiv_runtime *runtime) { delete runtime; }
+
+int kldiv_runtime_forward(kldiv_runtime *runtime, const kldiv_tensor *input, const kldiv_tensor *target,
+                          kldiv_reduction reduction, int log_target, const kldiv_tensor *out) {
     return guarded([&] {
-        kl_div_forward_backward(to_tensor(input, "input"), to_tensor(target, "target"), to_tensor(out, "out"),
-                                to_tensor(grad_input, "grad_input"), to_reduction(reduction), log_target != 0);
+        runtime_or_default(runtime).kl_div(to_tensor(input, "input"), to_tensor(target, "target"),
+                                           to_tensor(out, "out"), to_reduction(reduction), log_target != 0);
+    });
+}
+
+int kldiv_runtime_backward(kldiv_runtime *runtime, const kldiv_tensor *grad_output, const kldiv_tensor *input,
+                           const kldiv_tensor *target, kldiv_reduction reduction, int log_target,
+                           const kldiv_tensor *grad_input, const kldiv_tensor *grad_target) {
+    return guarded([&] {
+        Tensor gi, gt;
+        if (grad_input) gi = to_tensor(grad_input, "grad_input");
+        if (grad_target) gt = to_tensor(grad_target, "grad_target");
+        runtime_or_default(runtime).kl_div_backward(to_tensor(grad_output, "grad_output"), to_tensor(input, "input"),
+                                                    to_tensor(target, "target"), to_reduction(reduction),
+                                                    log_target != 0, grad_input ? &gi : nullptr,
+                                                    grad_target ? &gt : nullptr);
+    });
+}
+
+int kldiv_runtime_forward_backward(kldiv_runtime *runtime, const kldiv_tensor *input, const kldiv_tensor *target,
+                                   kldiv_reduction reduction, int log_target, const kldiv_tensor *out,
+                                   const kldiv_tensor *grad_input) {
+    return guarded([&] {
+        runtime_or_default(runtime).kl_div_forward_backward(to_tensor(input, "input"), to_tensor(target, "target"),
+                                                            to_tensor(out, "out"), to_tensor(grad_input, "grad_input"),
+                                                            to_reduction(reduction), log_target != 0);
+    });
+}
+
+int kldiv_cache_stats(const kldiv_runtime *runtime, kldiv_cache_stats_t *stats) {
+    return guarded([&] {
+        if (stats == nullptr) runtime::fail(ErrorCode::InvalidArgument, "stats is null");
+        const CacheStats s = runtime_or_default(const_cast<kldiv_runtime *>(runtime)).stats();
+        *stats = kldiv_cache_stats_t{s.hits,      s.misses,          s.disk_hits, s.compiles,
+                                     s.failures,  s.evictions,       s.aot_calls, s.compile_seconds,
+                                     s.entries,   s.code_bytes};
     });
 }
 

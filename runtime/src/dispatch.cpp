@@ -9,9 +9,9 @@
 #include <memory>
 #include <string>
 
-#include "aot_registry.h"
 #include "errors.h"
 #include "host_convert.h"
+#include "kernel_cache.h"
 #include "kldiv/codegen/kernel_spec.h"
 #include "layout.h"
 
@@ -170,23 +170,6 @@ int64_t numel_of(const std::vector<int64_t> &shape) {
     return n;
 }
 
-using KernelEntry = int (*)(void **);
-
-KernelEntry find_kernel(const KernelSpec &spec) {
-    static const std::map<std::string, KernelEntry> table = [] {
-        std::map<std::string, KernelEntry> t;
-        for (const AotKernel &k : aot_kernels()) t[k.name] = k.argv;
-        return t;
-    }();
-    auto it = table.find(spec.name());
-    if (it == table.end()) fail(ErrorCode::Internal, "no kernel " + spec.name() + " in this build");
-    return it->second;
-}
-
-thread_local std::string halide_message;
-
-void capture_halide_error(void *, const char *message) { halide_message = message; }
-
 halide_type_t storage_halide_type(DType dtype) {
     switch (dtype) {
     case DType::Float32: return halide_type_t(halide_type_float, 32);
@@ -199,15 +182,9 @@ halide_type_t storage_halide_type(DType dtype) {
 // arguments except `total`, in argument order, each with its strides in
 // `shape`. Buffer `order_by` (an output, where there is one) decides the
 // dimension order. Returns the float64 sum when the kernel has a `total`.
-double run_kernel(const KernelSpec &spec, const std::vector<int64_t> &shape, const std::vector<const Tensor *> &buffers,
-                  const std::vector<std::vector<int64_t>> &strides, double grad_scale, size_t order_by) {
-    static const bool handler_installed = [] {
-        halide_set_error_handler(capture_halide_error);
-        return true;
-    }();
-    (void)handler_installed;
-
-    const KernelEntry entry = find_kernel(spec);
+double run_kernel(KernelCache &cache, const KernelSpec &spec, const std::vector<int64_t> &shape,
+                  const std::vector<const Tensor *> &buffers, const std::vector<std::vector<int64_t>> &strides,
+                  double grad_scale, size_t order_by) {
     const std::vector<codegen::Argument> args = codegen::arguments(spec);
     const size_t elem = element_size(spec.dtype);
     double total = 0.0;
@@ -228,7 +205,11 @@ double run_kernel(const KernelSpec &spec, const std::vector<int64_t> &shape, con
         total_buffer.host = reinterpret_cast<uint8_t *>(&piece_total);
         total_buffer.type = halide_type_t(halide_type_float, 64);
 
+        const KernelCall kernel = cache.kernel(spec, piece);
+        KernelErrorContext context;
+        void *user_context = &context;
         std::vector<void *> argv;
+        if (kernel.user_context) argv.push_back(&user_context);
         size_t next = 0;
         for (const codegen::Argument &a : args) {
             if (a.kind == codegen::Argument::Scalar) {
@@ -239,9 +220,9 @@ double run_kernel(const KernelSpec &spec, const std::vector<int64_t> &shape, con
                 argv.push_back(&hb[next++]);
             }
         }
-        halide_message.clear();
-        if (int status = entry(argv.data()); status != 0) {
-            fail(ErrorCode::Internal, "kernel " + spec.name() + " failed (" + std::to_string(status) + "): " + halide_message);
+        if (int status = kernel.entry(argv.data()); status != 0) {
+            const std::string message = kernel.user_context ? context.message : take_kernel_error();
+            fail(ErrorCode::Internal, "kernel " + spec.name() + " failed (" + std::to_string(status) + "): " + message);
         }
         total += piece_total;
     });
@@ -299,13 +280,13 @@ void for_each_slab(const std::vector<int64_t> &shape,
 // Runs `spec` with `buffers` in argument order (each in its own shape) over
 // the broadcast `shape`. Buffers flagged in `summed` are outputs whose operand
 // was broadcast: they receive the gradient summed to their own shape.
-double run_summing_broadcast(const KernelSpec &spec, const std::vector<int64_t> &shape,
+double run_summing_broadcast(KernelCache &cache, const KernelSpec &spec, const std::vector<int64_t> &shape,
                              const std::vector<const Tensor *> &buffers, const std::vector<bool> &summed,
                              double grad_scale, size_t order_by) {
     if (std::none_of(summed.begin(), summed.end(), [](bool b) { return b; })) {
         std::vector<std::vector<int64_t>> strides;
         for (const Tensor *t : buffers) strides.push_back(expand_strides(t->sizes, t->strides, shape));
-        return run_kernel(spec, shape, buffers, strides, grad_scale, order_by);
+        return run_kernel(cache, spec, shape, buffers, strides, grad_scale, order_by);
     }
     const size_t elem = element_size(spec.dtype);
     std::vector<Tensor> views;
@@ -338,7 +319,7 @@ double run_summing_broadcast(const KernelSpec &spec, const std::vector<int64_t> 
             slab_buffers.push_back(&t);
             strides.push_back(t.strides);
         }
-        total += run_kernel(spec, sizes, slab_buffers, strides, grad_scale, order_by);
+        total += run_kernel(cache, spec, sizes, slab_buffers, strides, grad_scale, order_by);
         for (size_t k = 0; k < buffers.size(); k++) {
             if (!summed[k]) continue;
             int64_t base = 0;
@@ -381,7 +362,7 @@ void write_scalar(const Tensor &out, double value) { store_from_double(out.data,
 
 }  // namespace
 
-void forward(const Tensor &input, const Tensor &target, Reduction reduction, bool log_target, const Tensor &out,
+void forward(KernelCache &cache, const Tensor &input, const Tensor &target, Reduction reduction, bool log_target, const Tensor &out,
              bool warn_mean) {
     check_reduction(reduction);
     check_tensor(input, "input");
@@ -392,23 +373,23 @@ void forward(const Tensor &input, const Tensor &target, Reduction reduction, boo
     const std::vector<int64_t> shape = loss_shape(input, target);
     check_shape(out, "out", reduction == Reduction::None ? shape : std::vector<int64_t>{});
     check_outputs({{&out, "out"}}, {{&input, "input"}, {&target, "target"}});
-    if (reduction == Reduction::Mean && warn_mean) warn_mean_reduction();
+    if (reduction == Reduction::Mean && warn_mean) cache.warn(mean_reduction_warning());
 
     const int64_t numel = numel_of(shape);
     KernelSpec spec{Pass::Forward, input.dtype, log_target, reduction != Reduction::None, false, false};
     if (reduction == Reduction::None) {
         if (numel == 0) return;
-        run_kernel(spec, shape, {&input, &target, &out},
+        run_kernel(cache, spec, shape, {&input, &target, &out},
                    {strides_in(input, shape), strides_in(target, shape), strides_in(out, shape)}, 0.0, 2);
         return;
     }
     const double total = numel == 0 ? 0.0
-                                    : run_kernel(spec, shape, {&input, &target},
+                                    : run_kernel(cache, spec, shape, {&input, &target},
                                                  {strides_in(input, shape), strides_in(target, shape)}, 0.0, 0);
     write_scalar(out, total / divisor(reduction, input, numel));
 }
 
-void backward(const Tensor &grad_output, const Tensor &input, const Tensor &target, Reduction reduction,
+void backward(KernelCache &cache, const Tensor &grad_output, const Tensor &input, const Tensor &target, Reduction reduction,
               bool log_target, const Tensor *grad_input, const Tensor *grad_target) {
     check_reduction(reduction);
     check_tensor(grad_output, "grad_output");
@@ -460,10 +441,10 @@ void backward(const Tensor &grad_output, const Tensor &input, const Tensor &targ
         buffers.push_back(grad_target);
         summed.push_back(target.sizes != shape);
     }
-    run_summing_broadcast(spec, shape, buffers, summed, grad_scale, first_output);
+    run_summing_broadcast(cache, spec, shape, buffers, summed, grad_scale, first_output);
 }
 
-void forward_backward(const Tensor &input, const Tensor &target, Reduction reduction, bool log_target,
+void forward_backward(KernelCache &cache, const Tensor &input, const Tensor &target, Reduction reduction, bool log_target,
                       const Tensor &out, const Tensor &grad_input) {
     check_reduction(reduction);
     check_tensor(input, "input");
@@ -477,7 +458,7 @@ void forward_backward(const Tensor &input, const Tensor &target, Reduction reduc
     check_shape(out, "out", reduction == Reduction::None ? shape : std::vector<int64_t>{});
     check_shape(grad_input, "grad_input", input.sizes);
     check_outputs({{&out, "out"}, {&grad_input, "grad_input"}}, {{&input, "input"}, {&target, "target"}});
-    if (reduction == Reduction::Mean) warn_mean_reduction();
+    if (reduction == Reduction::Mean) cache.warn(mean_reduction_warning());
 
     const int64_t numel = numel_of(shape);
     const bool reduce = reduction != Reduction::None;
@@ -493,7 +474,7 @@ void forward_backward(const Tensor &input, const Tensor &target, Reduction reduc
     buffers.push_back(&grad_input);
     std::vector<bool> summed(buffers.size(), false);
     summed.back() = input.sizes != shape;
-    const double total = run_summing_broadcast(spec, shape, buffers, summed, scale, buffers.size() - 1);
+    const double total = run_summing_broadcast(cache, spec, shape, buffers, summed, scale, buffers.size() - 1);
     if (reduce) write_scalar(out, total / divisor(reduction, input, numel));
 }
 

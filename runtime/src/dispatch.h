@@ -1,18 +1,19 @@
-// Validation and execution of the three passes on AOT kernels.
+// Validation and execution of the three passes; kernels come from a KernelCache.
 #pragma once
 
+#include "kernel_cache.h"
 #include "kldiv/kldiv.hpp"
 
 namespace kldiv::runtime {
 
 // `warn_mean`: emit PyTorch's 'mean' warning (the functional form warns itself).
-void forward(const Tensor &input, const Tensor &target, Reduction reduction, bool log_target,
+void forward(KernelCache &cache, const Tensor &input, const Tensor &target, Reduction reduction, bool log_target,
              const Tensor &out, bool warn_mean = true);
 
-void backward(const Tensor &grad_output, const Tensor &input, const Tensor &target, Reduction reduction,
+void backward(KernelCache &cache, const Tensor &grad_output, const Tensor &input, const Tensor &target, Reduction reduction,
               bool log_target, const Tensor *grad_input, const Tensor *grad_target);
 
-void forward_backward(const Tensor &input, const Tensor &target, Reduction reduction, bool log_target,
+void forward_backward(KernelCache &cache, const Tensor &input, const Tensor &target, Reduction reduction, bool log_target,
                       const Tensor &out, const Tensor &grad_input);
 
 // Multiplies every element of `tensor` by `factor` (the functional form's

@@ -2,6 +2,7 @@
 
 #include <memory>
 #include <mutex>
+#include <utility>
 
 namespace kldiv::runtime {
 
@@ -25,11 +26,26 @@ void warn(const std::string &message) {
     if (current && *current) (*current)(message);
 }
 
-void warn_mean_reduction() {
-    warn("reduction: 'mean' divides the total loss by both the batch size and the support size."
-         "'batchmean' divides only by the batch size, and aligns with the KL div math definition."
-         "'mean' will be changed to behave the same as 'batchmean' in the next major release.");
+const std::string &mean_reduction_warning() {
+    static const std::string text =
+        "reduction: 'mean' divides the total loss by both the batch size and the support size."
+        "'batchmean' divides only by the batch size, and aligns with the KL div math definition."
+        "'mean' will be changed to behave the same as 'batchmean' in the next major release.";
+    return text;
 }
+
+void warn_mean_reduction() { warn(mean_reduction_warning()); }
+
+namespace {
+thread_local std::string thread_kernel_error;
+}
+
+void record_kernel_error(void *user_context, const char *message) {
+    std::string &sink = user_context ? static_cast<KernelErrorContext *>(user_context)->message : thread_kernel_error;
+    sink += message;
+}
+
+std::string take_kernel_error() { return std::exchange(thread_kernel_error, std::string()); }
 
 void set_last_error(const std::string &message) { thread_last_error = message; }
 

@@ -13,7 +13,17 @@ namespace kldiv::runtime {
 void warn(const std::string &message);
 
 // PyTorch's warning for reduction='mean', sent on every call that uses it.
+const std::string &mean_reduction_warning();
 void warn_mean_reduction();
+
+// Halide's error handler in every kernel. JIT kernels pass a
+// KernelErrorContext as user context and get their message there; AOT
+// kernels (no user context) leave it for take_kernel_error() on the thread.
+struct KernelErrorContext {
+    std::string message;
+};
+void record_kernel_error(void *user_context, const char *message);
+std::string take_kernel_error();
 
 // The calling thread's last error message, for kldiv_last_error().
 void set_last_error(const std::string &message);

@@ -77,6 +77,74 @@ void kldiv_set_num_threads(int threads);
 /* Name of the x86 feature level the AOT kernels run with on this CPU. */
 const char *kldiv_cpu_target(void);
 
+/* ---- Runtimes: JIT-compiled kernels and kernel caches ----------------------
+ *
+ * The functions above use the process's default runtime. A runtime of one's
+ * own sets where compiled kernels are cached and when kernels are compiled
+ * for a call's exact shape. Environment: KLDIV_CACHE_DIR (a directory, or
+ * "off"), KLDIV_SPECIALIZE (never | always | auto), and for the default
+ * runtime KLDIV_JIT (off: AOT kernels only; auto: AOT kernels for
+ * shape-generic calls, the default; all: every kernel from the JIT). */
+
+typedef struct kldiv_runtime kldiv_runtime;
+
+typedef enum {
+    KLDIV_SPECIALIZE_DEFAULT = 0, /* KLDIV_SPECIALIZE, else AUTO */
+    KLDIV_SPECIALIZE_NEVER,       /* shape-generic kernels only */
+    KLDIV_SPECIALIZE_ALWAYS,      /* a shape-specialised kernel for every new shape */
+    KLDIV_SPECIALIZE_AUTO         /* once a shape has been seen a few times */
+} kldiv_specialize;
+
+/* Zero-initialise, then set what differs from the defaults. */
+typedef struct {
+    const char *cache_dir;         /* NULL: the default location; "off": memory only */
+    uint64_t disk_cache_bytes;     /* 0: 1 GiB */
+    uint64_t memory_cache_entries; /* 0: 1024 */
+    uint64_t memory_cache_bytes;   /* 0: 256 MiB of object code */
+    kldiv_specialize specialize;
+    int32_t specialize_after;      /* 0: 3 calls with one shape */
+    int32_t aot_only;              /* nonzero: never compile */
+    int32_t jit_generic;           /* nonzero: shape-generic kernels from the JIT too */
+    int32_t no_blocking;           /* nonzero: run AOT kernels while a kernel compiles */
+    const char *target;            /* NULL or "host": this CPU; else a Halide target string */
+    int32_t threads;               /* 0: leave the kernel thread pool as it is */
+    kldiv_warning_handler warning_handler; /* NULL: the process-wide handler */
+    void *warning_user_data;
+} kldiv_runtime_options;
+
+/* NULL options: the defaults. Returns NULL on error (see kldiv_last_error). */
+kldiv_runtime *kldiv_runtime_create(const kldiv_runtime_options *options);
+void kldiv_runtime_destroy(kldiv_runtime *runtime);
+
+/* As kldiv_forward, kldiv_backward and kldiv_forward_backward, on `runtime`
+ * (NULL: the default runtime). */
+int kldiv_runtime_forward(kldiv_runtime *runtime, const kldiv_tensor *input, const kldiv_tensor *target,
+                          kldiv_reduction reduction, int log_target, const kldiv_tensor *out);
+int kldiv_runtime_backward(kldiv_runtime *runtime, const kldiv_tensor *grad_output,
+                           const kldiv_tensor *input, const kldiv_tensor *target,
+                           kldiv_reduction reduction, int log_target,
+                           const kldiv_tensor *grad_input, const kldiv_tensor *grad_target);
+int kldiv_runtime_forward_backward(kldiv_runtime *runtime, const kldiv_tensor *input,
+                                   const kldiv_tensor *target, kldiv_reduction reduction,
+                                   int log_target, const kldiv_tensor *out,
+                                   const kldiv_tensor *grad_input);
+
+typedef struct {
+    uint64_t hits;        /* calls served by a kernel already in memory */
+    uint64_t misses;      /* JIT kernels not in memory when asked for */
+    uint64_t disk_hits;   /* ... of which loaded from the disk cache */
+    uint64_t compiles;    /* ... of which compiled */
+    uint64_t failures;    /* compiles that failed */
+    uint64_t evictions;   /* kernels dropped from memory */
+    uint64_t aot_calls;   /* calls served by AOT kernels */
+    double compile_seconds;
+    uint64_t entries;     /* kernels in memory now */
+    uint64_t code_bytes;  /* their object code */
+} kldiv_cache_stats_t;
+
+/* Statistics of `runtime`'s kernel caches (NULL: the default runtime). */
+int kldiv_cache_stats(const kldiv_runtime *runtime, kldiv_cache_stats_t *stats);
+
 #ifdef __cplusplus
 }
 #endif

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -13,6 +14,10 @@
 #include "kldiv/dsl/dtype.h"
 
 namespace kldiv {
+
+namespace runtime {
+class KernelCache;
+}
 
 enum class Device { CPU, CUDA };
 
@@ -107,8 +112,112 @@ private:
 void kl_div(const Tensor &input, const Tensor &target, const Tensor &out,
             const FunctionalOptions &options);
 
-// Threads used by the CPU kernels (0: one per core).
+// Threads used by the CPU kernels (0: one per core). One thread pool serves
+// every kernel in the process, AOT and JIT alike.
 void set_num_threads(int threads);
+
+// ---- Runtime: JIT-compiled kernels and the kernel caches -----------------
+
+// When the JIT compiles kernels for a call's exact shape (extents and strides)
+// instead of using a shape-generic kernel.
+enum class Specialize {
+    Never,   // shape-generic kernels only
+    Always,  // a shape-specialised kernel for every new shape
+    Auto     // once a shape has been seen `specialize_after` times
+};
+// "never" | "always" | "auto"; anything else throws InvalidArgument.
+Specialize parse_specialize(const std::string &name);
+const char *specialize_name(Specialize policy);
+
+struct RuntimeOptions {
+    // On-disk kernel cache: "" for $KLDIV_CACHE_DIR, else $XDG_CACHE_HOME/kldiv,
+    // else ~/.cache/kldiv; "off" (here or in KLDIV_CACHE_DIR) keeps kernels in
+    // memory only. An unusable directory degrades to memory-only with a warning.
+    std::string cache_dir;
+    uint64_t disk_cache_bytes = uint64_t(1) << 30;  // pruned least recently used first
+    // In-memory cache bounds; the least recently used kernel is evicted first.
+    size_t memory_cache_entries = 1024;
+    uint64_t memory_cache_bytes = uint64_t(256) << 20;  // object code bytes
+    // Unset: $KLDIV_SPECIALIZE ("never" | "always" | "auto"), else Auto.
+    std::optional<Specialize> specialize;
+    int specialize_after = 3;
+    // false: AOT kernels only, nothing is compiled.
+    bool jit = true;
+    // Shape-generic calls use the library's AOT kernels when it has them for
+    // the target; false compiles generic kernels with the JIT as well.
+    bool generic_from_aot = true;
+    // false: while a kernel compiles in the background, calls run the AOT
+    // kernel instead of waiting (where the build has one).
+    bool blocking = true;
+    // Halide target string of JIT kernels, or "host" (this CPU).
+    std::string target = "host";
+    // Threads of the process's kernel thread pool (0: leave it as it is).
+    int threads = 0;
+    // Receives this runtime's warnings (cache faults, PyTorch's warnings for
+    // its calls); empty: the process-wide handler.
+    WarningHandler warning_handler;
+};
+
+struct CacheStats {
+    uint64_t hits = 0;        // calls served by a kernel already in memory
+    uint64_t misses = 0;      // JIT kernels not in memory when asked for
+    uint64_t disk_hits = 0;   // ... of which loaded from the disk cache
+    uint64_t compiles = 0;    // ... of which compiled
+    uint64_t failures = 0;    // compiles that failed
+    uint64_t evictions = 0;   // kernels dropped from memory
+    uint64_t aot_calls = 0;   // calls served by AOT kernels
+    double compile_seconds = 0;  // total time compiling
+    uint64_t entries = 0;     // kernels in memory now
+    uint64_t code_bytes = 0;  // their object code
+};
+
+// Where a call's kernel came from.
+enum class KernelOrigin { Aot, Memory, Disk, Compiled };
+const char *origin_name(KernelOrigin origin);
+
+struct KernelInfo {
+    std::string name;          // KernelSpec name, with the shape when specialised
+    KernelOrigin origin = KernelOrigin::Aot;
+    bool specialised = false;
+    double seconds = 0;        // spent finding, loading or compiling it
+};
+
+// The calling thread's most recent kernel (its first piece, for calls cut
+// into several).
+KernelInfo last_kernel();
+
+// A kernel runtime: JIT compiler, in-memory and on-disk kernel caches, and
+// the policy choosing between AOT, generic and shape-specialised kernels. The
+// free functions above use process_default(). Thread-safe.
+class Runtime {
+public:
+    explicit Runtime(RuntimeOptions options = {});
+    ~Runtime();
+    Runtime(const Runtime &) = delete;
+    Runtime &operator=(const Runtime &) = delete;
+
+    void kl_div(const Tensor &input, const Tensor &target, const Tensor &out,
+                Reduction reduction = Reduction::Mean, bool log_target = false);
+    void kl_div_backward(const Tensor &grad_output, const Tensor &input, const Tensor &target,
+                         Reduction reduction, bool log_target, const Tensor *grad_input,
+                         const Tensor *grad_target);
+    void kl_div_forward_backward(const Tensor &input, const Tensor &target, const Tensor &out,
+                                 const Tensor &grad_input, Reduction reduction = Reduction::Mean,
+                                 bool log_target = false);
+
+    CacheStats stats() const;
+    const std::string &target() const;     // resolved Halide target string
+    const std::string &cache_dir() const;  // "" when memory-only
+
+    // The runtime behind the free functions and the C ABI (default options,
+    // created on first use, never destroyed).
+    static Runtime &process_default();
+
+    runtime::KernelCache &cache() { return *cache_; }
+
+private:
+    std::unique_ptr<runtime::KernelCache> cache_;
+};
 
 // The x86 feature level the AOT kernels run with on this CPU.
 std::string cpu_target();

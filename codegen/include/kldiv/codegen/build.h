@@ -3,6 +3,7 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,17 @@ int argument_dimensions(const Argument &argument);
 // of arguments(spec). Each output Func is named after its argument.
 std::vector<Halide::Func> build(const KernelSpec &spec, const schedules::Params &params,
                                 const Halide::Target &target, const PipelineInputs &inputs);
+
+// The kernel as a Halide Module named `function`: arguments from
+// arguments(spec) (dimension 0 of every buffer may have any stride), every
+// buffer pinned to `shape` when there is one. For the JIT and `kldiv aot`.
+Halide::Module compile_module(const KernelSpec &spec, const std::optional<FixedShape> &shape,
+                              const schedules::Params &params, const Halide::Target &target,
+                              const std::string &function);
+
+// This CPU's Halide target, without features Halide 14 reports wrongly (see
+// build.cpp). `kldiv aot` and the JIT use it for "host".
+Halide::Target host_target();
 
 // Feature flags every kernel is compiled with (IEEE semantics for the edge
 // values in SPEC.md), added to a target.

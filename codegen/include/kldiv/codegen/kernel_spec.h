@@ -2,6 +2,8 @@
 // runtime uses it to find and call kernels.
 #pragma once
 
+#include <array>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -38,6 +40,14 @@ struct Argument {
 };
 
 std::vector<Argument> arguments(const KernelSpec &spec);
+
+// The 4 extents of a kernel call and the strides of each buffer argument
+// (arguments(spec) order, `total` excluded). A kernel compiled for a fixed
+// shape accepts exactly that shape, every min 0.
+struct FixedShape {
+    std::array<int32_t, 4> extent{};
+    std::vector<std::array<int32_t, 4>> strides;
+};
 
 // Every spec the AOT library is built with (each dtype, log_target, pass variant).
 std::vector<KernelSpec> aot_specs();

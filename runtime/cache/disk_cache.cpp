@@ -1,0 +1,815 @@
+#include "disk_cache.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <nlohmann/json.hpp>
+#include <unordered_map>
+#include <unordered_set>
+
+namespace kldiv::cache {
+
+namespace {
+
+// Files: "<hash>.json" (manifest), "<hash>.<checksum>.obj" (payload, immutable:
+// its name changes with its content) and ".tmp.<pid>.<tid>.<n>" (being written).
+constexpr char kFormatName[] = "kldiv-kernel-cache";
+constexpr int kFormatVersion = 1;
+constexpr std::size_t kHashDigits = 32;
+constexpr std::size_t kChecksumDigits = 16;
+constexpr char kManifestSuffix[] = ".json";
+constexpr char kPayloadSuffix[] = ".obj";
+constexpr char kTemporaryPrefix[] = ".tmp.";
+// A temporary or orphan payload this old belongs to no live writer.
+constexpr std::int64_t kStaleSeconds = 600;
+// Larger "manifests" are garbage; reading them whole would only waste memory.
+constexpr off_t kMaxManifestBytes = off_t(64) << 20;
+// A payload can vanish under a reader when another process replaces the entry.
+constexpr int kLoadAttempts = 3;
+
+// ---------------------------------------------------------------------------
+// Hashing: 8 bytes a step, little-endian whatever the host, so names and
+// checksums agree across machines. Every step is a bijection of the state for
+// a fixed word, so a change confined to one word always changes the result.
+
+std::uint64_t rotate_left(std::uint64_t x, int bits) { return (x << bits) | (x >> (64 - bits)); }
+
+std::uint64_t load_little_endian(const unsigned char *bytes, std::size_t count) {
+    std::uint64_t word = 0;
+    for (std::size_t i = 0; i < count; ++i) word |= std::uint64_t(bytes[i]) << (8 * i);
+    return word;
+}
+
+std::uint64_t finalize(std::uint64_t h) {
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+    return h;
+}
+
+std::uint64_t hash64(const std::string &text, std::uint64_t seed) {
+    constexpr std::uint64_t k1 = 0x87c37b91114253d5ULL, k2 = 0x4cf5ad432745937fULL;
+    const auto *bytes = reinterpret_cast<const unsigned char *>(text.data());
+    const std::size_t size = text.size();
+    std::uint64_t h = seed ^ 0x9e3779b97f4a7c15ULL;
+    auto absorb = [&](std::uint64_t word) {
+        word = rotate_left(word * k1, 31) * k2;
+        h = rotate_left(h ^ word, 27) * 5 + 0x52dce729;
+    };
+    std::size_t i = 0;
+    for (; i + 8 <= size; i += 8) absorb(load_little_endian(bytes + i, 8));
+    if (i < size) absorb(load_little_endian(bytes + i, size - i));
+    return finalize(h ^ size);
+}
+
+std::string hex16(std::uint64_t value) {
+    char text[17];
+    std::snprintf(text, sizeof text, "%016" PRIx64, value);
+    return text;
+}
+
+bool is_hex(const std::string &text, std::size_t begin, std::size_t count) {
+    if (begin + count > text.size()) return false;
+    for (std::size_t i = begin; i < begin + count; ++i) {
+        const char c = text[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+    }
+    return true;
+}
+
+bool ends_with(const std::string &text, const std::string &suffix) {
+    return text.size() >= suffix.size() &&
+           text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::string payload_name(const std::string &hash, std::uint64_t checksum) {
+    return hash + "." + hex16(checksum) + kPayloadSuffix;
+}
+
+// ---------------------------------------------------------------------------
+// Files.
+
+enum class FileKind { Manifest, Payload, Temporary, Other };
+
+FileKind classify(const std::string &name) {
+    const std::size_t manifest_length = kHashDigits + sizeof kManifestSuffix - 1;
+    const std::size_t payload_length =
+        kHashDigits + 1 + kChecksumDigits + sizeof kPayloadSuffix - 1;
+    if (name.rfind(kTemporaryPrefix, 0) == 0) return FileKind::Temporary;
+    if (name.size() == manifest_length && is_hex(name, 0, kHashDigits) &&
+        ends_with(name, kManifestSuffix)) {
+        return FileKind::Manifest;
+    }
+    if (name.size() == payload_length && is_hex(name, 0, kHashDigits) && name[kHashDigits] == '.' &&
+        is_hex(name, kHashDigits + 1, kChecksumDigits) && ends_with(name, kPayloadSuffix)) {
+        return FileKind::Payload;
+    }
+    return FileKind::Other;
+}
+
+struct CacheFile {
+    std::string name;
+    FileKind kind;
+    std::uint64_t size;
+    timespec modified;
+};
+
+std::unordered_map<std::string, const CacheFile *> payloads_by_name(
+    const std::vector<CacheFile> &files) {
+    std::unordered_map<std::string, const CacheFile *> payloads;
+    for (const CacheFile &file : files) {
+        if (file.kind == FileKind::Payload) payloads.emplace(file.name, &file);
+    }
+    return payloads;
+}
+
+bool older(const timespec &a, const timespec &b) {
+    return a.tv_sec != b.tv_sec ? a.tv_sec < b.tv_sec : a.tv_nsec < b.tv_nsec;
+}
+
+// This cache's files in `dir` (regular files only; others are not ours).
+std::vector<CacheFile> scan(const std::string &dir) {
+    std::vector<CacheFile> files;
+    DIR *stream = opendir(dir.c_str());
+    if (!stream) return files;
+    const int dir_fd = dirfd(stream);
+    while (const dirent *item = readdir(stream)) {
+        const std::string name = item->d_name;
+        const FileKind kind = classify(name);
+        if (kind == FileKind::Other) continue;
+        struct stat info;
+        if (fstatat(dir_fd, name.c_str(), &info, AT_SYMLINK_NOFOLLOW) != 0) continue;
+        if (!S_ISREG(info.st_mode)) continue;
+        files.push_back({name, kind, std::uint64_t(info.st_size), info.st_mtim});
+    }
+    closedir(stream);
+    return files;
+}
+
+// Reads the whole of `fd` (whose size is `size`) into `text`; false on error.
+bool read_all(int fd, std::size_t size, std::string *text) {
+    text->resize(size);
+    std::size_t done = 0;
+    while (done < size) {
+        const ssize_t got = read(fd, text->data() + done, size - done);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) return false;
+        done += std::size_t(got);
+    }
+    return true;
+}
+
+// Writes `data` to a new file `path`; on failure removes it and sets `*error`.
+bool write_new_file(const std::string &path, const std::string &data, int *error) {
+    const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        *error = errno;
+        return false;
+    }
+    std::size_t done = 0;
+    while (done < data.size()) {
+        const ssize_t wrote = write(fd, data.data() + done, data.size() - done);
+        if (wrote < 0 && errno == EINTR) continue;
+        if (wrote <= 0) {
+            *error = wrote < 0 ? errno : ENOSPC;
+            close(fd);
+            unlink(path.c_str());
+            return false;
+        }
+        done += std::size_t(wrote);
+    }
+    // Without an fsync a crash can leave a short payload behind a manifest;
+    // the checksum on load catches that, which is cheaper than syncing every store.
+    if (close(fd) != 0) {
+        *error = errno;
+        unlink(path.c_str());
+        return false;
+    }
+    return true;
+}
+
+// mkdir -p; new directories are private to the user, as the XDG spec asks.
+bool make_directories(const std::string &path, int *error) {
+    std::size_t position = 0;
+    while (position != std::string::npos) {
+        position = path.find('/', position + 1);
+        const std::string prefix = path.substr(0, position);
+        if (prefix.empty()) continue;
+        if (mkdir(prefix.c_str(), 0700) != 0 && errno != EEXIST) {
+            *error = errno;
+            return false;
+        }
+    }
+    struct stat info;
+    if (stat(path.c_str(), &info) != 0) {
+        *error = errno;
+        return false;
+    }
+    if (!S_ISDIR(info.st_mode)) {
+        *error = ENOTDIR;
+        return false;
+    }
+    return true;
+}
+
+// ---------------------------------------------------------------------------
+// Manifests. Text fields hold any bytes: each byte is stored as the code point
+// of the same value, which keeps the JSON valid and ASCII keys readable.
+
+std::string bytes_to_json_text(const std::string &bytes) {
+    std::string text;
+    text.reserve(bytes.size());
+    for (const char c : bytes) {
+        const auto byte = static_cast<unsigned char>(c);
+        if (byte < 0x80) {
+            text += c;
+        } else {
+            text += char(0xc0 | (byte >> 6));
+            text += char(0x80 | (byte & 0x3f));
+        }
+    }
+    return text;
+}
+
+std::optional<std::string> json_text_to_bytes(const std::string &text) {
+    std::string bytes;
+    bytes.reserve(text.size());
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        const auto lead = static_cast<unsigned char>(text[i]);
+        if (lead < 0x80) {
+            bytes += text[i];
+        } else if ((lead == 0xc2 || lead == 0xc3) && i + 1 < text.size() &&
+                   (static_cast<unsigned char>(text[i + 1]) & 0xc0) == 0x80) {
+            bytes += char(((lead & 0x03) << 6) | (static_cast<unsigned char>(text[i + 1]) & 0x3f));
+            ++i;
+        } else {
+            return std::nullopt;  // a code point above 255: not written by us
+        }
+    }
+    return bytes;
+}
+
+struct Manifest {
+    std::string version;
+    std::string key;
+    std::string description;
+    std::string payload;
+    std::uint64_t payload_bytes = 0;
+    std::uint64_t payload_checksum = 0;
+};
+
+std::string manifest_text(const Manifest &manifest) {
+    const nlohmann::json json = {
+        {"format", kFormatName},
+        {"format_version", kFormatVersion},
+        {"version", bytes_to_json_text(manifest.version)},
+        {"key", bytes_to_json_text(manifest.key)},
+        {"description", bytes_to_json_text(manifest.description)},
+        {"payload", manifest.payload},
+        {"payload_bytes", manifest.payload_bytes},
+        {"payload_checksum", hex16(manifest.payload_checksum)},
+    };
+    return json.dump(1) + "\n";
+}
+
+// What a manifest says, or why it cannot be read (`*reason`). A manifest of
+// another format version parses with `*foreign_format` set.
+std::optional<Manifest> parse_manifest(const std::string &text, std::string *reason,
+                                       bool *foreign_format) {
+    *foreign_format = false;
+    const nlohmann::json json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (json.is_discarded() || !json.is_object()) {
+        *reason = "not valid JSON";
+        return std::nullopt;
+    }
+    auto string_field = [&](const char *name) -> std::optional<std::string> {
+        const auto it = json.find(name);
+        if (it == json.end() || !it->is_string()) return std::nullopt;
+        return json_text_to_bytes(it->get<std::string>());
+    };
+    auto count_field = [&](const char *name) -> std::optional<std::uint64_t> {
+        const auto it = json.find(name);
+        if (it == json.end() || !it->is_number_unsigned()) return std::nullopt;
+        return it->get<std::uint64_t>();
+    };
+    if (string_field("format") != std::string(kFormatName)) {
+        *reason = "not a kernel cache manifest";
+        return std::nullopt;
+    }
+    const std::optional<std::uint64_t> format_version = count_field("format_version");
+    if (format_version != std::uint64_t(kFormatVersion)) {
+        *foreign_format = true;
+        *reason = "format version " +
+                  (format_version ? std::to_string(*format_version) : std::string("missing")) +
+                  ", expected " + std::to_string(kFormatVersion);
+        return std::nullopt;
+    }
+    Manifest manifest;
+    const std::optional<std::string> version = string_field("version"), key = string_field("key"),
+                                     description = string_field("description"),
+                                     payload = string_field("payload"),
+                                     checksum = string_field("payload_checksum");
+    const std::optional<std::uint64_t> payload_bytes = count_field("payload_bytes");
+    if (!version || !key || !description || !payload || !checksum || !payload_bytes) {
+        *reason = "a field is missing or has the wrong type";
+        return std::nullopt;
+    }
+    if (checksum->size() != kChecksumDigits || !is_hex(*checksum, 0, kChecksumDigits)) {
+        *reason = "bad payload_checksum";
+        return std::nullopt;
+    }
+    manifest.version = *version;
+    manifest.key = *key;
+    manifest.description = *description;
+    manifest.payload = *payload;
+    manifest.payload_bytes = *payload_bytes;
+    manifest.payload_checksum = std::strtoull(checksum->c_str(), nullptr, 16);
+    return manifest;
+}
+
+// The manifest file `name` in `dir`, parsed; nullopt when absent or unreadable.
+std::optional<Manifest> read_manifest(const std::string &dir, const std::string &name) {
+    const std::string path = dir + "/" + name;
+    const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return std::nullopt;
+    struct stat info;
+    std::string text;
+    const bool read_ok = fstat(fd, &info) == 0 && info.st_size <= kMaxManifestBytes &&
+                         read_all(fd, std::size_t(info.st_size), &text);
+    close(fd);
+    if (!read_ok) return std::nullopt;
+    std::string reason;
+    bool foreign_format = false;
+    return parse_manifest(text, &reason, &foreign_format);
+}
+
+std::string lowercase(std::string text) {
+    for (char &c : text) c = char(std::tolower(static_cast<unsigned char>(c)));
+    return text;
+}
+
+std::string environment(const char *name) {
+    const char *value = std::getenv(name);
+    return value ? value : "";
+}
+
+std::int64_t now_unix() { return std::int64_t(std::time(nullptr)); }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+
+std::string resolve_cache_dir(const std::string &configured) {
+    auto disabled = [](const std::string &text) { return lowercase(text) == "off"; };
+    if (!configured.empty()) return disabled(configured) ? "" : configured;
+    const std::string explicit_dir = environment("KLDIV_CACHE_DIR");
+    if (!explicit_dir.empty()) return disabled(explicit_dir) ? "" : explicit_dir;
+    // The XDG spec says a relative XDG_CACHE_HOME is to be ignored.
+    const std::string xdg = environment("XDG_CACHE_HOME");
+    if (!xdg.empty() && xdg[0] == '/') return xdg + "/kldiv";
+    const std::string home = environment("HOME");
+    if (!home.empty()) return home + "/.cache/kldiv";
+    return "";
+}
+
+std::string hash_key(const std::string &key) {
+    return hex16(hash64(key, 0x6b6c6469765f6b31ULL)) + hex16(hash64(key, 0x6b6c6469765f6b32ULL));
+}
+
+std::uint64_t checksum64(const std::string &bytes) { return hash64(bytes, 0); }
+
+std::string format_bytes(std::uint64_t bytes) {
+    static const char *const units[] = {"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+    if (bytes < 1024) return std::to_string(bytes) + " B";
+    double value = double(bytes) / 1024;
+    std::size_t unit = 0;
+    while (value >= 1024 && unit + 1 < sizeof units / sizeof units[0]) {
+        value /= 1024;
+        ++unit;
+    }
+    char text[32];
+    std::snprintf(text, sizeof text, "%.1f %s", value, units[unit]);
+    return text;
+}
+
+std::optional<std::uint64_t> parse_bytes(const std::string &text) {
+    std::size_t digits = 0;
+    while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) ++digits;
+    if (digits == 0 || digits > 20) return std::nullopt;
+    errno = 0;
+    const unsigned long long number = std::strtoull(text.substr(0, digits).c_str(), nullptr, 10);
+    if (errno == ERANGE) return std::nullopt;
+    const std::string unit = lowercase(text.substr(digits));
+    int shift = 0;
+    if (unit.empty() || unit == "b") {
+        shift = 0;
+    } else if (unit == "k" || unit == "kb" || unit == "kib") {
+        shift = 10;
+    } else if (unit == "m" || unit == "mb" || unit == "mib") {
+        shift = 20;
+    } else if (unit == "g" || unit == "gb" || unit == "gib") {
+        shift = 30;
+    } else if (unit == "t" || unit == "tb" || unit == "tib") {
+        shift = 40;
+    } else {
+        return std::nullopt;
+    }
+    if (shift > 0 && number > (UINT64_MAX >> shift)) return std::nullopt;
+    return std::uint64_t(number) << shift;
+}
+
+// ---------------------------------------------------------------------------
+
+DiskCache::DiskCache(std::string dir, std::uint64_t max_bytes, std::string version, Warn warn)
+    : dir_(std::move(dir)),
+      max_bytes_(max_bytes),
+      version_(std::move(version)),
+      warn_(std::move(warn)),
+      writable_(!dir_.empty()) {
+    while (dir_.size() > 1 && dir_.back() == '/') dir_.pop_back();
+}
+
+bool DiskCache::enabled() const { return writable_.load(); }
+
+Stats DiskCache::stats() const {
+    Stats stats;
+    stats.hits = hits_.load();
+    stats.misses = misses_.load();
+    stats.stores = stores_.load();
+    stats.store_failures = store_failures_.load();
+    stats.corrupt_removed = corrupt_removed_.load();
+    return stats;
+}
+
+void DiskCache::emit(const std::string &message) const {
+    std::lock_guard<std::mutex> lock(warn_mutex_);
+    if (warn_) {
+        warn_(message);
+    } else {
+        std::fprintf(stderr, "%s\n", message.c_str());
+    }
+}
+
+std::string DiskCache::new_temporary_path() {
+    static std::atomic<std::uint64_t> counter{0};
+    const long thread = syscall(SYS_gettid);
+    return dir_ + "/" + kTemporaryPrefix + std::to_string(getpid()) + "." +
+           std::to_string(thread) + "." + std::to_string(counter.fetch_add(1));
+}
+
+void DiskCache::degrade(const std::string &what, const std::string &path, int error) {
+    writable_ = false;
+    if (degraded_warned_.exchange(true)) return;
+    emit("kldiv: kernel cache directory " + dir_ + " is unusable (" + what + " " + path + ": " +
+         std::strerror(error) + "); kernels compiled from now on are kept in memory only");
+}
+
+void DiskCache::report_corrupt(const std::string &manifest_path, const std::string &reason) {
+    emit("kldiv: kernel cache entry " + manifest_path + " is " + reason +
+         "; removed, it will be rebuilt");
+}
+
+std::optional<std::string> DiskCache::load(const std::string &key) {
+    if (dir_.empty()) {
+        ++misses_;
+        return std::nullopt;
+    }
+    try {
+        const std::string hash = hash_key(key);
+        std::string payload;
+        for (int attempt = 0; attempt < kLoadAttempts; ++attempt) {
+            const LoadStep step = load_once(key, hash, &payload);
+            if (step == LoadStep::Hit) {
+                ++hits_;
+                return payload;
+            }
+            if (step == LoadStep::Miss) break;
+        }
+    } catch (const std::exception &) {
+        // Out of memory for a payload: a miss, the kernel is rebuilt.
+    }
+    ++misses_;
+    return std::nullopt;
+}
+
+DiskCache::LoadStep DiskCache::load_once(const std::string &key, const std::string &hash,
+                                         std::string *payload) {
+    const std::string manifest_path = dir_ + "/" + hash + kManifestSuffix;
+    const int manifest_fd = open(manifest_path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (manifest_fd < 0) return LoadStep::Miss;
+    struct ManifestFd {
+        int fd;
+        ~ManifestFd() { close(fd); }
+    } manifest_guard{manifest_fd};
+
+    struct stat manifest_info;
+    if (fstat(manifest_fd, &manifest_info) != 0) return LoadStep::Miss;
+
+    // Removes the entry as it was read, unless another process has replaced
+    // the manifest meanwhile (then the new one is theirs to judge).
+    auto remove_entry = [&](const std::string &payload_file, const std::string &reason) {
+        struct stat now;
+        const bool replaced = stat(manifest_path.c_str(), &now) != 0 ||
+                              now.st_ino != manifest_info.st_ino ||
+                              now.st_dev != manifest_info.st_dev;
+        int error = 0;
+        if (!replaced && unlink(manifest_path.c_str()) != 0 && errno != ENOENT) error = errno;
+        if (error == 0 && !replaced && !payload_file.empty()) {
+            unlink((dir_ + "/" + payload_file).c_str());
+        }
+        if (error != 0) {
+            emit("kldiv: kernel cache entry " + manifest_path + " is " + reason +
+                 "; it could not be removed (" + std::strerror(error) + ")");
+            return;
+        }
+        ++corrupt_removed_;
+        report_corrupt(manifest_path, reason);
+    };
+
+    std::string text;
+    if (manifest_info.st_size > kMaxManifestBytes) {
+        remove_entry("", "corrupt (manifest of " + std::to_string(manifest_info.st_size) +
+                             " bytes)");
+        return LoadStep::Miss;
+    }
+    if (!read_all(manifest_fd, std::size_t(manifest_info.st_size), &text)) return LoadStep::Miss;
+    std::string reason;
+    bool foreign_format = false;
+    const std::optional<Manifest> manifest = parse_manifest(text, &reason, &foreign_format);
+    if (!manifest) {
+        remove_entry("", (foreign_format ? "foreign (" : "corrupt (") + reason + ")");
+        return LoadStep::Miss;
+    }
+    if (manifest->version != version_) {
+        const std::string expected = payload_name(hash, manifest->payload_checksum);
+        remove_entry(manifest->payload == expected ? expected : "",
+                     "foreign (written for '" + manifest->version + "', this is '" + version_ +
+                         "')");
+        return LoadStep::Miss;
+    }
+    // Two keys with one hash: the other key's entry stays; a store replaces it.
+    if (manifest->key != key) return LoadStep::Miss;
+    const std::string expected_payload = payload_name(hash, manifest->payload_checksum);
+    if (manifest->payload != expected_payload) {
+        remove_entry("", "corrupt (it names payload '" + manifest->payload + "', expected " +
+                             expected_payload + ")");
+        return LoadStep::Miss;
+    }
+
+    const std::string payload_path = dir_ + "/" + expected_payload;
+    const int payload_fd = open(payload_path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (payload_fd < 0) {
+        if (errno != ENOENT) return LoadStep::Miss;
+        // Replaced or removed by another process since we read it: look again.
+        struct stat now;
+        if (stat(manifest_path.c_str(), &now) != 0) return LoadStep::Miss;
+        if (now.st_ino != manifest_info.st_ino || now.st_dev != manifest_info.st_dev) {
+            return LoadStep::Retry;
+        }
+        remove_entry("", "corrupt (payload " + expected_payload + " is missing)");
+        return LoadStep::Miss;
+    }
+    struct PayloadFd {
+        int fd;
+        ~PayloadFd() { close(fd); }
+    } payload_guard{payload_fd};
+    struct stat payload_info;
+    if (fstat(payload_fd, &payload_info) != 0) return LoadStep::Miss;
+    if (std::uint64_t(payload_info.st_size) != manifest->payload_bytes) {
+        remove_entry(expected_payload, "corrupt (payload of " +
+                                           std::to_string(payload_info.st_size) +
+                                           " bytes, the manifest says " +
+                                           std::to_string(manifest->payload_bytes) + ")");
+        return LoadStep::Miss;
+    }
+    if (!read_all(payload_fd, std::size_t(payload_info.st_size), payload)) return LoadStep::Miss;
+    if (checksum64(*payload) != manifest->payload_checksum) {
+        remove_entry(expected_payload, "corrupt (checksum mismatch)");
+        return LoadStep::Miss;
+    }
+    // Least recently used is judged by the manifest's mtime. In a read-only
+    // directory this fails, and the entry only ages.
+    futimens(manifest_fd, nullptr);
+    return LoadStep::Hit;
+}
+
+bool DiskCache::write_entry(const std::string &key, const std::string &payload,
+                            const std::string &description, int *error,
+                            std::string *failed_path) {
+    const std::string hash = hash_key(key);
+    Manifest manifest;
+    manifest.version = version_;
+    manifest.key = key;
+    manifest.description = description;
+    manifest.payload_checksum = checksum64(payload);
+    manifest.payload = payload_name(hash, manifest.payload_checksum);
+    manifest.payload_bytes = payload.size();
+
+    const std::string payload_path = dir_ + "/" + manifest.payload;
+    const std::string manifest_name = hash + kManifestSuffix;
+    const std::string manifest_path = dir_ + "/" + manifest_name;
+
+    // Payload first: a manifest is only ever renamed in beside a whole payload.
+    std::string temporary = new_temporary_path();
+    *failed_path = temporary;
+    if (!write_new_file(temporary, payload, error)) return false;
+    if (rename(temporary.c_str(), payload_path.c_str()) != 0) {
+        *error = errno;
+        *failed_path = payload_path;
+        unlink(temporary.c_str());
+        return false;
+    }
+
+    const std::optional<Manifest> replaced = read_manifest(dir_, manifest_name);
+    temporary = new_temporary_path();
+    *failed_path = temporary;
+    if (!write_new_file(temporary, manifest_text(manifest), error)) return false;
+    if (rename(temporary.c_str(), manifest_path.c_str()) != 0) {
+        *error = errno;
+        *failed_path = manifest_path;
+        unlink(temporary.c_str());
+        return false;
+    }
+    // The payload of the entry this one replaced (same key, other bytes) is
+    // nobody's now; a reader still holding its old manifest looks again.
+    if (replaced && replaced->payload != manifest.payload &&
+        classify(replaced->payload) == FileKind::Payload &&
+        replaced->payload.compare(0, kHashDigits, hash) == 0) {
+        unlink((dir_ + "/" + replaced->payload).c_str());
+    }
+    return true;
+}
+
+void DiskCache::store(const std::string &key, const std::string &payload,
+                      const std::string &description) {
+    if (dir_.empty() || !writable_) return;
+    try {
+        // An entry that alone is over the limit would be pruned at once.
+        if (payload.size() + key.size() + description.size() > max_bytes_) return;
+        int error = 0;
+        std::string failed_path;
+        bool stored = write_entry(key, payload, description, &error, &failed_path);
+        if (!stored && error == ENOENT) {
+            // No directory yet, or it was removed under us: create it, once.
+            if (!make_directories(dir_, &error)) {
+                ++store_failures_;
+                degrade("cannot create", dir_, error);
+                return;
+            }
+            stored = write_entry(key, payload, description, &error, &failed_path);
+        }
+        if (!stored) {
+            ++store_failures_;
+            degrade("cannot write", failed_path, error);
+            return;
+        }
+        ++stores_;
+        if (total_bytes() > max_bytes_) prune(max_bytes_);
+    } catch (const std::exception &error) {
+        ++store_failures_;
+        emit(std::string("kldiv: kernel cache store failed: ") + error.what());
+    }
+}
+
+std::vector<Entry> DiskCache::list() const {
+    std::vector<Entry> entries;
+    if (dir_.empty()) return entries;
+    const std::vector<CacheFile> files = scan(dir_);
+    const auto payloads = payloads_by_name(files);
+    std::vector<timespec> modified;
+    for (const CacheFile &file : files) {
+        if (file.kind != FileKind::Manifest) continue;
+        Entry entry;
+        entry.manifest = file.name;
+        entry.bytes = file.size;
+        entry.last_used_unix = file.modified.tv_sec;
+        const std::optional<Manifest> manifest = read_manifest(dir_, file.name);
+        if (!manifest) {
+            entry.state = Entry::State::Unreadable;
+        } else {
+            entry.key = manifest->key;
+            entry.description = manifest->description;
+            entry.version = manifest->version;
+            entry.state = manifest->version == version_ ? Entry::State::Valid
+                                                        : Entry::State::Foreign;
+            const auto payload = payloads.find(manifest->payload);
+            if (payload != payloads.end()) entry.bytes += payload->second->size;
+        }
+        entries.push_back(std::move(entry));
+        modified.push_back(file.modified);
+    }
+    std::vector<std::size_t> order(entries.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+        if (older(modified[a], modified[b])) return true;
+        if (older(modified[b], modified[a])) return false;
+        return entries[a].manifest < entries[b].manifest;
+    });
+    std::vector<Entry> sorted;
+    sorted.reserve(entries.size());
+    for (std::size_t i : order) sorted.push_back(std::move(entries[i]));
+    return sorted;
+}
+
+std::uint64_t DiskCache::total_bytes() const {
+    if (dir_.empty()) return 0;
+    std::uint64_t total = 0;
+    for (const CacheFile &file : scan(dir_)) total += file.size;
+    return total;
+}
+
+std::uint64_t DiskCache::prune(std::uint64_t max_bytes) {
+    if (dir_.empty()) return 0;
+    const std::vector<CacheFile> files = scan(dir_);
+    const std::int64_t stale_before = now_unix() - kStaleSeconds;
+    std::uint64_t total = 0, freed = 0;
+    auto remove = [&](const std::string &name, std::uint64_t size) {
+        if (unlink((dir_ + "/" + name).c_str()) != 0) return false;
+        freed += size;
+        total -= std::min(total, size);
+        return true;
+    };
+    for (const CacheFile &file : files) total += file.size;
+
+    // Entries: a manifest and the payload it names.
+    struct Candidate {
+        const CacheFile *manifest;
+        const CacheFile *payload;
+        bool readable;
+    };
+    std::vector<Candidate> candidates;
+    std::unordered_set<std::string> referenced;
+    const auto payloads = payloads_by_name(files);
+    for (const CacheFile &file : files) {
+        if (file.kind != FileKind::Manifest) continue;
+        const std::optional<Manifest> manifest = read_manifest(dir_, file.name);
+        Candidate candidate{&file, nullptr, manifest.has_value()};
+        if (manifest) {
+            referenced.insert(manifest->payload);
+            const auto payload = payloads.find(manifest->payload);
+            if (payload != payloads.end()) candidate.payload = payload->second;
+        }
+        candidates.push_back(candidate);
+    }
+    // Leftovers of writers that died, or of replaced entries; young ones may
+    // belong to a writer between its two renames.
+    for (const CacheFile &file : files) {
+        const bool leftover = file.kind == FileKind::Temporary ||
+                              (file.kind == FileKind::Payload && !referenced.count(file.name));
+        if (leftover && file.modified.tv_sec < stale_before) remove(file.name, file.size);
+    }
+    // Unreadable manifests go first, then the least recently used.
+    std::sort(candidates.begin(), candidates.end(), [](const Candidate &a, const Candidate &b) {
+        if (a.readable != b.readable) return !a.readable;
+        if (older(a.manifest->modified, b.manifest->modified)) return true;
+        if (older(b.manifest->modified, a.manifest->modified)) return false;
+        return a.manifest->name < b.manifest->name;
+    });
+    for (const Candidate &candidate : candidates) {
+        if (total <= max_bytes) break;
+        if (!remove(candidate.manifest->name, candidate.manifest->size)) continue;
+        if (candidate.payload) remove(candidate.payload->name, candidate.payload->size);
+    }
+    return freed;
+}
+
+std::uint64_t DiskCache::clear() {
+    if (dir_.empty()) return 0;
+    std::uint64_t entries = 0;
+    // Manifests first, so no reader finds one whose payload is gone.
+    for (const CacheFile &file : scan(dir_)) {
+        if (file.kind == FileKind::Manifest && unlink((dir_ + "/" + file.name).c_str()) == 0) {
+            ++entries;
+        }
+    }
+    // Then the rest, but not the payloads of entries stored since.
+    const std::vector<CacheFile> files = scan(dir_);
+    std::unordered_set<std::string> referenced;
+    for (const CacheFile &file : files) {
+        if (file.kind != FileKind::Manifest) continue;
+        if (const std::optional<Manifest> manifest = read_manifest(dir_, file.name)) {
+            referenced.insert(manifest->payload);
+        }
+    }
+    for (const CacheFile &file : files) {
+        if (file.kind != FileKind::Manifest && !referenced.count(file.name)) {
+            unlink((dir_ + "/" + file.name).c_str());
+        }
+    }
+    return entries;
+}
+
+}  // namespace kldiv::cache

@@ -1,0 +1,109 @@
+#include "compile.h"
+
+#include <Halide.h>
+#include <llvm/Config/llvm-config.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+
+#include "errors.h"
+#include "kldiv/codegen/build.h"
+
+namespace kldiv::runtime::jit {
+
+using codegen::Argument;
+using codegen::KernelSpec;
+
+namespace {
+
+// Halide writes objects to files: a private directory for them, made once.
+std::string scratch_file(const std::string &stem) {
+    static const std::string dir = [] {
+        std::string pattern = (std::filesystem::temp_directory_path() / "kldiv-jit-XXXXXX").string();
+        if (mkdtemp(pattern.data()) == nullptr) fail(ErrorCode::Internal, "cannot create a temporary directory for the JIT");
+        return pattern;
+    }();
+    static std::atomic<uint64_t> counter{0};
+    return dir + "/" + stem + "." + std::to_string(counter++) + ".o";
+}
+
+std::string read_and_remove(const std::string &path) {
+    std::ifstream in(path, std::ios::binary);
+    std::ostringstream bytes;
+    bytes << in.rdbuf();
+    std::remove(path.c_str());
+    if (!in) fail(ErrorCode::Internal, "cannot read the JIT's object file " + path);
+    return bytes.str();
+}
+
+}  // namespace
+
+std::string resolve_target(const std::string &name) {
+    const Halide::Target host = codegen::host_target();
+    if (name.empty() || name == "host") return resolve_target(host.to_string());
+    if (!Halide::Target::validate_target_string(name)) {
+        fail(ErrorCode::InvalidArgument, "unknown target '" + name + "' (a Halide target string, or 'host')");
+    }
+    const Halide::Target target(name);
+    // JIT kernels run in this process: same architecture, no instruction the
+    // CPU lacks. Other machines get kernels from `kldiv aot`.
+    const std::string cannot = "target '" + name + "' cannot run in this process (this machine is " +
+                               host.to_string() + "); build kernels for it with 'kldiv aot'";
+    if (target.arch != host.arch || target.bits != host.bits || target.os != host.os) {
+        fail(ErrorCode::InvalidArgument, cannot);
+    }
+    using F = Halide::Target::Feature;
+    for (F isa : {F::SSE41, F::AVX, F::AVX2, F::FMA, F::FMA4, F::F16C, F::AVX512, F::AVX512_KNL, F::AVX512_Skylake,
+                  F::AVX512_Cannonlake, F::AVX512_SapphireRapids, F::ARMv7s, F::ARMDotProd, F::ARMFp16, F::SVE,
+                  F::SVE2, F::ARMv81a, F::VSX, F::POWER_ARCH_2_07, F::RVV}) {
+        if (target.has_feature(isa) && !host.has_feature(isa)) fail(ErrorCode::InvalidArgument, cannot);
+    }
+    if (target.has_gpu_feature()) {
+        fail(ErrorCode::InvalidArgument, "target '" + name + "': the JIT compiles CPU kernels only");
+    }
+    return target.without_feature(Halide::Target::NoRuntime).without_feature(Halide::Target::UserContext).to_string();
+}
+
+std::string compile_kernel(const KernelSpec &spec, const std::optional<FixedShape> &shape,
+                           const std::string &target_name, const schedules::Params &params, const std::string &function) {
+    try {
+        const Halide::Target target = codegen::with_kernel_features(Halide::Target(target_name))
+                                          .with_feature(Halide::Target::NoRuntime)
+                                          .with_feature(Halide::Target::UserContext);
+        const Halide::Module module = codegen::compile_module(spec, shape, params, target, function);
+        const std::string path = scratch_file(function);
+        module.compile({{Halide::OutputFileType::object, path}});
+        return read_and_remove(path);
+    } catch (const Error &) {
+        throw;
+    } catch (const Halide::Error &e) {
+        fail(ErrorCode::Internal, "compiling kernel " + spec.name() + " for " + target_name + " failed: " + e.what());
+    } catch (const std::bad_alloc &) {
+        fail(ErrorCode::Internal, "out of memory while compiling kernel " + spec.name() + " for " + target_name);
+    } catch (const std::exception &e) {
+        fail(ErrorCode::Internal, "compiling kernel " + spec.name() + " for " + target_name + " failed: " + e.what());
+    }
+}
+
+std::string compile_runtime(const std::string &target_name) {
+    try {
+        const std::string path = scratch_file("halide_runtime");
+        Halide::compile_standalone_runtime(path, Halide::Target(target_name));
+        return read_and_remove(path);
+    } catch (const Error &) {
+        throw;
+    } catch (const std::exception &e) {
+        fail(ErrorCode::Internal, "compiling the Halide runtime for " + target_name + " failed: " + e.what());
+    }
+}
+
+std::string toolchain_version() {
+    return std::string("halide-") + KLDIV_HALIDE_VERSION + " llvm-" + LLVM_VERSION_STRING;
+}
+
+}  // namespace kldiv::runtime::jit

@@ -1,0 +1,36 @@
+// Halide side of the JIT: a KernelSpec (optionally with a fixed shape) to an
+// object file in memory, through the same codegen::build as the AOT kernels.
+// No Halide in this header.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kldiv/codegen/kernel_spec.h"
+#include "kldiv/schedules/params.h"
+
+namespace kldiv::runtime::jit {
+
+using codegen::FixedShape;
+
+// The Halide target the JIT compiles for: "host" is this CPU's; any other
+// Halide target string is checked and normalised. Throws kldiv::Error
+// (InvalidArgument) for an unknown target.
+std::string resolve_target(const std::string &name);
+
+// Compiles `spec` for `target` (a resolved target) to an ELF object whose
+// entry point is `<function>_argv`, taking a user context first. Throws
+// kldiv::Error (Internal) with the spec's name when Halide or LLVM fails.
+std::string compile_kernel(const codegen::KernelSpec &spec, const std::optional<FixedShape> &shape,
+                           const std::string &target, const schedules::Params &params, const std::string &function);
+
+// Halide's runtime for `target` as an ELF object (one per target and process).
+std::string compile_runtime(const std::string &target);
+
+// Versions that make compiled code incompatible: Halide's and LLVM's.
+std::string toolchain_version();
+
+}  // namespace kldiv::runtime::jit

@@ -1,0 +1,133 @@
+#include "orc.h"
+
+#include <HalideRuntime.h>
+#include <llvm/ExecutionEngine/Orc/ExecutionUtils.h>
+#include <llvm/ExecutionEngine/Orc/LLJIT.h>
+#include <llvm/Support/ErrorHandling.h>
+#include <llvm/Support/MemoryBuffer.h>
+#include <llvm/Support/TargetSelect.h>
+
+#include <map>
+#include <new>
+#include <mutex>
+
+#include "errors.h"
+
+namespace kldiv::runtime::jit {
+
+namespace {
+
+std::string message_of(llvm::Error error) { return llvm::toString(std::move(error)); }
+
+// Per target: Halide's runtime, which every kernel's dylib links.
+struct TargetDylibs {
+    llvm::orc::JITDylib *runtime = nullptr;
+};
+
+class Engine {
+public:
+    Engine() {
+        // Out of memory inside LLVM becomes std::bad_alloc (reported as an
+        // error by the caller) instead of an abort.
+        llvm::install_bad_alloc_error_handler([](void *, const char *, bool) { throw std::bad_alloc(); });
+        llvm::InitializeNativeTarget();
+        llvm::InitializeNativeTargetAsmPrinter();
+        auto jit = llvm::orc::LLJITBuilder().create();
+        if (!jit) fail(ErrorCode::Internal, "cannot start the JIT: " + message_of(jit.takeError()));
+        jit_ = std::move(*jit);
+    }
+
+    void ensure_runtime(const std::string &target, const std::function<std::string()> &runtime_object) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (targets_.count(target)) return;
+        llvm::orc::ExecutionSession &session = jit_->getExecutionSession();
+        auto process = llvm::orc::DynamicLibrarySearchGenerator::GetForCurrentProcess(
+            jit_->getDataLayout().getGlobalPrefix());
+        if (!process) fail(ErrorCode::Internal, "JIT: " + message_of(process.takeError()));
+        auto runtime = session.createJITDylib("kldiv-runtime " + target);
+        if (!runtime) fail(ErrorCode::Internal, "JIT: " + message_of(runtime.takeError()));
+        runtime->addGenerator(std::move(*process));
+
+        std::string object = runtime_object();
+        if (llvm::Error e = jit_->addObjectFile(*runtime, llvm::MemoryBuffer::getMemBufferCopy(object, "halide_runtime"))) {
+            fail(ErrorCode::Internal, "JIT: cannot load Halide's runtime for " + target + ": " + message_of(std::move(e)));
+        }
+        share_library_runtime(*runtime, target);
+        targets_[target] = {&*runtime};
+    }
+
+    // Each kernel gets a dylib of its own, linked to its target's runtime:
+    // the same kernel may be loaded again (another runtime, or after an
+    // eviction) while an older copy still runs, and removal is per kernel.
+    std::shared_ptr<LoadedKernel> load_kernel(const std::string &target, const std::string &object,
+                                              const std::string &function) {
+        llvm::orc::ExecutionSession &session = jit_->getExecutionSession();
+        llvm::orc::JITDylib *dylib;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            auto it = targets_.find(target);
+            if (it == targets_.end()) fail(ErrorCode::Internal, "JIT: no runtime loaded for " + target);
+            dylib = &session.createBareJITDylib(function + " #" + std::to_string(next_dylib_++));
+            dylib->addToLinkOrder(*it->second.runtime);
+        }
+        auto discard = [this, dylib] {
+            llvm::consumeError(jit_->getExecutionSession().removeJITDylib(*dylib));
+        };
+        if (llvm::Error e = jit_->addObjectFile(*dylib, llvm::MemoryBuffer::getMemBufferCopy(object, function))) {
+            discard();
+            fail(ErrorCode::Internal, "JIT: cannot load kernel " + function + ": " + message_of(std::move(e)));
+        }
+        auto symbol = jit_->lookup(*dylib, function + "_argv");
+        if (!symbol) {
+            const std::string message = message_of(symbol.takeError());
+            discard();
+            fail(ErrorCode::Internal, "JIT: cannot link kernel " + function + ": " + message);
+        }
+        auto entry = reinterpret_cast<KernelEntry>(static_cast<uintptr_t>(symbol->getAddress()));
+        return std::make_shared<LoadedKernel>(entry, object.size(), discard);
+    }
+
+private:
+    // JIT kernels run on the library's thread pool (one per process) and
+    // report errors through the library's handler.
+    void share_library_runtime(llvm::orc::JITDylib &runtime, const std::string &target) {
+        auto find = [&](const char *name) {
+            auto symbol = jit_->lookup(runtime, name);
+            if (!symbol) fail(ErrorCode::Internal, "JIT: Halide's runtime for " + target + " lacks " + name + ": " +
+                                                       message_of(symbol.takeError()));
+            return static_cast<uintptr_t>(symbol->getAddress());
+        };
+        using SetParallel = void (*)(halide_do_par_for_t, halide_do_task_t, halide_do_loop_task_t,
+                                     halide_do_parallel_tasks_t, halide_semaphore_init_t,
+                                     halide_semaphore_try_acquire_t, halide_semaphore_release_t);
+        using SetError = halide_error_handler_t (*)(halide_error_handler_t);
+        reinterpret_cast<SetParallel>(find("halide_set_custom_parallel_runtime"))(
+            halide_do_par_for, halide_do_task, halide_do_loop_task, halide_do_parallel_tasks, halide_semaphore_init,
+            halide_semaphore_try_acquire, halide_semaphore_release);
+        reinterpret_cast<SetError>(find("halide_set_error_handler"))(record_kernel_error);
+    }
+
+    std::unique_ptr<llvm::orc::LLJIT> jit_;
+    std::mutex mutex_;
+    std::map<std::string, TargetDylibs> targets_;
+    uint64_t next_dylib_ = 0;
+};
+
+// One engine per process, never destroyed: kernels may outlive any static.
+Engine &engine() {
+    static Engine *instance = new Engine();
+    return *instance;
+}
+
+}  // namespace
+
+void ensure_runtime(const std::string &target, const std::function<std::string()> &runtime_object) {
+    engine().ensure_runtime(target, runtime_object);
+}
+
+std::shared_ptr<LoadedKernel> load_kernel(const std::string &target, const std::string &object,
+                                          const std::string &function) {
+    return engine().load_kernel(target, object, function);
+}
+
+}  // namespace kldiv::runtime::jit

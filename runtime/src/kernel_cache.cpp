@@ -1,0 +1,454 @@
+#include "kernel_cache.h"
+
+#include <HalideRuntime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <list>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <unordered_map>
+
+#include "aot_registry.h"
+#include "codegen_fingerprint.h"
+#include "disk_cache.h"
+#include "errors.h"
+#include "jit/compile.h"
+#include "jit/orc.h"
+
+namespace kldiv::runtime {
+
+using codegen::KernelSpec;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+    return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// ---- keys ------------------------------------------------------------------
+
+constexpr int kMaxBuffers = 5;  // backward with a per-element grad_output and both gradients
+
+// A kernel's identity within one runtime (whose target is fixed): the spec,
+// and for a specialised kernel the extents and every buffer's strides.
+struct Key {
+    uint32_t spec = 0;
+    bool fixed = false;
+    std::array<int32_t, 4 + 4 * kMaxBuffers> dims{};
+
+    bool operator==(const Key &o) const { return spec == o.spec && fixed == o.fixed && dims == o.dims; }
+};
+
+struct KeyHash {
+    size_t operator()(const Key &k) const {
+        uint64_t h = 1469598103934665603ull ^ (uint64_t(k.spec) << 1 | uint64_t(k.fixed));
+        for (int32_t v : k.dims) h = (h ^ uint32_t(v)) * 1099511628211ull;
+        return h;
+    }
+};
+
+uint32_t pack(const KernelSpec &s) {
+    return uint32_t(s.pass) | uint32_t(s.dtype) << 2 | uint32_t(s.log_target) << 5 | uint32_t(s.reduce) << 6 |
+           uint32_t(s.grad_input) << 7 | uint32_t(s.grad_target) << 8;
+}
+
+Key generic_key(const KernelSpec &spec) {
+    Key k;
+    k.spec = pack(spec);
+    return k;
+}
+
+Key fixed_key(const KernelSpec &spec, const Piece &piece) {
+    Key k;
+    k.spec = pack(spec);
+    k.fixed = true;
+    std::copy(piece.extent, piece.extent + 4, k.dims.begin());
+    for (size_t b = 0; b < piece.stride.size() && b < kMaxBuffers; b++) {
+        std::copy(piece.stride[b].begin(), piece.stride[b].end(), k.dims.begin() + 4 + 4 * b);
+    }
+    return k;
+}
+
+std::optional<jit::FixedShape> shape_of(const Key &key, size_t buffers) {
+    if (!key.fixed) return std::nullopt;
+    jit::FixedShape shape;
+    std::copy(key.dims.begin(), key.dims.begin() + 4, shape.extent.begin());
+    for (size_t b = 0; b < buffers; b++) {
+        std::array<int32_t, 4> s;
+        std::copy(key.dims.begin() + 4 + 4 * b, key.dims.begin() + 8 + 4 * b, s.begin());
+        shape.strides.push_back(s);
+    }
+    return shape;
+}
+
+std::string shape_text(const jit::FixedShape &shape) {
+    std::string text = "extent";
+    for (int32_t e : shape.extent) text += " " + std::to_string(e);
+    for (const auto &strides : shape.strides) {
+        text += " stride";
+        for (int32_t s : strides) text += " " + std::to_string(s);
+    }
+    return text;
+}
+
+// ---- the last kernel of each thread ------------------------------------------
+
+struct LastKernel {
+    KernelSpec spec;
+    bool fixed = false;
+    std::array<int32_t, 4> extent{};
+    KernelOrigin origin = KernelOrigin::Aot;
+    double seconds = 0;
+    bool valid = false;
+};
+thread_local LastKernel last;
+
+void remember(const KernelSpec &spec, const Key &key, KernelOrigin origin, double seconds) {
+    last.spec = spec;
+    last.fixed = key.fixed;
+    std::copy(key.dims.begin(), key.dims.begin() + 4, last.extent.begin());
+    last.origin = origin;
+    last.seconds = seconds;
+    last.valid = true;
+}
+
+// ---- AOT kernels -------------------------------------------------------------
+
+int (*aot_entry(const KernelSpec &spec))(void **) {
+    static const std::unordered_map<std::string, int (*)(void **)> table = [] {
+        std::unordered_map<std::string, int (*)(void **)> t;
+        for (const AotKernel &k : aot_kernels()) t[k.name] = k.argv;
+        return t;
+    }();
+    auto it = table.find(spec.name());
+    return it == table.end() ? nullptr : it->second;
+}
+
+void install_aot_error_handler() {
+    static const bool installed = [] {
+        halide_set_error_handler(record_kernel_error);
+        return true;
+    }();
+    (void)installed;
+}
+
+Specialize specialize_policy(const RuntimeOptions &options, std::string &problem) {
+    if (options.specialize) return *options.specialize;
+    const char *env = std::getenv("KLDIV_SPECIALIZE");
+    if (env == nullptr || *env == '\0') return Specialize::Auto;
+    try {
+        return parse_specialize(env);
+    } catch (const Error &e) {
+        problem = std::string("KLDIV_SPECIALIZE: ") + e.what() + "; using 'auto'";
+        return Specialize::Auto;
+    }
+}
+
+// Halide's compiler is used by one thread at a time.
+std::mutex &compile_mutex() {
+    static std::mutex m;
+    return m;
+}
+
+}  // namespace
+
+// ---- state -------------------------------------------------------------------
+
+struct KernelCache::State {
+    enum class Status { Compiling, Ready, Failed };
+    struct Slot {
+        Status status = Status::Compiling;
+        std::shared_ptr<jit::LoadedKernel> code;
+        std::string error;
+        std::list<Key>::iterator lru;
+    };
+
+    RuntimeOptions options;
+    Specialize specialize = Specialize::Auto;
+    std::string target;
+    bool host_target = true;
+    schedules::Params params;
+    std::string version;  // part of every disk key
+    std::unique_ptr<cache::DiskCache> disk;
+
+    mutable std::mutex mutex;
+    std::condition_variable changed;
+    std::unordered_map<Key, std::shared_ptr<Slot>, KeyHash> slots;
+    std::list<Key> lru;  // most recently used first; Ready slots only
+    std::unordered_map<Key, int, KeyHash> seen;  // calls per shape, for Specialize::Auto
+    CacheStats stats;
+    std::vector<std::thread> background;
+
+    void warn(const std::string &message) const {
+        if (options.warning_handler) {
+            options.warning_handler(message);
+        } else {
+            runtime::warn(message);
+        }
+    }
+
+    std::string disk_key(const KernelSpec &spec, const std::optional<jit::FixedShape> &shape) const {
+        return "kernel " + spec.name() + (shape ? " " + shape_text(*shape) : " generic") + " | target " + target +
+               " | schedule " + schedules::to_string(params) + " | " + version;
+    }
+
+    std::string description(const KernelSpec &spec, const std::optional<jit::FixedShape> &shape) const {
+        return spec.name() + (shape ? " [" + shape_text(*shape) + "]" : " [generic]") + " " + target;
+    }
+
+    void load_runtime() {
+        jit::ensure_runtime(target, [&] {
+            const std::string key = "halide-runtime | target " + target + " | " + version;
+            if (auto object = disk->load(key)) return *object;
+            std::lock_guard<std::mutex> lock(compile_mutex());
+            std::string object = jit::compile_runtime(target);
+            disk->store(key, object, "Halide runtime " + target);
+            return object;
+        });
+    }
+
+    // Loads the kernel for `key` from the disk cache, or compiles and stores it.
+    std::shared_ptr<jit::LoadedKernel> produce(const KernelSpec &spec, const Key &key, KernelOrigin &origin) {
+        const std::optional<jit::FixedShape> shape = shape_of(key, codegen::arguments(spec).size());
+        load_runtime();
+        const std::string text = disk_key(spec, shape);
+        const std::string function = "kldiv_jit_" + cache::hash_key(text).substr(0, 16);
+        if (std::optional<std::string> object = disk->load(text)) {
+            try {
+                std::shared_ptr<jit::LoadedKernel> code = jit::load_kernel(target, *object, function);
+                origin = KernelOrigin::Disk;
+                std::lock_guard<std::mutex> lock(mutex);
+                stats.disk_hits++;
+                return code;
+            } catch (const Error &e) {
+                warn(std::string("kldiv: kernel cache entry for ") + description(spec, shape) +
+                     " could not be loaded (" + e.what() + "); rebuilding it");
+            }
+        }
+        origin = KernelOrigin::Compiled;
+        const auto start = Clock::now();
+        std::string object;
+        {
+            std::lock_guard<std::mutex> lock(compile_mutex());
+            object = jit::compile_kernel(spec, shape, target, params, function);
+        }
+        {
+            std::lock_guard<std::mutex> lock(mutex);
+            stats.compiles++;
+            stats.compile_seconds += seconds_since(start);
+        }
+        disk->store(text, object, description(spec, shape));
+        return jit::load_kernel(target, object, function);
+    }
+
+    // Under `lock`: the slot for `key` is done; evicts beyond the bounds.
+    void finish(const Key &key, Slot &slot) {
+        slot.status = Status::Ready;
+        lru.push_front(key);
+        slot.lru = lru.begin();
+        stats.entries++;
+        stats.code_bytes += slot.code->code_bytes;
+        while (lru.size() > 1 &&
+               (stats.entries > options.memory_cache_entries || stats.code_bytes > options.memory_cache_bytes)) {
+            auto victim = slots.find(lru.back());
+            stats.entries--;
+            stats.code_bytes -= victim->second->code->code_bytes;
+            stats.evictions++;
+            slots.erase(victim);
+            lru.pop_back();
+        }
+        changed.notify_all();
+    }
+
+    void fail_slot(const Key &key, Slot &slot, const std::string &error) {
+        slot.status = Status::Failed;
+        slot.error = error;
+        stats.failures++;
+        slots.erase(key);  // a later call tries again
+        changed.notify_all();
+    }
+
+    // Runs produce() for a new slot and publishes the result; throws on failure.
+    void fill(const KernelSpec &spec, const Key &key, const std::shared_ptr<Slot> &slot, KernelOrigin &origin) {
+        try {
+            std::shared_ptr<jit::LoadedKernel> code = produce(spec, key, origin);
+            std::lock_guard<std::mutex> lock(mutex);
+            slot->code = std::move(code);
+            finish(key, *slot);
+        } catch (const Error &e) {
+            std::lock_guard<std::mutex> lock(mutex);
+            fail_slot(key, *slot, e.what());
+            throw;
+        } catch (const std::bad_alloc &) {
+            std::lock_guard<std::mutex> lock(mutex);
+            const std::string message = "out of memory while preparing kernel " + spec.name();
+            fail_slot(key, *slot, message);
+            fail(ErrorCode::Internal, message);
+        }
+    }
+};
+
+KernelCache::KernelCache(const RuntimeOptions &options) : state_(std::make_unique<State>()) {
+    install_aot_error_handler();
+    State &s = *state_;
+    s.options = options;
+    s.options.memory_cache_entries = std::max<size_t>(1, options.memory_cache_entries);
+    std::string problem;
+    s.specialize = specialize_policy(options, problem);
+    if (!problem.empty()) s.warn(problem);
+    s.target = jit::resolve_target(options.target);
+    // The AOT kernels serve this runtime when they run the same code: the host
+    // target, or the feature level they dispatch to on this CPU.
+    s.host_target = options.target.empty() || options.target == "host" || s.target == jit::resolve_target(cpu_target());
+    s.params = schedules::default_params(s.target);
+    s.version = std::string("kldiv ") + KLDIV_VERSION + " codegen " + std::string(KLDIV_CODEGEN_FINGERPRINT).substr(0, 16) +
+                " " + jit::toolchain_version();
+    s.disk = std::make_unique<cache::DiskCache>(cache::resolve_cache_dir(options.cache_dir), options.disk_cache_bytes,
+                                                s.version, [&s](const std::string &m) { s.warn(m); });
+    if (options.threads > 0) halide_set_num_threads(options.threads);
+}
+
+KernelCache::~KernelCache() {
+    for (std::thread &t : state_->background) t.join();
+}
+
+KernelCall KernelCache::kernel(const KernelSpec &spec, const Piece &piece) {
+    State &s = *state_;
+    const auto start = Clock::now();
+    auto aot = [&](const Key &key) {
+        KernelCall call{aot_entry(spec), false, nullptr};
+        if (call.entry == nullptr) fail(ErrorCode::Internal, "no kernel " + spec.name() + " in this build");
+        remember(spec, key, KernelOrigin::Aot, seconds_since(start));
+        return call;
+    };
+    const bool aot_available = s.host_target && aot_entry(spec) != nullptr;
+    if (!s.options.jit) {
+        std::lock_guard<std::mutex> lock(s.mutex);
+        s.stats.aot_calls++;
+        return aot(generic_key(spec));
+    }
+
+    std::unique_lock<std::mutex> lock(s.mutex);
+    Key key = generic_key(spec);
+    if (s.specialize != Specialize::Never) {
+        const Key fixed = fixed_key(spec, piece);
+        bool specialise = s.specialize == Specialize::Always;
+        if (!specialise) {
+            auto found = s.slots.find(fixed);
+            if (found != s.slots.end()) {
+                specialise = true;
+            } else {
+                if (s.seen.size() > 4096) s.seen.clear();
+                specialise = ++s.seen[fixed] >= s.options.specialize_after;
+            }
+        }
+        if (specialise) key = fixed;
+    }
+    if (!key.fixed && s.options.generic_from_aot && aot_available) {
+        s.stats.aot_calls++;
+        return aot(key);
+    }
+
+    auto found = s.slots.find(key);
+    if (found != s.slots.end()) {
+        std::shared_ptr<State::Slot> slot = found->second;
+        if (slot->status == State::Status::Compiling && !s.options.blocking && aot_available) {
+            s.stats.aot_calls++;
+            return aot(generic_key(spec));
+        }
+        s.changed.wait(lock, [&] { return slot->status != State::Status::Compiling; });
+        if (slot->status == State::Status::Failed) fail(ErrorCode::Internal, slot->error);
+        s.stats.hits++;
+        auto current = s.slots.find(key);  // it may have been evicted while this thread waited
+        if (current != s.slots.end() && current->second == slot) s.lru.splice(s.lru.begin(), s.lru, slot->lru);
+        remember(spec, key, KernelOrigin::Memory, seconds_since(start));
+        return {slot->code->entry, true, slot->code};
+    }
+
+    s.stats.misses++;
+    auto slot = std::make_shared<State::Slot>();
+    s.slots.emplace(key, slot);
+    if (!s.options.blocking && aot_available) {
+        s.background.emplace_back([&s, spec, key, slot] {
+            KernelOrigin origin;
+            try {
+                s.fill(spec, key, slot, origin);
+            } catch (const Error &e) {
+                s.warn(std::string("kldiv: background compile failed: ") + e.what());
+            }
+        });
+        s.stats.aot_calls++;
+        return aot(generic_key(spec));
+    }
+    lock.unlock();
+    KernelOrigin origin = KernelOrigin::Compiled;
+    s.fill(spec, key, slot, origin);
+    remember(spec, key, origin, seconds_since(start));
+    return {slot->code->entry, true, slot->code};
+}
+
+CacheStats KernelCache::stats() const {
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    CacheStats stats = state_->stats;
+    return stats;
+}
+
+const std::string &KernelCache::target() const { return state_->target; }
+const std::string &KernelCache::cache_dir() const { return state_->disk->dir(); }
+void KernelCache::warn(const std::string &message) const { state_->warn(message); }
+const WarningHandler &KernelCache::warning_handler() const { return state_->options.warning_handler; }
+
+}  // namespace kldiv::runtime
+
+namespace kldiv {
+
+KernelInfo last_kernel() {
+    using runtime::last;
+    KernelInfo info;
+    if (!last.valid) return info;
+    info.name = last.spec.name();
+    if (last.fixed) {
+        info.name += " [";
+        for (int d = 0; d < 4; d++) info.name += (d ? "x" : "") + std::to_string(last.extent[d]);
+        info.name += "]";
+    }
+    info.origin = last.origin;
+    info.specialised = last.fixed;
+    info.seconds = last.seconds;
+    return info;
+}
+
+const char *origin_name(KernelOrigin origin) {
+    switch (origin) {
+    case KernelOrigin::Aot: return "aot";
+    case KernelOrigin::Memory: return "memory";
+    case KernelOrigin::Disk: return "disk";
+    case KernelOrigin::Compiled: return "compiled";
+    }
+    return "?";
+}
+
+Specialize parse_specialize(const std::string &name) {
+    if (name == "never") return Specialize::Never;
+    if (name == "always") return Specialize::Always;
+    if (name == "auto") return Specialize::Auto;
+    runtime::fail(ErrorCode::InvalidArgument, "'" + name + "' is not a specialisation policy (never, always, auto)");
+}
+
+const char *specialize_name(Specialize policy) {
+    switch (policy) {
+    case Specialize::Never: return "never";
+    case Specialize::Always: return "always";
+    case Specialize::Auto: return "auto";
+    }
+    return "?";
+}
+
+}  // namespace kldiv

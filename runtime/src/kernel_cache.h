@@ -1,0 +1,52 @@
+// Where each kernel call's code comes from: the AOT kernels linked into the
+// library, or JIT kernels held in a bounded in-memory cache backed by the
+// on-disk cache. One per kldiv::Runtime.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "kldiv/codegen/kernel_spec.h"
+#include "kldiv/kldiv.hpp"
+#include "layout.h"
+
+namespace kldiv::runtime {
+
+namespace jit {
+class LoadedKernel;
+}
+
+// What a kernel call needs: the entry point, whether it takes a user context
+// first (JIT kernels), and the JIT code it runs, held for the call.
+struct KernelCall {
+    int (*entry)(void **) = nullptr;
+    bool user_context = false;
+    std::shared_ptr<jit::LoadedKernel> code;
+};
+
+class KernelCache {
+public:
+    explicit KernelCache(const RuntimeOptions &options);
+    ~KernelCache();
+    KernelCache(const KernelCache &) = delete;
+    KernelCache &operator=(const KernelCache &) = delete;
+
+    // The kernel for `spec` over `piece`: AOT, or JIT (generic or fixed to the
+    // piece's shape) as the options decide. Compiles at most once per key
+    // however many threads ask; throws kldiv::Error.
+    KernelCall kernel(const codegen::KernelSpec &spec, const Piece &piece);
+
+    CacheStats stats() const;
+    const std::string &target() const;
+    const std::string &cache_dir() const;
+    // Sends a warning to this runtime's handler, else the process-wide one.
+    void warn(const std::string &message) const;
+    const WarningHandler &warning_handler() const;
+
+private:
+    struct State;
+    std::unique_ptr<State> state_;
+};
+
+}  // namespace kldiv::runtime

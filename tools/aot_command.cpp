@@ -1,0 +1,332 @@
+#include "aot_command.h"
+
+#include <Halide.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <sstream>
+
+#include "command_line.h"
+#include "kldiv/codegen/build.h"
+#include "kldiv/codegen/kernel_spec.h"
+#include "kldiv/schedules/params.h"
+
+namespace kldiv::tools {
+
+const char kAotHelp[] = R"(Usage: kldiv aot --spec SPEC [--spec SPEC ...] [--target T ...] --output DIR
+                 [--name NAME] [--list]
+
+Generates kernels ahead of time for a program that links them directly: it
+needs neither Halide nor LLVM, nor libkldiv, at run time.
+
+  --spec SPEC    PASS:DTYPE:REDUCTION[:logt][:SHAPE]
+                   PASS       fwd | fused | bwd (both gradients) | bwd_input |
+                              bwd_target
+                   DTYPE      f32 | f64 | f16 | bf16
+                   REDUCTION  none | mean | sum | batchmean (the three reduced
+                              ones share one kernel: see the header)
+                   logt       the target holds log-probabilities
+                   SHAPE      e.g. 64x32000: a kernel for contiguous tensors of
+                              exactly this shape (at most 4 dimensions);
+                              without it the kernel takes any shape
+                 e.g. fwd:bf16:batchmean, fused:f32:sum:logt:64x32000
+  --target T     a Halide target string (x86-64-linux-avx2, arm-64-linux, ...)
+                 or 'host' (this machine). Repeatable; default host
+  --output DIR   where to write; each target gets DIR/<T>/ with
+                   lib<NAME>.a          the kernels
+                   lib<NAME>_runtime.a  Halide's runtime, once per target
+                   include/<kernel>.h   one documented header per kernel
+                   include/<NAME>.h     all of them
+  --name NAME    library name. Default kldiv_kernels
+  --list         print each target's kernel names and files; compile nothing
+  -h, --help     this text
+
+Exit status: 0 done, 1 a failed compile, 2 a usage error (an unknown spec,
+dtype, reduction or target).
+)";
+
+namespace {
+
+namespace fs = std::filesystem;
+using codegen::KernelSpec;
+using codegen::Pass;
+
+struct AotSpec {
+    KernelSpec spec;
+    std::string reduction;                // as given, for the header
+    std::vector<int64_t> shape;           // empty: any shape
+    std::string function;                 // C name of the kernel
+};
+
+std::vector<std::string> split(const std::string &text, char sep) {
+    std::vector<std::string> parts;
+    std::stringstream in(text);
+    std::string part;
+    while (std::getline(in, part, sep)) parts.push_back(part);
+    return parts;
+}
+
+AotSpec parse_spec(const std::string &text) {
+    const std::vector<std::string> parts = split(text, ':');
+    auto bad = [&](const std::string &why) { return UsageError("invalid spec '" + text + "': " + why); };
+    if (parts.size() < 3 || parts.size() > 5) throw bad("expected PASS:DTYPE:REDUCTION[:logt][:SHAPE]");
+    AotSpec a;
+    const std::string &pass = parts[0];
+    if (pass == "fwd") {
+        a.spec = {Pass::Forward, DType::Float32, false, false, false, false};
+    } else if (pass == "fused") {
+        a.spec = {Pass::Fused, DType::Float32, false, false, true, false};
+    } else if (pass == "bwd" || pass == "bwd_input" || pass == "bwd_target") {
+        a.spec = {Pass::Backward, DType::Float32, false, false, pass != "bwd_target", pass != "bwd_input"};
+    } else {
+        throw bad("unknown pass '" + pass + "' (fwd, fused, bwd, bwd_input, bwd_target)");
+    }
+    if (!parse_dtype(parts[1], &a.spec.dtype)) throw bad("unknown dtype '" + parts[1] + "' (f32, f64, f16, bf16)");
+    a.reduction = parts[2];
+    if (a.reduction != "none" && a.reduction != "mean" && a.reduction != "sum" && a.reduction != "batchmean") {
+        throw bad("unknown reduction '" + a.reduction + "' (none, mean, sum, batchmean)");
+    }
+    a.spec.reduce = a.reduction != "none";
+    for (size_t i = 3; i < parts.size(); i++) {
+        if (parts[i] == "logt" && !a.spec.log_target && a.shape.empty()) {
+            a.spec.log_target = true;
+        } else if (i == parts.size() - 1 && !parts[i].empty() && std::isdigit((unsigned char)parts[i][0])) {
+            try {
+                a.shape = parse_shape(parts[i]);
+            } catch (const UsageError &e) {
+                throw bad(e.what());
+            }
+            if (a.shape.size() > 4) throw bad("a fixed shape has at most 4 dimensions");
+            int64_t n = 1;
+            for (int64_t s : a.shape) {
+                if (s <= 0) throw bad("a fixed shape has no empty dimension");
+                n *= s;
+                if (n > INT32_MAX) throw bad("a fixed shape has fewer than 2^31 elements");
+            }
+        } else {
+            throw bad("unexpected '" + parts[i] + "' (logt, then a shape such as 64x32000)");
+        }
+    }
+    a.function = a.spec.name();
+    if (!a.shape.empty()) a.function += "_" + format_shape(a.shape);
+    return a;
+}
+
+// Contiguous tensors of `shape`, dimension 0 innermost, for every buffer.
+codegen::FixedShape fixed_shape(const AotSpec &a) {
+    codegen::FixedShape fixed;
+    fixed.extent = {1, 1, 1, 1};
+    const int rank = (int)a.shape.size();
+    for (int d = 0; d < rank; d++) fixed.extent[d] = (int32_t)a.shape[rank - 1 - d];
+    std::array<int32_t, 4> strides{};
+    int32_t step = 1;
+    for (int d = 0; d < 4; d++) {
+        strides[d] = step;
+        step *= fixed.extent[d];
+    }
+    for (const codegen::Argument &arg : codegen::arguments(a.spec)) {
+        if (arg.kind == codegen::Argument::Buffer && arg.name != "total") fixed.strides.push_back(strides);
+    }
+    return fixed;
+}
+
+Halide::Target parse_target(const std::string &name) {
+    Halide::Target target;
+    if (name == "host") {
+        target = codegen::host_target();
+    } else if (name.rfind("host-", 0) == 0 && Halide::Target::validate_target_string(name)) {
+        target = Halide::Target(name);  // Halide expands "host" itself
+    } else if (Halide::Target::validate_target_string(name)) {
+        target = Halide::Target(name);
+    } else {
+        throw UsageError("unknown target '" + name + "' (a Halide target string such as x86-64-linux-avx2 or "
+                         "arm-64-linux, or 'host')");
+    }
+    if (target.has_gpu_feature()) {
+        throw UsageError("target '" + name + "': GPU kernels are not available in this version (CPU targets only)");
+    }
+    return target;
+}
+
+std::string buffer_doc(const KernelSpec &spec, const codegen::Argument &arg, const std::string &storage) {
+    if (arg.kind == codegen::Argument::Scalar) {
+        return std::string(computes_in_double(spec.dtype) ? "double" : "float") +
+               " grad_scale: the upstream gradient divided by the reduction's divisor (1 for sum, numel for "
+               "mean, input.size(0) for batchmean)";
+    }
+    if (arg.name == "total") return "0-d float64 buffer `total`: the sum of the pointwise loss";
+    return "4-d " + storage + " buffer `" + arg.name + "`" + (arg.is_output ? " (written)" : "");
+}
+
+std::string header_text(const AotSpec &a, const std::string &target) {
+    const KernelSpec &s = a.spec;
+    const std::string storage = s.dtype == DType::Float32   ? "float32"
+                                : s.dtype == DType::Float64 ? "float64"
+                                : s.dtype == DType::Float16 ? "float16 (raw uint16 bits)"
+                                                            : "bfloat16 (raw uint16 bits)";
+    std::ostringstream h;
+    const std::string guard = "KLDIV_AOT_" + a.function + "_H";
+    h << "/* " << a.function << ": generated by `kldiv aot` for " << target << ".\n *\n";
+    switch (s.pass) {
+    case Pass::Forward:
+        h << " * F.kl_div(input, target, reduction='" << a.reduction << "', log_target="
+          << (s.log_target ? "True" : "False") << ")"
+          << (s.reduce ? ": writes the float64 sum of the pointwise loss to `total`;\n * divide it by the reduction's "
+                         "divisor (1 sum, numel mean, input.size(0) batchmean).\n"
+                       : ": the pointwise loss.\n");
+        break;
+    case Pass::Fused:
+        h << " * The loss and grad_input of F.kl_div(..., reduction='" << a.reduction << "', log_target="
+          << (s.log_target ? "True" : "False") << ") for an upstream gradient of 1, in one\n * read of input and "
+          << "target." << (s.reduce ? " `total` as for the forward kernel; grad_scale = 1 / divisor.\n" : "\n");
+        break;
+    case Pass::Backward:
+        h << " * Gradient(s) of F.kl_div(..., reduction='" << a.reduction << "', log_target="
+          << (s.log_target ? "True" : "False") << ") with respect to "
+          << (s.grad_input && s.grad_target ? "input and target" : s.grad_input ? "input" : "target") << ".\n";
+        break;
+    }
+    h << " *\n * Arguments, in order (Halide buffers: halide_buffer_t from HalideRuntime.h):\n";
+    for (const codegen::Argument &arg : codegen::arguments(s)) h << " *   " << buffer_doc(s, arg, storage) << "\n";
+    h << " *\n * Buffers are 4-d with dimension 0 innermost (PyTorch's last dimension); pad\n"
+      << " * missing dimensions with extent 1. All buffers have the same extents; their\n"
+      << " * strides (in elements) may differ, and a stride of 0 broadcasts an input.\n";
+    if (!a.shape.empty()) {
+        const codegen::FixedShape f = fixed_shape(a);
+        h << " * This kernel is fixed to contiguous tensors of shape " << format_shape(a.shape) << ": extents "
+          << f.extent[0] << ", " << f.extent[1] << ", " << f.extent[2] << ", " << f.extent[3]
+          << ", every min 0,\n * strides " << f.strides[0][0] << ", " << f.strides[0][1] << ", " << f.strides[0][2]
+          << ", " << f.strides[0][3] << ".\n";
+    }
+    h << " * Returns 0 on success, else a Halide error code (the runtime's error handler\n"
+      << " * receives the message). Link lib<NAME>.a and lib<NAME>_runtime.a, and -lpthread -ldl.\n */\n"
+      << "#ifndef " << guard << "\n#define " << guard << "\n\n#include \"HalideRuntime.h\"\n#include \"" << a.function
+      << "_halide.h\"\n\n#endif\n";
+    return h.str();
+}
+
+void write_text(const fs::path &path, const std::string &text) {
+    std::ofstream out(path, std::ios::binary);
+    out << text;
+    if (!out) throw std::runtime_error("cannot write " + path.string());
+}
+
+struct Options {
+    std::vector<AotSpec> specs;
+    std::vector<std::string> targets;
+    std::string output, name = "kldiv_kernels";
+    bool list = false, help = false;
+};
+
+Options parse_options(const std::vector<std::string> &args) {
+    Options o;
+    ArgumentReader reader(args);
+    while (!reader.done()) {
+        const std::string option = reader.next_option();
+        if (option == "-h" || option == "--help") {
+            o.help = true;
+        } else if (option == "--spec") {
+            o.specs.push_back(parse_spec(reader.value()));
+        } else if (option == "--target") {
+            o.targets.push_back(reader.value());
+        } else if (option == "--output") {
+            o.output = reader.value();
+        } else if (option == "--name") {
+            o.name = reader.value();
+            const bool ok = !o.name.empty() && o.name.find_first_not_of(
+                                                   "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") ==
+                                                   std::string::npos;
+            if (!ok) throw UsageError("invalid --name '" + o.name + "': letters, digits and '_' only");
+        } else if (option == "--list") {
+            reader.no_value();
+            o.list = true;
+        } else {
+            throw UsageError(option.rfind("-", 0) == 0 ? "unknown option '" + option + "'"
+                                                       : "unexpected argument '" + option + "'");
+        }
+    }
+    if (o.help) return o;
+    if (o.specs.empty()) throw UsageError("no --spec given");
+    if (o.output.empty()) throw UsageError("no --output given");
+    if (o.targets.empty()) o.targets.push_back("host");
+    for (size_t i = 0; i < o.specs.size(); i++) {
+        for (size_t j = 0; j < i; j++) {
+            if (o.specs[i].function == o.specs[j].function) {
+                throw UsageError("two specs name the same kernel " + o.specs[i].function +
+                                 " (mean, sum and batchmean share one)");
+            }
+        }
+    }
+    return o;
+}
+
+int generate(const Options &o) {
+    for (const std::string &name : o.targets) {
+        const Halide::Target base = parse_target(name);
+        const Halide::Target target =
+            codegen::with_kernel_features(base).with_feature(Halide::Target::NoRuntime);
+        const fs::path dir = fs::path(o.output) / name, include = dir / "include";
+        if (o.list) {
+            for (const AotSpec &a : o.specs) std::printf("%s %s\n", name.c_str(), a.function.c_str());
+            continue;
+        }
+        fs::create_directories(include);
+        const fs::path scratch = dir / ".objects";
+        fs::create_directories(scratch);
+        const schedules::Params params = schedules::default_params(base.to_string());
+        std::vector<std::string> objects;
+        std::string umbrella = "/* All kernels of lib" + o.name + ".a (" + base.to_string() + "). */\n#ifndef KLDIV_AOT_" +
+                               o.name + "_H\n#define KLDIV_AOT_" + o.name + "_H\n\n";
+        for (const AotSpec &a : o.specs) {
+            std::optional<codegen::FixedShape> shape;
+            if (!a.shape.empty()) shape = fixed_shape(a);
+            const Halide::Module module = codegen::compile_module(a.spec, shape, params, target, a.function);
+            const std::string object = (scratch / (a.function + ".o")).string();
+            module.compile({{Halide::OutputFileType::object, object},
+                            {Halide::OutputFileType::c_header, (include / (a.function + "_halide.h")).string()}});
+            objects.push_back(object);
+            write_text(include / (a.function + ".h"), header_text(a, base.to_string()));
+            umbrella += "#include \"" + a.function + ".h\"\n";
+        }
+        write_text(include / (o.name + ".h"), umbrella + "\n#endif\n");
+        Halide::create_static_library(objects, base, (dir / ("lib" + o.name + ".a")).string());
+        const std::string runtime_object = (scratch / "halide_runtime.o").string();
+        Halide::compile_standalone_runtime(runtime_object, base);
+        Halide::create_static_library({runtime_object}, base, (dir / ("lib" + o.name + "_runtime.a")).string());
+        fs::copy_file(KLDIV_HALIDE_RUNTIME_HEADER, include / "HalideRuntime.h", fs::copy_options::overwrite_existing);
+        fs::remove_all(scratch);
+        std::printf("kldiv aot: %s: %zu kernel(s) in %s\n", name.c_str(), o.specs.size(),
+                    (dir / ("lib" + o.name + ".a")).string().c_str());
+    }
+    return kExitPass;
+}
+
+}  // namespace
+
+int aot_command(const std::vector<std::string> &args) {
+    Options options;
+    try {
+        options = parse_options(args);
+        if (options.help) {
+            std::fputs(kAotHelp, stdout);
+            return kExitPass;
+        }
+        for (const std::string &t : options.targets) parse_target(t);  // all usage errors before any work
+    } catch (const UsageError &error) {
+        std::fprintf(stderr, "kldiv aot: %s\nTry 'kldiv aot --help'.\n", error.what());
+        return kExitUsage;
+    }
+    try {
+        return generate(options);
+    } catch (const UsageError &error) {
+        std::fprintf(stderr, "kldiv aot: %s\nTry 'kldiv aot --help'.\n", error.what());
+        return kExitUsage;
+    } catch (const std::exception &error) {
+        std::fprintf(stderr, "kldiv aot: %s\n", error.what());
+        return kExitFail;
+    }
+}
+
+}  // namespace kldiv::tools
