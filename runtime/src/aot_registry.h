@@ -3,6 +3,8 @@
 
 #include <vector>
 
+#include "kldiv/codegen/kernel_spec.h"
+
 namespace kldiv::runtime {
 
 struct AotKernel {
@@ -11,5 +13,11 @@ struct AotKernel {
 };
 
 const std::vector<AotKernel> &aot_kernels();
+
+// The AOT kernel of `spec`, or null when the library has none.
+int (*aot_entry(const codegen::KernelSpec &spec))(void **);
+
+// Routes the AOT kernels' Halide errors to record_kernel_error (once).
+void install_aot_error_handler();
 
 }  // namespace kldiv::runtime

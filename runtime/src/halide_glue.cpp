@@ -8,6 +8,9 @@ namespace kldiv {
 void set_num_threads(int threads) { halide_set_num_threads(threads); }
 
 std::string cpu_target() {
+#if defined(__aarch64__)
+    return "arm-64-linux";
+#else
     // Mirrors the feature checks of the AOT library's run-time dispatch
     // (KLDIV_AOT_TARGETS: avx512_skylake, avx2+fma+f16c, sse41).
     __builtin_cpu_init();
@@ -18,6 +21,7 @@ std::string cpu_target() {
     }
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "x86-64-linux-avx2-fma-f16c";
     return "x86-64-linux-sse41";
+#endif
 }
 
 }  // namespace kldiv

@@ -1,7 +1,5 @@
 #include "kernel_cache.h"
 
-#include <HalideRuntime.h>
-
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
@@ -96,47 +94,6 @@ std::string shape_text(const jit::FixedShape &shape) {
         for (int32_t s : strides) text += " " + std::to_string(s);
     }
     return text;
-}
-
-// ---- the last kernel of each thread ------------------------------------------
-
-struct LastKernel {
-    KernelSpec spec;
-    bool fixed = false;
-    std::array<int32_t, 4> extent{};
-    KernelOrigin origin = KernelOrigin::Aot;
-    double seconds = 0;
-    bool valid = false;
-};
-thread_local LastKernel last;
-
-void remember(const KernelSpec &spec, const Key &key, KernelOrigin origin, double seconds) {
-    last.spec = spec;
-    last.fixed = key.fixed;
-    std::copy(key.dims.begin(), key.dims.begin() + 4, last.extent.begin());
-    last.origin = origin;
-    last.seconds = seconds;
-    last.valid = true;
-}
-
-// ---- AOT kernels -------------------------------------------------------------
-
-int (*aot_entry(const KernelSpec &spec))(void **) {
-    static const std::unordered_map<std::string, int (*)(void **)> table = [] {
-        std::unordered_map<std::string, int (*)(void **)> t;
-        for (const AotKernel &k : aot_kernels()) t[k.name] = k.argv;
-        return t;
-    }();
-    auto it = table.find(spec.name());
-    return it == table.end() ? nullptr : it->second;
-}
-
-void install_aot_error_handler() {
-    static const bool installed = [] {
-        halide_set_error_handler(record_kernel_error);
-        return true;
-    }();
-    (void)installed;
 }
 
 Specialize specialize_policy(const RuntimeOptions &options, std::string &problem) {
@@ -312,7 +269,7 @@ KernelCache::KernelCache(const RuntimeOptions &options) : state_(std::make_uniqu
                 " " + jit::toolchain_version();
     s.disk = std::make_unique<cache::DiskCache>(cache::resolve_cache_dir(options.cache_dir), options.disk_cache_bytes,
                                                 s.version, [&s](const std::string &m) { s.warn(m); });
-    if (options.threads > 0) halide_set_num_threads(options.threads);
+    if (options.threads > 0) set_num_threads(options.threads);
 }
 
 KernelCache::~KernelCache() {
@@ -325,7 +282,7 @@ KernelCall KernelCache::kernel(const KernelSpec &spec, const Piece &piece) {
     auto aot = [&](const Key &key) {
         KernelCall call{aot_entry(spec), false, nullptr};
         if (call.entry == nullptr) fail(ErrorCode::Internal, "no kernel " + spec.name() + " in this build");
-        remember(spec, key, KernelOrigin::Aot, seconds_since(start));
+        remember_kernel(spec, key.fixed, key.dims.data(), KernelOrigin::Aot, seconds_since(start));
         return call;
     };
     const bool aot_available = s.host_target && aot_entry(spec) != nullptr;
@@ -368,7 +325,7 @@ KernelCall KernelCache::kernel(const KernelSpec &spec, const Piece &piece) {
         s.stats.hits++;
         auto current = s.slots.find(key);  // it may have been evicted while this thread waited
         if (current != s.slots.end() && current->second == slot) s.lru.splice(s.lru.begin(), s.lru, slot->lru);
-        remember(spec, key, KernelOrigin::Memory, seconds_since(start));
+        remember_kernel(spec, key.fixed, key.dims.data(), KernelOrigin::Memory, seconds_since(start));
         return {slot->code->entry, true, slot->code};
     }
 
@@ -390,7 +347,7 @@ KernelCall KernelCache::kernel(const KernelSpec &spec, const Piece &piece) {
     lock.unlock();
     KernelOrigin origin = KernelOrigin::Compiled;
     s.fill(spec, key, slot, origin);
-    remember(spec, key, origin, seconds_since(start));
+    remember_kernel(spec, key.fixed, key.dims.data(), origin, seconds_since(start));
     return {slot->code->entry, true, slot->code};
 }
 
@@ -406,49 +363,3 @@ void KernelCache::warn(const std::string &message) const { state_->warn(message)
 const WarningHandler &KernelCache::warning_handler() const { return state_->options.warning_handler; }
 
 }  // namespace kldiv::runtime
-
-namespace kldiv {
-
-KernelInfo last_kernel() {
-    using runtime::last;
-    KernelInfo info;
-    if (!last.valid) return info;
-    info.name = last.spec.name();
-    if (last.fixed) {
-        info.name += " [";
-        for (int d = 0; d < 4; d++) info.name += (d ? "x" : "") + std::to_string(last.extent[d]);
-        info.name += "]";
-    }
-    info.origin = last.origin;
-    info.specialised = last.fixed;
-    info.seconds = last.seconds;
-    return info;
-}
-
-const char *origin_name(KernelOrigin origin) {
-    switch (origin) {
-    case KernelOrigin::Aot: return "aot";
-    case KernelOrigin::Memory: return "memory";
-    case KernelOrigin::Disk: return "disk";
-    case KernelOrigin::Compiled: return "compiled";
-    }
-    return "?";
-}
-
-Specialize parse_specialize(const std::string &name) {
-    if (name == "never") return Specialize::Never;
-    if (name == "always") return Specialize::Always;
-    if (name == "auto") return Specialize::Auto;
-    runtime::fail(ErrorCode::InvalidArgument, "'" + name + "' is not a specialisation policy (never, always, auto)");
-}
-
-const char *specialize_name(Specialize policy) {
-    switch (policy) {
-    case Specialize::Never: return "never";
-    case Specialize::Always: return "always";
-    case Specialize::Auto: return "auto";
-    }
-    return "?";
-}
-
-}  // namespace kldiv

@@ -25,6 +25,11 @@ struct KernelCall {
     std::shared_ptr<jit::LoadedKernel> code;
 };
 
+// Records the calling thread's kernel for kldiv::last_kernel(); `extent`
+// holds 4 values.
+void remember_kernel(const codegen::KernelSpec &spec, bool fixed, const int32_t *extent, KernelOrigin origin,
+                     double seconds);
+
 class KernelCache {
 public:
     explicit KernelCache(const RuntimeOptions &options);

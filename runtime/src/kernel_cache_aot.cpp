@@ -1,0 +1,56 @@
+// The kernel cache of a build without the JIT (cross builds, where the
+// kernels come from `kldiv aot`): every call runs an AOT kernel.
+#include <mutex>
+
+#include "aot_registry.h"
+#include "errors.h"
+#include "kernel_cache.h"
+
+namespace kldiv::runtime {
+
+struct KernelCache::State {
+    RuntimeOptions options;
+    std::string target, cache_dir;
+    mutable std::mutex mutex;
+    CacheStats stats;
+};
+
+KernelCache::KernelCache(const RuntimeOptions &options) : state_(std::make_unique<State>()) {
+    install_aot_error_handler();
+    state_->options = options;
+    state_->target = cpu_target();
+    if (options.threads > 0) set_num_threads(options.threads);
+}
+
+KernelCache::~KernelCache() = default;
+
+KernelCall KernelCache::kernel(const codegen::KernelSpec &spec, const Piece &piece) {
+    KernelCall call{aot_entry(spec), false, nullptr};
+    if (call.entry == nullptr) fail(ErrorCode::Internal, "no kernel " + spec.name() + " in this build");
+    {
+        std::lock_guard<std::mutex> lock(state_->mutex);
+        state_->stats.aot_calls++;
+    }
+    remember_kernel(spec, false, piece.extent, KernelOrigin::Aot, 0.0);
+    return call;
+}
+
+CacheStats KernelCache::stats() const {
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    return state_->stats;
+}
+
+const std::string &KernelCache::target() const { return state_->target; }
+const std::string &KernelCache::cache_dir() const { return state_->cache_dir; }
+
+void KernelCache::warn(const std::string &message) const {
+    if (state_->options.warning_handler) {
+        state_->options.warning_handler(message);
+    } else {
+        runtime::warn(message);
+    }
+}
+
+const WarningHandler &KernelCache::warning_handler() const { return state_->options.warning_handler; }
+
+}  // namespace kldiv::runtime

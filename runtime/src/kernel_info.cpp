@@ -1,0 +1,80 @@
+// What the calling thread's last kernel was, and the names of the runtime's
+// enums; shared by the JIT and the AOT-only kernel caches.
+#include <array>
+
+#include "errors.h"
+#include "kernel_cache.h"
+
+namespace kldiv::runtime {
+
+namespace {
+
+struct LastKernel {
+    codegen::KernelSpec spec;
+    bool fixed = false;
+    std::array<int32_t, 4> extent{};
+    KernelOrigin origin = KernelOrigin::Aot;
+    double seconds = 0;
+    bool valid = false;
+};
+thread_local LastKernel last;
+
+}  // namespace
+
+void remember_kernel(const codegen::KernelSpec &spec, bool fixed, const int32_t *extent, KernelOrigin origin,
+                     double seconds) {
+    last.spec = spec;
+    last.fixed = fixed;
+    std::copy(extent, extent + 4, last.extent.begin());
+    last.origin = origin;
+    last.seconds = seconds;
+    last.valid = true;
+}
+
+}  // namespace kldiv::runtime
+
+namespace kldiv {
+
+KernelInfo last_kernel() {
+    const auto &last = runtime::last;
+    KernelInfo info;
+    if (!last.valid) return info;
+    info.name = last.spec.name();
+    if (last.fixed) {
+        info.name += " [";
+        for (int d = 0; d < 4; d++) info.name += (d ? "x" : "") + std::to_string(last.extent[d]);
+        info.name += "]";
+    }
+    info.origin = last.origin;
+    info.specialised = last.fixed;
+    info.seconds = last.seconds;
+    return info;
+}
+
+const char *origin_name(KernelOrigin origin) {
+    switch (origin) {
+    case KernelOrigin::Aot: return "aot";
+    case KernelOrigin::Memory: return "memory";
+    case KernelOrigin::Disk: return "disk";
+    case KernelOrigin::Compiled: return "compiled";
+    }
+    return "?";
+}
+
+Specialize parse_specialize(const std::string &name) {
+    if (name == "never") return Specialize::Never;
+    if (name == "always") return Specialize::Always;
+    if (name == "auto") return Specialize::Auto;
+    runtime::fail(ErrorCode::InvalidArgument, "'" + name + "' is not a specialisation policy (never, always, auto)");
+}
+
+const char *specialize_name(Specialize policy) {
+    switch (policy) {
+    case Specialize::Never: return "never";
+    case Specialize::Always: return "always";
+    case Specialize::Auto: return "auto";
+    }
+    return "?";
+}
+
+}  // namespace kldiv
