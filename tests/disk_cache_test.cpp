@@ -718,6 +718,37 @@ TEST(DiskCacheDirectory, ResolvesInOrder) {
 
 constexpr int kSharedKeys = 20;
 
+// Forks `count` processes that start `body(p)` together (released by the
+// parent closing a pipe) and exit with what it returns; returns their exit
+// statuses (-1 for a process that did not exit normally).
+std::vector<int> run_processes_together(int count, const std::function<int(int)> &body) {
+    int barrier[2];
+    EXPECT_EQ(pipe(barrier), 0);
+    std::fflush(stdout);
+    std::vector<pid_t> children;
+    for (int p = 0; p < count; ++p) {
+        const pid_t child = fork();
+        EXPECT_GE(child, 0);
+        if (child == 0) {
+            close(barrier[1]);
+            char byte;
+            while (read(barrier[0], &byte, 1) < 0 && errno == EINTR) {
+            }
+            _exit(body(p));
+        }
+        children.push_back(child);
+    }
+    close(barrier[0]);
+    close(barrier[1]);
+    std::vector<int> statuses;
+    for (const pid_t child : children) {
+        int status = 0;
+        EXPECT_EQ(waitpid(child, &status, 0), child);
+        statuses.push_back(WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    }
+    return statuses;
+}
+
 std::string shared_key(int i) { return "shared kernel " + std::to_string(i); }
 // Sizes from 1 byte to ~200 KiB, so a torn write would show as a wrong size.
 std::string shared_payload(int i) { return binary_payload(1 + i * 10007, 100 + i); }
@@ -748,39 +779,17 @@ int exercise(DiskCache &cache, const std::string &worker, int rounds, bool own_m
 TEST_F(DiskCacheTest, ProcessesSharingADirectoryNeverSeePartialEntries) {
     constexpr int kProcesses = 4;
     constexpr int kRounds = 15;
-    int barrier[2];
-    ASSERT_EQ(pipe(barrier), 0);
-    std::fflush(stdout);
-    std::vector<pid_t> children;
-    for (int p = 0; p < kProcesses; ++p) {
-        const pid_t child = fork();
-        ASSERT_GE(child, 0);
-        if (child == 0) {
-            close(barrier[1]);
-            char byte;
-            // Returns when the parent closes its end: all start together.
-            while (read(barrier[0], &byte, 1) < 0 && errno == EINTR) {
-            }
-            std::atomic<int> warnings{0};
-            DiskCache cache(dir_, kldiv::cache::kDefaultMaxBytes, "v1",
-                            [&](const std::string &message) {
-                                std::fprintf(stderr, "process %d: %s\n", p, message.c_str());
-                                ++warnings;
-                            });
-            const int wrong = exercise(cache, "process " + std::to_string(p), kRounds, true);
-            if (wrong > 0) std::fprintf(stderr, "process %d: %d wrong loads\n", p, wrong);
-            _exit(wrong > 0 ? 1 : warnings > 0 ? 2 : cache.stats().hits == 0 ? 3 : 0);
-        }
-        children.push_back(child);
-    }
-    close(barrier[0]);
-    close(barrier[1]);
-    for (const pid_t child : children) {
-        int status = 0;
-        ASSERT_EQ(waitpid(child, &status, 0), child);
-        EXPECT_TRUE(WIFEXITED(status)) << "status " << status;
-        EXPECT_EQ(WEXITSTATUS(status), 0) << "1: a wrong payload, 2: a warning, 3: no hit";
-    }
+    const std::vector<int> statuses = run_processes_together(kProcesses, [&](int p) {
+        std::atomic<int> warnings{0};
+        DiskCache cache(dir_, kldiv::cache::kDefaultMaxBytes, "v1", [&](const std::string &message) {
+            std::fprintf(stderr, "process %d: %s\n", p, message.c_str());
+            ++warnings;
+        });
+        const int wrong = exercise(cache, "process " + std::to_string(p), kRounds, true);
+        if (wrong > 0) std::fprintf(stderr, "process %d: %d wrong loads\n", p, wrong);
+        return wrong > 0 ? 1 : warnings > 0 ? 2 : cache.stats().hits == 0 ? 3 : 0;
+    });
+    for (int status : statuses) EXPECT_EQ(status, 0) << "1: a wrong payload, 2: a warning, 3: no hit";
 
     auto cache = make_cache();
     for (int i = 0; i < kSharedKeys; ++i) {
@@ -797,30 +806,11 @@ TEST_F(DiskCacheTest, ProcessesSharingADirectoryNeverSeePartialEntries) {
 // other's feet: loads may miss, but never return a wrong payload.
 TEST_F(DiskCacheTest, ProcessesPruningEachOtherNeverSeeWrongPayloads) {
     constexpr int kProcesses = 4;
-    int barrier[2];
-    ASSERT_EQ(pipe(barrier), 0);
-    std::fflush(stdout);
-    std::vector<pid_t> children;
-    for (int p = 0; p < kProcesses; ++p) {
-        const pid_t child = fork();
-        ASSERT_GE(child, 0);
-        if (child == 0) {
-            close(barrier[1]);
-            char byte;
-            while (read(barrier[0], &byte, 1) < 0 && errno == EINTR) {
-            }
-            DiskCache cache(dir_, 1 << 20, "v1", [](const std::string &) {});
-            _exit(exercise(cache, "process " + std::to_string(p), 10, false) > 0 ? 1 : 0);
-        }
-        children.push_back(child);
-    }
-    close(barrier[0]);
-    close(barrier[1]);
-    for (const pid_t child : children) {
-        int status = 0;
-        ASSERT_EQ(waitpid(child, &status, 0), child);
-        EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
-    }
+    const std::vector<int> statuses = run_processes_together(kProcesses, [&](int p) {
+        DiskCache cache(dir_, 1 << 20, "v1", [](const std::string &) {});
+        return exercise(cache, "process " + std::to_string(p), 10, false) > 0 ? 1 : 0;
+    });
+    for (int status : statuses) EXPECT_EQ(status, 0);
     // Quiet now: one more prune leaves no young orphan or temporary over the limit.
     auto cache = make_cache("v1", 1 << 20);
     cache->prune(1 << 20);

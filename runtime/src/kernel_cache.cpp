@@ -360,6 +360,5 @@ CacheStats KernelCache::stats() const {
 const std::string &KernelCache::target() const { return state_->target; }
 const std::string &KernelCache::cache_dir() const { return state_->disk->dir(); }
 void KernelCache::warn(const std::string &message) const { state_->warn(message); }
-const WarningHandler &KernelCache::warning_handler() const { return state_->options.warning_handler; }
 
 }  // namespace kldiv::runtime

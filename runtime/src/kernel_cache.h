@@ -47,7 +47,6 @@ public:
     const std::string &cache_dir() const;
     // Sends a warning to this runtime's handler, else the process-wide one.
     void warn(const std::string &message) const;
-    const WarningHandler &warning_handler() const;
 
 private:
     struct State;

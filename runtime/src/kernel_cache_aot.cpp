@@ -51,6 +51,4 @@ void KernelCache::warn(const std::string &message) const {
     }
 }
 
-const WarningHandler &KernelCache::warning_handler() const { return state_->options.warning_handler; }
-
 }  // namespace kldiv::runtime

@@ -213,6 +213,7 @@ public:
     // created on first use, never destroyed).
     static Runtime &process_default();
 
+    // The library's own way in to this runtime's kernels; not for users.
     runtime::KernelCache &cache() { return *cache_; }
 
 private:
