@@ -279,13 +279,13 @@ KernelCache::~KernelCache() {
 KernelCall KernelCache::kernel(const KernelSpec &spec, const Piece &piece) {
     State &s = *state_;
     const auto start = Clock::now();
+    int (*const aot_kernel)(void **) = aot_entry(spec);
     auto aot = [&](const Key &key) {
-        KernelCall call{aot_entry(spec), false, nullptr};
-        if (call.entry == nullptr) fail(ErrorCode::Internal, "no kernel " + spec.name() + " in this build");
+        if (aot_kernel == nullptr) fail(ErrorCode::Internal, "no kernel " + spec.name() + " in this build");
         remember_kernel(spec, key.fixed, key.dims.data(), KernelOrigin::Aot, seconds_since(start));
-        return call;
+        return KernelCall{aot_kernel, false, nullptr};
     };
-    const bool aot_available = s.host_target && aot_entry(spec) != nullptr;
+    const bool aot_available = s.host_target && aot_kernel != nullptr;
     if (!s.options.jit) {
         std::lock_guard<std::mutex> lock(s.mutex);
         s.stats.aot_calls++;
