@@ -61,6 +61,6 @@ if [ "$variant" = host ]; then
     expect_usage_error --spec fwd:f32:sum:1x2x3x4x5
     expect_usage_error --spec fwd:f32:sum --spec fwd:f32:mean
     expect_usage_error --spec fwd:f32:sum --target no-such-target
-    expect_usage_error --spec fwd:f32:sum --target host-cuda
+    expect_usage_error --spec fwd:f32:sum --target host-cudda
     expect_usage_error --spec fwd:f32:sum --target host --target arm-64-linux-bogus
 fi

@@ -133,19 +133,17 @@ codegen::FixedShape fixed_shape(const AotSpec &a) {
 }
 
 Halide::Target parse_target(const std::string &name) {
-    Halide::Target target;
-    if (name == "host") {
-        target = codegen::host_target();
-    } else if (name.rfind("host-", 0) == 0 && Halide::Target::validate_target_string(name)) {
-        target = Halide::Target(name);  // Halide expands "host" itself
-    } else if (Halide::Target::validate_target_string(name)) {
-        target = Halide::Target(name);
-    } else {
-        throw UsageError("unknown target '" + name + "' (a Halide target string such as x86-64-linux-avx2 or "
-                         "arm-64-linux, or 'host')");
+    if (!Halide::Target::validate_target_string(name)) {
+        throw UsageError("unknown target '" + name + "' (a Halide target string such as x86-64-linux-avx2, "
+                         "arm-64-linux or host-cuda, or 'host')");
     }
-    if (target.has_gpu_feature()) {
-        throw UsageError("target '" + name + "': GPU kernels are not available in this version (CPU targets only)");
+    if (name != "host" && name.rfind("host-", 0) != 0) return Halide::Target(name);
+    // "host..." is this machine (codegen::host_target) plus the features named after it.
+    const Halide::Target named(name), plain_host = Halide::get_host_target();
+    Halide::Target target = codegen::host_target();
+    for (int f = 0; f < (int)Halide::Target::FeatureEnd; f++) {
+        const auto feature = (Halide::Target::Feature)f;
+        if (named.has_feature(feature) && !plain_host.has_feature(feature)) target = target.with_feature(feature);
     }
     return target;
 }

@@ -81,7 +81,11 @@ std::vector<Halide::Func> build(const KernelSpec &spec, const schedules::Params 
     for (const Halide::Func &output : outputs) {
         if (output.dimensions() > 0) unit_stride = unit_stride && output.output_buffer().dim(0).stride() == 1;
     }
-    schedules::apply_cpu(algorithm, target, spec.dtype, params, unit_stride);
+    if (target.has_gpu_feature()) {
+        schedules::apply_gpu(algorithm, params);
+    } else {
+        schedules::apply_cpu(algorithm, target, spec.dtype, params, unit_stride);
+    }
     return outputs;
 }
 

@@ -10,6 +10,11 @@ using Halide::Var;
 
 dsl::SumTree sum_tree(const Halide::Target &target, DType dtype, const Params &params) {
     dsl::SumTree tree;
+    if (target.has_gpu_feature()) {
+        tree.lanes = params.gpu.sum_lanes;
+        tree.chunk = params.gpu.sum_chunk;
+        return tree;
+    }
     const int native = target.natural_vector_size(dsl::compute_type(dtype));
     tree.lanes = native * params.cpu.sum_lanes_factor;
     tree.chunk = params.cpu.sum_chunk;

@@ -18,6 +18,8 @@ std::string to_string(const Params &params) {
     out << "cpu:vf=" << c.vector_factor << ",slf=" << c.sum_lanes_factor << ",chunk=" << c.sum_chunk
         << ",cpt=" << c.chunks_per_task << ",ept=" << c.elements_per_task
         << ",fast=" << c.unit_stride_fast_path << ",par=" << c.parallel;
+    const GpuParams &g = params.gpu;
+    out << ";gpu:tpb=" << g.threads_per_block << ",lanes=" << g.sum_lanes << ",chunk=" << g.sum_chunk;
     return out.str();
 }
 

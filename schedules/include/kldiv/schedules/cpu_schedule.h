@@ -19,4 +19,7 @@ dsl::SumTree sum_tree(const Halide::Target &target, DType dtype, const Params &p
 void apply_cpu(dsl::Algorithm &algorithm, const Halide::Target &target, DType dtype,
                const Params &params, const Halide::Expr &unit_stride);
 
+// Schedules for a target with a GPU feature (CUDA): see GpuParams.
+void apply_gpu(dsl::Algorithm &algorithm, const Params &params);
+
 }  // namespace kldiv::schedules

@@ -16,8 +16,19 @@ struct CpuParams {
     bool parallel = true;
 };
 
+// GPU targets (CUDA): elementwise passes run one element per thread in
+// blocks of `threads_per_block`; a reduction gives each chunk of `sum_chunk`
+// elements one block of `sum_lanes` threads, each summing a strided lane, and
+// adds the chunk sums in float64 in a fixed order (deterministic).
+struct GpuParams {
+    int threads_per_block = 256;
+    int sum_lanes = 64;
+    int sum_chunk = 4096;
+};
+
 struct Params {
     CpuParams cpu;
+    GpuParams gpu;
 };
 
 // Defaults for a target family; `target` is a Halide target string.
