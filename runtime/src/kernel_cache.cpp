@@ -173,7 +173,11 @@ struct KernelCache::State {
 
     // Loads the kernel for `key` from the disk cache, or compiles and stores it.
     std::shared_ptr<jit::LoadedKernel> produce(const KernelSpec &spec, const Key &key, KernelOrigin &origin) {
-        const std::optional<jit::FixedShape> shape = shape_of(key, codegen::arguments(spec).size());
+        size_t buffers = 0;  // the buffer arguments a call's piece has strides for (`total` has none)
+        for (const codegen::Argument &a : codegen::arguments(spec)) {
+            buffers += a.kind == codegen::Argument::Buffer && a.name != "total";
+        }
+        const std::optional<jit::FixedShape> shape = shape_of(key, buffers);
         load_runtime();
         const std::string text = disk_key(spec, shape);
         const std::string function = "kldiv_jit_" + cache::hash_key(text).substr(0, 16);
