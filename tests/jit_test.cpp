@@ -22,7 +22,6 @@
 
 namespace fs = std::filesystem;
 using namespace kldiv;
-using kldiv_test::half_bits;
 
 namespace {
 
@@ -45,28 +44,13 @@ private:
     std::string path_;
 };
 
-// Raw storage of `n` elements of `dtype` with values from `make(i)`.
+// Raw storage of `n` elements of `dtype` with values from `make(i)`, each
+// rounded to the dtype as test_support stores it.
 std::vector<uint8_t> storage(DType dtype, int64_t n, const std::function<double(int64_t)> &make) {
+    static_assert((int)DType::Float32 == KLDIV_FLOAT32 && (int)DType::Float64 == KLDIV_FLOAT64 &&
+                  (int)DType::Float16 == KLDIV_FLOAT16 && (int)DType::BFloat16 == KLDIV_BFLOAT16);
     std::vector<uint8_t> bytes(n * element_size(dtype));
-    for (int64_t i = 0; i < n; i++) {
-        const double v = make(i);
-        uint8_t *p = bytes.data() + i * element_size(dtype);
-        if (dtype == DType::Float32) {
-            const float f = (float)v;
-            std::memcpy(p, &f, 4);
-        } else if (dtype == DType::Float64) {
-            std::memcpy(p, &v, 8);
-        } else if (dtype == DType::Float16) {
-            const uint16_t h = half_bits(v);
-            std::memcpy(p, &h, 2);
-        } else {
-            const float f = (float)v;
-            uint32_t bits;
-            std::memcpy(&bits, &f, 4);
-            const uint16_t b = (uint16_t)(bits >> 16);  // truncation: any bfloat16 value will do
-            std::memcpy(p, &b, 2);
-        }
-    }
+    for (int64_t i = 0; i < n; i++) kldiv_test::store_element(bytes.data(), (kldiv_dtype)dtype, i, make(i));
     return bytes;
 }
 

@@ -34,6 +34,14 @@ const std::string &mean_reduction_warning() {
     return text;
 }
 
+void warn(const WarningHandler &preferred, const std::string &message) {
+    if (preferred) {
+        preferred(message);
+    } else {
+        warn(message);
+    }
+}
+
 void warn_mean_reduction() { warn(mean_reduction_warning()); }
 
 namespace {

@@ -12,6 +12,9 @@ namespace kldiv::runtime {
 // Sends a warning to the installed handler (dropped when there is none).
 void warn(const std::string &message);
 
+// Sends a warning to `preferred` (a runtime's own handler), else as warn() does.
+void warn(const WarningHandler &preferred, const std::string &message);
+
 // PyTorch's warning for reduction='mean', sent on every call that uses it.
 const std::string &mean_reduction_warning();
 void warn_mean_reduction();

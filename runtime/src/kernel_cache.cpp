@@ -143,13 +143,7 @@ struct KernelCache::State {
     CacheStats stats;
     std::vector<std::thread> background;
 
-    void warn(const std::string &message) const {
-        if (options.warning_handler) {
-            options.warning_handler(message);
-        } else {
-            runtime::warn(message);
-        }
-    }
+    void warn(const std::string &message) const { runtime::warn(options.warning_handler, message); }
 
     std::string disk_key(const KernelSpec &spec, const std::optional<jit::FixedShape> &shape) const {
         return "kernel " + spec.name() + (shape ? " " + shape_text(*shape) : " generic") + " | target " + target +

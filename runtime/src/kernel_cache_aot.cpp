@@ -43,12 +43,6 @@ CacheStats KernelCache::stats() const {
 const std::string &KernelCache::target() const { return state_->target; }
 const std::string &KernelCache::cache_dir() const { return state_->cache_dir; }
 
-void KernelCache::warn(const std::string &message) const {
-    if (state_->options.warning_handler) {
-        state_->options.warning_handler(message);
-    } else {
-        runtime::warn(message);
-    }
-}
+void KernelCache::warn(const std::string &message) const { runtime::warn(state_->options.warning_handler, message); }
 
 }  // namespace kldiv::runtime
