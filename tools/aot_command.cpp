@@ -11,12 +11,14 @@
 #include "command_line.h"
 #include "kldiv/codegen/build.h"
 #include "kldiv/codegen/kernel_spec.h"
+#include "disk_cache.h"
 #include "kldiv/schedules/params.h"
+#include "kldiv/schedules/tuning_db.h"
 
 namespace kldiv::tools {
 
 const char kAotHelp[] = R"(Usage: kldiv aot --spec SPEC [--spec SPEC ...] [--target T ...] --output DIR
-                 [--name NAME] [--list]
+                 [--name NAME] [--tuning-db FILE|off] [--list]
 
 Generates kernels ahead of time for a program that links them directly: it
 needs neither Halide nor LLVM, nor libkldiv, at run time.
@@ -41,24 +43,23 @@ needs neither Halide nor LLVM, nor libkldiv, at run time.
                    include/<NAME>.h     all of them
   --name NAME    library name. Default kldiv_kernels
   --list         print each target's kernel names and files; compile nothing
+  --tuning-db F  tuning database ('kldiv tune') to take schedules from before
+                 the one shipped with kldiv: default $KLDIV_TUNING_DB, else
+                 tuning.jsonl in the kernel cache directory; 'off' for none.
+                 Each kernel takes the record of its exact target and nearest
+                 size (2^22 elements for a kernel without a shape), else the
+                 default schedule
   -h, --help     this text
 
 Exit status: 0 done, 1 a failed compile, 2 a usage error (an unknown spec,
 dtype, reduction or target).
 )";
 
-namespace {
-
 namespace fs = std::filesystem;
 using codegen::KernelSpec;
 using codegen::Pass;
 
-struct AotSpec {
-    KernelSpec spec;
-    std::string reduction;                // as given, for the header
-    std::vector<int64_t> shape;           // empty: any shape
-    std::string function;                 // C name of the kernel
-};
+namespace {
 
 std::vector<std::string> split(const std::string &text, char sep) {
     std::vector<std::string> parts;
@@ -67,6 +68,8 @@ std::vector<std::string> split(const std::string &text, char sep) {
     while (std::getline(in, part, sep)) parts.push_back(part);
     return parts;
 }
+
+}  // namespace
 
 AotSpec parse_spec(const std::string &text) {
     const std::vector<std::string> parts = split(text, ':');
@@ -131,6 +134,8 @@ codegen::FixedShape fixed_shape(const AotSpec &a) {
     }
     return fixed;
 }
+
+namespace {
 
 Halide::Target parse_target(const std::string &name) {
     if (!Halide::Target::validate_target_string(name)) {
@@ -214,7 +219,7 @@ void write_text(const fs::path &path, const std::string &text) {
 struct Options {
     std::vector<AotSpec> specs;
     std::vector<std::string> targets;
-    std::string output, name = "kldiv_kernels";
+    std::string output, name = "kldiv_kernels", tuning_db;
     bool list = false, help = false;
 };
 
@@ -237,6 +242,8 @@ Options parse_options(const std::vector<std::string> &args) {
                                                    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") ==
                                                    std::string::npos;
             if (!ok) throw UsageError("invalid --name '" + o.name + "': letters, digits and '_' only");
+        } else if (option == "--tuning-db") {
+            o.tuning_db = reader.value();
         } else if (option == "--list") {
             reader.no_value();
             o.list = true;
@@ -273,13 +280,28 @@ int generate(const Options &o) {
         fs::create_directories(include);
         const fs::path scratch = dir / ".objects";
         fs::create_directories(scratch);
-        const schedules::Params params = schedules::default_params(base.to_string());
+        schedules::TuningDb tuning;
+        const auto warn = [](const std::string &m) { std::fprintf(stderr, "%s\n", m.c_str()); };
+        const std::string user_db = o.tuning_db.empty() ? schedules::user_database_path(cache::resolve_cache_dir(""))
+                                    : o.tuning_db == "off" ? std::string()
+                                                           : o.tuning_db;
+        if (!user_db.empty()) tuning.add_file(user_db, warn);
+        tuning.add_text(schedules::shipped_database(), "shipped database", warn);
         std::vector<std::string> objects;
         std::string umbrella = "/* All kernels of lib" + o.name + ".a (" + base.to_string() + "). */\n#ifndef KLDIV_AOT_" +
                                o.name + "_H\n#define KLDIV_AOT_" + o.name + "_H\n\n";
         for (const AotSpec &a : o.specs) {
             std::optional<codegen::FixedShape> shape;
             if (!a.shape.empty()) shape = fixed_shape(a);
+            int64_t elements = 1;
+            for (int64_t e : a.shape) elements *= e;
+            const int bucket = a.shape.empty() ? schedules::kGenericBucket : schedules::size_bucket(elements);
+            schedules::Params params = schedules::default_params(base.to_string());
+            if (auto match = tuning.find(base.to_string(), a.spec.name(), bucket)) {
+                params = match->record.params;
+                std::printf("kldiv aot: %s: %s: tuned schedule from %s (2^%d elements)\n", name.c_str(),
+                            a.function.c_str(), match->source.c_str(), match->record.bucket);
+            }
             const Halide::Module module = codegen::compile_module(a.spec, shape, params, target, a.function);
             const std::string object = (scratch / (a.function + ".o")).string();
             module.compile({{Halide::OutputFileType::object, object},

@@ -8,6 +8,7 @@
 #include "cache_command.h"
 #include "command_line.h"
 #include "run_command.h"
+#include "tune_command.h"
 
 namespace {
 
@@ -25,6 +26,9 @@ Commands:
            prune
   aot      generate kernels ahead of time for named specs and targets (x86,
            arm64): static libraries and C headers a program links directly
+  tune     search one kernel's schedule parameters on this machine against
+           the default and Halide's autoschedulers; record the best in the
+           tuning database the JIT and 'aot' use
   help     this text, or 'kldiv help <command>' for a command's options
 
 Options:
@@ -48,6 +52,8 @@ int help_for(const std::string &command) {
         std::fputs(kldiv::tools::kCacheHelp, stdout);
     } else if (command == "aot") {
         std::fputs(kldiv::tools::kAotHelp, stdout);
+    } else if (command == "tune") {
+        std::fputs(kldiv::tools::kTuneHelp, stdout);
     } else {
         return usage_error("unknown command '" + command + "'");
     }
@@ -79,6 +85,7 @@ int main(int argc, char **argv) {
     if (command == "bench") return kldiv::tools::bench_command(rest);
     if (command == "cache") return kldiv::tools::cache_command(rest);
     if (command == "aot") return kldiv::tools::aot_command(rest);
+    if (command == "tune") return kldiv::tools::tune_command(rest);
     if (command.rfind("-", 0) == 0) return usage_error("unknown option '" + command + "'");
     return usage_error("unknown command '" + command + "'");
 }

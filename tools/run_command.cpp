@@ -339,6 +339,7 @@ int run(const RunOptions &options) {
     const KernelInfo kernel = last_kernel();
     std::printf("%-15s %s from %s in %.1f ms (first call %.1f ms)\n", "kernel", kernel.name.c_str(),
                 origin_label(kernel.origin), kernel.seconds * 1e3, first_seconds * 1e3);
+    std::printf("%-15s %s\n", "schedule", kernel.schedule.c_str());
     const double compile_ms = runtime.stats().compile_seconds * 1e3;
     if (kernel.origin == KernelOrigin::Compiled && kernel.seconds * 1e3 > compile_ms + 50) {
         std::printf("%-15s compiling the kernel took %.1f ms; the rest loaded Halide's runtime for the target "

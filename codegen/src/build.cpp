@@ -4,6 +4,13 @@
 #include <cpuid.h>
 #endif
 
+#include <algorithm>
+#include <cctype>
+#include <mutex>
+#include <set>
+#include <stdexcept>
+#include <thread>
+
 #include "kldiv/dsl/algorithm.h"
 #include "kldiv/dsl/math.h"
 #include "kldiv/schedules/cpu_schedule.h"
@@ -43,7 +50,7 @@ Halide::Target with_kernel_features(Halide::Target target) {
 }
 
 std::vector<Halide::Func> build(const KernelSpec &spec, const schedules::Params &params,
-                                const Halide::Target &target, const PipelineInputs &inputs) {
+                                const Halide::Target &target, const PipelineInputs &inputs, bool schedule) {
     dsl::Inputs in;
     auto buffer = [&](const char *name) {
         auto it = inputs.buffers.find(name);
@@ -81,6 +88,7 @@ std::vector<Halide::Func> build(const KernelSpec &spec, const schedules::Params 
     for (const Halide::Func &output : outputs) {
         if (output.dimensions() > 0) unit_stride = unit_stride && output.output_buffer().dim(0).stride() == 1;
     }
+    if (!schedule) return outputs;
     if (target.has_gpu_feature()) {
         schedules::apply_gpu(algorithm, params);
     } else {
@@ -107,11 +115,39 @@ void constrain(const Halide::OutputImageParam &buffer, const std::optional<Fixed
     }
 }
 
+// The shape autoschedulers plan for: the fixed one, or a contiguous 2^20.
+std::vector<Halide::Range> estimates(const std::optional<FixedShape> &shape) {
+    std::vector<Halide::Range> region;
+    for (int d = 0; d < 4; d++) region.emplace_back(0, shape ? shape->extent[d] : (d == 0 ? 1 << 20 : 1));
+    return region;
+}
+
+// Loads the plugin of `name` once per process.
+void load_autoscheduler(const std::string &name) {
+    static std::mutex mutex;
+    static std::set<std::string> loaded;
+    const auto &names = autoscheduler_names();
+    if (std::find(names.begin(), names.end(), name) == names.end()) {
+        throw std::invalid_argument("unknown autoscheduler '" + name + "' (Mullapudi2016, Adams2019 or Li2018)");
+    }
+    std::lock_guard<std::mutex> lock(mutex);
+    if (loaded.count(name)) return;
+    std::string file = name;
+    std::transform(file.begin(), file.end(), file.begin(), [](unsigned char c) { return (char)std::tolower(c); });
+    Halide::load_plugin(std::string(KLDIV_HALIDE_PLUGIN_DIR) + "/libautoschedule_" + file + ".so");
+    loaded.insert(name);
+}
+
 }  // namespace
+
+const std::vector<std::string> &autoscheduler_names() {
+    static const std::vector<std::string> names = {"Mullapudi2016", "Adams2019", "Li2018"};
+    return names;
+}
 
 Halide::Module compile_module(const KernelSpec &spec, const std::optional<FixedShape> &shape,
                               const schedules::Params &params, const Halide::Target &target,
-                              const std::string &function) {
+                              const std::string &function, const std::string &autoscheduler) {
     // Halide 14 miscompiles the fused `none` schedule (compute_with over fused
     // loops) when every extent is a constant: it writes before the buffer. Its
     // fixed kernels know the strides only.
@@ -142,13 +178,24 @@ Halide::Module compile_module(const KernelSpec &spec, const std::optional<FixedS
             for (int d = 0; d < 4; d++) inputs.extent[d] = image.dim(d).extent();
         }
     }
-    const std::vector<Halide::Func> outputs = build(spec, params, target, inputs);
+    const bool autoschedule = !autoscheduler.empty();
+    const std::vector<Halide::Func> outputs = build(spec, params, target, inputs, !autoschedule);
     size_t index = images.size();
     for (const Halide::Func &output : outputs) {
         if (output.dimensions() == 0) continue;
         constrain(output.output_buffer(), shape, index++, strides_only);
     }
     Halide::Pipeline pipeline(outputs);
+    if (autoschedule) {
+        load_autoscheduler(autoscheduler);
+        for (Halide::ImageParam &image : images) image.set_estimates(estimates(shape));
+        for (const Halide::Func &output : outputs) {
+            if (output.dimensions() > 0) output.output_buffer().set_estimates(estimates(shape));
+        }
+        if (scale) scale->set_estimate(1.0);
+        const int cores = std::max(1, (int)std::thread::hardware_concurrency());
+        pipeline.auto_schedule(autoscheduler, target, Halide::MachineParams(cores, 32u << 20, 40));
+    }
     return pipeline.compile_to_module(halide_args, function, target);
 }
 

@@ -17,6 +17,7 @@
 #include "errors.h"
 #include "jit/compile.h"
 #include "jit/orc.h"
+#include "kldiv/schedules/tuning_db.h"
 
 namespace kldiv::runtime {
 
@@ -123,6 +124,7 @@ struct KernelCache::State {
     struct Slot {
         Status status = Status::Compiling;
         std::shared_ptr<jit::LoadedKernel> code;
+        std::string schedule;  // where its schedule parameters came from
         std::string error;
         std::list<Key>::iterator lru;
     };
@@ -131,7 +133,7 @@ struct KernelCache::State {
     Specialize specialize = Specialize::Auto;
     std::string target;
     bool host_target = true;
-    schedules::Params params;
+    schedules::TuningDb tuning;  // the user's database, then the shipped one
     std::string version;  // part of every disk key
     std::unique_ptr<cache::DiskCache> disk;
 
@@ -145,9 +147,28 @@ struct KernelCache::State {
 
     void warn(const std::string &message) const { runtime::warn(options.warning_handler, message); }
 
-    std::string disk_key(const KernelSpec &spec, const std::optional<jit::FixedShape> &shape) const {
+    std::string disk_key(const KernelSpec &spec, const std::optional<jit::FixedShape> &shape,
+                         const schedules::Params &params) const {
         return "kernel " + spec.name() + (shape ? " " + shape_text(*shape) : " generic") + " | target " + target +
                " | schedule " + schedules::to_string(params) + " | " + version;
+    }
+
+    // The tuned parameters for the kernel (exact target, nearest size bucket),
+    // else the defaults; and a description of which.
+    std::pair<schedules::Params, std::string> schedule_for(const KernelSpec &spec,
+                                                           const std::optional<jit::FixedShape> &shape) const {
+        int64_t elements = 1;
+        if (shape) {
+            for (int32_t e : shape->extent) elements *= e;
+        }
+        const int bucket = shape ? schedules::size_bucket(elements) : schedules::kGenericBucket;
+        if (auto match = tuning.find(target, spec.name(), bucket)) {
+            char speedup[32];
+            std::snprintf(speedup, sizeof speedup, "%.2fx", match->record.speedup());
+            return {match->record.params, "tuned (" + match->source + ", 2^" + std::to_string(match->record.bucket) +
+                                              " elements, " + speedup + " the default there)"};
+        }
+        return {schedules::default_params(target), "default"};
     }
 
     std::string description(const KernelSpec &spec, const std::optional<jit::FixedShape> &shape) const {
@@ -166,14 +187,17 @@ struct KernelCache::State {
     }
 
     // Loads the kernel for `key` from the disk cache, or compiles and stores it.
-    std::shared_ptr<jit::LoadedKernel> produce(const KernelSpec &spec, const Key &key, KernelOrigin &origin) {
+    std::shared_ptr<jit::LoadedKernel> produce(const KernelSpec &spec, const Key &key, KernelOrigin &origin,
+                                               std::string &schedule) {
         size_t buffers = 0;  // the buffer arguments a call's piece has strides for (`total` has none)
         for (const codegen::Argument &a : codegen::arguments(spec)) {
             buffers += a.kind == codegen::Argument::Buffer && a.name != "total";
         }
         const std::optional<jit::FixedShape> shape = shape_of(key, buffers);
         load_runtime();
-        const std::string text = disk_key(spec, shape);
+        const auto [params, source] = schedule_for(spec, shape);
+        schedule = source;
+        const std::string text = disk_key(spec, shape, params);
         const std::string function = "kldiv_jit_" + cache::hash_key(text).substr(0, 16);
         if (std::optional<std::string> object = disk->load(text)) {
             try {
@@ -233,9 +257,11 @@ struct KernelCache::State {
     // Runs produce() for a new slot and publishes the result; throws on failure.
     void fill(const KernelSpec &spec, const Key &key, const std::shared_ptr<Slot> &slot, KernelOrigin &origin) {
         try {
-            std::shared_ptr<jit::LoadedKernel> code = produce(spec, key, origin);
+            std::string schedule;
+            std::shared_ptr<jit::LoadedKernel> code = produce(spec, key, origin, schedule);
             std::lock_guard<std::mutex> lock(mutex);
             slot->code = std::move(code);
+            slot->schedule = std::move(schedule);
             finish(key, *slot);
         } catch (const Error &e) {
             std::lock_guard<std::mutex> lock(mutex);
@@ -262,11 +288,16 @@ KernelCache::KernelCache(const RuntimeOptions &options) : state_(std::make_uniqu
     // The AOT kernels serve this runtime when they run the same code: the host
     // target, or the feature level they dispatch to on this CPU.
     s.host_target = options.target.empty() || options.target == "host" || s.target == jit::resolve_target(cpu_target());
-    s.params = schedules::default_params(s.target);
     s.version = std::string("kldiv ") + KLDIV_VERSION + " codegen " + std::string(KLDIV_CODEGEN_FINGERPRINT).substr(0, 16) +
                 " " + jit::toolchain_version();
     s.disk = std::make_unique<cache::DiskCache>(cache::resolve_cache_dir(options.cache_dir), options.disk_cache_bytes,
                                                 s.version, [&s](const std::string &m) { s.warn(m); });
+    const auto warn = [&s](const std::string &m) { s.warn(m); };
+    const std::string user_db = options.tuning_db.empty() ? schedules::user_database_path(s.disk->dir())
+                                : options.tuning_db == "off"  ? std::string()
+                                                              : options.tuning_db;
+    if (!user_db.empty()) s.tuning.add_file(user_db, warn);
+    s.tuning.add_text(schedules::shipped_database(), "shipped database", warn);
     if (options.threads > 0) set_num_threads(options.threads);
 }
 
@@ -280,7 +311,7 @@ KernelCall KernelCache::kernel(const KernelSpec &spec, const Piece &piece) {
     int (*const aot_kernel)(void **) = aot_entry(spec);
     auto aot = [&](const Key &key) {
         if (aot_kernel == nullptr) fail(ErrorCode::Internal, "no kernel " + spec.name() + " in this build");
-        remember_kernel(spec, key.fixed, key.dims.data(), KernelOrigin::Aot, seconds_since(start));
+        remember_kernel(spec, key.fixed, key.dims.data(), KernelOrigin::Aot, seconds_since(start), "default (AOT)");
         return KernelCall{aot_kernel, false, nullptr};
     };
     const bool aot_available = s.host_target && aot_kernel != nullptr;
@@ -323,7 +354,7 @@ KernelCall KernelCache::kernel(const KernelSpec &spec, const Piece &piece) {
         s.stats.hits++;
         auto current = s.slots.find(key);  // it may have been evicted while this thread waited
         if (current != s.slots.end() && current->second == slot) s.lru.splice(s.lru.begin(), s.lru, slot->lru);
-        remember_kernel(spec, key.fixed, key.dims.data(), KernelOrigin::Memory, seconds_since(start));
+        remember_kernel(spec, key.fixed, key.dims.data(), KernelOrigin::Memory, seconds_since(start), slot->schedule);
         return {slot->code->entry, true, slot->code};
     }
 
@@ -345,7 +376,7 @@ KernelCall KernelCache::kernel(const KernelSpec &spec, const Piece &piece) {
     lock.unlock();
     KernelOrigin origin = KernelOrigin::Compiled;
     s.fill(spec, key, slot, origin);
-    remember_kernel(spec, key.fixed, key.dims.data(), origin, seconds_since(start));
+    remember_kernel(spec, key.fixed, key.dims.data(), origin, seconds_since(start), slot->schedule);
     return {slot->code->entry, true, slot->code};
 }
 

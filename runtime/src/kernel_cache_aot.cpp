@@ -31,7 +31,7 @@ KernelCall KernelCache::kernel(const codegen::KernelSpec &spec, const Piece &pie
         std::lock_guard<std::mutex> lock(state_->mutex);
         state_->stats.aot_calls++;
     }
-    remember_kernel(spec, false, piece.extent, KernelOrigin::Aot, 0.0);
+    remember_kernel(spec, false, piece.extent, KernelOrigin::Aot, 0.0, "default (AOT)");
     return call;
 }
 

@@ -15,6 +15,7 @@ struct LastKernel {
     std::array<int32_t, 4> extent{};
     KernelOrigin origin = KernelOrigin::Aot;
     double seconds = 0;
+    std::string schedule;
     bool valid = false;
 };
 thread_local LastKernel last;
@@ -22,12 +23,13 @@ thread_local LastKernel last;
 }  // namespace
 
 void remember_kernel(const codegen::KernelSpec &spec, bool fixed, const int32_t *extent, KernelOrigin origin,
-                     double seconds) {
+                     double seconds, const std::string &schedule) {
     last.spec = spec;
     last.fixed = fixed;
     std::copy(extent, extent + 4, last.extent.begin());
     last.origin = origin;
     last.seconds = seconds;
+    last.schedule = schedule;
     last.valid = true;
 }
 
@@ -48,6 +50,7 @@ KernelInfo last_kernel() {
     info.origin = last.origin;
     info.specialised = last.fixed;
     info.seconds = last.seconds;
+    info.schedule = last.schedule;
     return info;
 }
 

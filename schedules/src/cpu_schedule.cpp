@@ -44,6 +44,10 @@ Var schedule_elementwise(Func f, const dsl::Algorithm &a, int vector_size, const
         .fuse(block, rows, task)
         .split(within, vectors, lanes, vector_size, TailStrategy::GuardWithIf)
         .vectorize(lanes);
+    if (p.unroll > 1) {
+        Var unrolled("unrolled");
+        f.split(vectors, vectors, unrolled, p.unroll, TailStrategy::GuardWithIf).unroll(unrolled);
+    }
     if (p.parallel) f.parallel(task);
     if (specialize && p.unit_stride_fast_path) f.specialize(unit_stride);
     return vectors;
@@ -52,9 +56,10 @@ Var schedule_elementwise(Func f, const dsl::Algorithm &a, int vector_size, const
 // A chunk's partial sums, computed where `chunk_sum` computes that chunk:
 // one fixed set of vectors (bound_extent lets them live in registers even
 // where bounds inference cannot see a single chunk, as under compute_with).
-void schedule_partial_sums(dsl::Algorithm &a, const Var &in_task, int vector_size) {
+void schedule_partial_sums(dsl::Algorithm &a, const Var &in_task, int vector_size, const CpuParams &p) {
     a.lane_sum.compute_at(a.chunk_sum, in_task).bound_extent(a.chunk, 1).vectorize(a.lane, vector_size);
     a.lane_sum.update().reorder(a.lane, a.step.x).vectorize(a.lane, vector_size);
+    if (p.unroll > 1) a.lane_sum.update().unroll(a.step.x, p.unroll, TailStrategy::GuardWithIf);
 }
 
 // Fused forward+backward, `none`: both outputs in one loop nest, so each
@@ -83,11 +88,12 @@ void schedule_fused_sum(dsl::Algorithm &a, int vector_size, const CpuParams &p, 
         .split(chunk, tasks, in_task, p.chunks_per_task, TailStrategy::GuardWithIf)
         .split(in_chunk, step, lane, vector_size, TailStrategy::GuardWithIf)
         .vectorize(lane);
+    if (p.unroll > 1) a.grad_input.unroll(step, p.unroll, TailStrategy::GuardWithIf);
     if (p.parallel) {
         a.chunk_sum.parallel(tasks);
         a.grad_input.parallel(tasks);
     }
-    schedule_partial_sums(a, in_task, vector_size);
+    schedule_partial_sums(a, in_task, vector_size, p);
     a.grad_input.compute_with(a.chunk_sum, in_task);
     if (p.unit_stride_fast_path) a.chunk_sum.specialize(unit_stride);
 }
@@ -106,7 +112,7 @@ void schedule_sum(dsl::Algorithm &a, int vector_size, const CpuParams &p,
         .split(a.chunk, tasks, in_task, p.chunks_per_task, TailStrategy::GuardWithIf)
         .fuse(tasks, i1, job);
     if (p.parallel) a.chunk_sum.parallel(job);
-    schedule_partial_sums(a, in_task, vector_size);
+    schedule_partial_sums(a, in_task, vector_size, p);
     if (p.unit_stride_fast_path) a.chunk_sum.specialize(unit_stride);
 }
 

@@ -11,18 +11,23 @@ using Halide::Var;
 
 namespace {
 
-// One thread per element: blocks of `threads` along dimension 0, one block
-// index over those blocks and the outer dimensions (which may be large).
+// `elements_per_thread` adjacent elements per thread (one vector load when
+// `vector_loads`): blocks of `threads` along dimension 0, one block index over
+// those blocks and the outer dimensions (which may be large).
 void schedule_elementwise_gpu(Func f, const dsl::Algorithm &a, const GpuParams &p) {
     const auto &[i0, i1, i2, i3] = a.dims;
-    Var rows("rows"), outer_rows("outer_rows"), block("block"), thread("thread"), blocks("blocks");
+    Var rows("rows"), outer_rows("outer_rows"), block("block"), in_block("in_block"), thread("thread"),
+        element("element"), blocks("blocks");
     f.compute_root()
         .fuse(i2, i3, outer_rows)
         .fuse(i1, outer_rows, rows)
-        .split(i0, block, thread, p.threads_per_block, TailStrategy::GuardWithIf)
+        .split(i0, block, in_block, p.threads_per_block * p.elements_per_thread, TailStrategy::GuardWithIf)
+        .split(in_block, thread, element, p.elements_per_thread, TailStrategy::GuardWithIf)
         .fuse(block, rows, blocks)
         .gpu_blocks(blocks)
         .gpu_threads(thread);
+    if (p.elements_per_thread > 1 && p.vector_loads) f.vectorize(element);
+    if (p.elements_per_thread > 1 && !p.vector_loads) f.unroll(element);
 }
 
 // A block per chunk; its threads are the chunk's lanes, each summing every

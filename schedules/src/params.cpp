@@ -1,6 +1,9 @@
 #include "kldiv/schedules/params.h"
 
+#include <cerrno>
+#include <cstdlib>
 #include <sstream>
+#include <vector>
 
 namespace kldiv::schedules {
 
@@ -15,12 +18,115 @@ Params default_params(const std::string &target) {
 std::string to_string(const Params &params) {
     const CpuParams &c = params.cpu;
     std::ostringstream out;
-    out << "cpu:vf=" << c.vector_factor << ",slf=" << c.sum_lanes_factor << ",chunk=" << c.sum_chunk
-        << ",cpt=" << c.chunks_per_task << ",ept=" << c.elements_per_task
+    out << "cpu:vf=" << c.vector_factor << ",unroll=" << c.unroll << ",slf=" << c.sum_lanes_factor
+        << ",chunk=" << c.sum_chunk << ",cpt=" << c.chunks_per_task << ",ept=" << c.elements_per_task
         << ",fast=" << c.unit_stride_fast_path << ",par=" << c.parallel;
     const GpuParams &g = params.gpu;
-    out << ";gpu:tpb=" << g.threads_per_block << ",lanes=" << g.sum_lanes << ",chunk=" << g.sum_chunk;
+    out << ";gpu:tpb=" << g.threads_per_block << ",ept=" << g.elements_per_thread << ",vec=" << g.vector_loads
+        << ",lanes=" << g.sum_lanes << ",chunk=" << g.sum_chunk;
     return out.str();
+}
+
+namespace {
+
+bool power_of_two(int v) { return v > 0 && (v & (v - 1)) == 0; }
+
+std::vector<std::string> split(const std::string &text, char separator) {
+    std::vector<std::string> parts;
+    std::string part;
+    std::istringstream in(text);
+    while (std::getline(in, part, separator)) parts.push_back(part);
+    return parts;
+}
+
+}  // namespace
+
+std::string validate(const Params &params) {
+    const CpuParams &c = params.cpu;
+    const GpuParams &g = params.gpu;
+    auto check = [](bool ok, const std::string &why) { return ok ? std::string() : why; };
+    for (const std::string &why : {
+             check(power_of_two(c.vector_factor) && c.vector_factor <= 16, "cpu vf must be a power of two, 1 to 16"),
+             check(power_of_two(c.unroll) && c.unroll <= 16, "cpu unroll must be a power of two, 1 to 16"),
+             check(power_of_two(c.sum_lanes_factor) && c.sum_lanes_factor <= 32,
+                   "cpu slf must be a power of two, 1 to 32"),
+             check(power_of_two(c.sum_chunk) && c.sum_chunk >= 64 && c.sum_chunk <= (1 << 20),
+                   "cpu chunk must be a power of two, 64 to 2^20"),
+             check(c.chunks_per_task >= 1 && c.chunks_per_task <= (1 << 16), "cpu cpt must be 1 to 65536"),
+             check(c.elements_per_task >= 64 && c.elements_per_task <= (1 << 26), "cpu ept must be 64 to 2^26"),
+             check(power_of_two(g.threads_per_block) && g.threads_per_block >= 32 && g.threads_per_block <= 1024,
+                   "gpu tpb must be a power of two, 32 to 1024"),
+             check(power_of_two(g.elements_per_thread) && g.elements_per_thread <= 16,
+                   "gpu ept must be a power of two, 1 to 16"),
+             check(power_of_two(g.sum_lanes) && g.sum_lanes >= 32 && g.sum_lanes <= 1024,
+                   "gpu lanes must be a power of two, 32 to 1024"),
+             check(power_of_two(g.sum_chunk) && g.sum_chunk >= g.sum_lanes && g.sum_chunk <= (1 << 20),
+                   "gpu chunk must be a power of two, lanes to 2^20"),
+         }) {
+        if (!why.empty()) return why;
+    }
+    return {};
+}
+
+bool parse_params(const std::string &text, Params *out, std::string *error) {
+    Params p = *out;
+    for (const std::string &section : split(text, ';')) {
+        if (section.empty()) continue;
+        const size_t colon = section.find(':');
+        const std::string family = section.substr(0, colon == std::string::npos ? 0 : colon);
+        if (family != "cpu" && family != "gpu") {
+            *error = "schedule section '" + section + "' does not start with cpu: or gpu:";
+            return false;
+        }
+        for (const std::string &item : split(section.substr(colon + 1), ',')) {
+            const size_t eq = item.find('=');
+            const std::string key = item.substr(0, eq);
+            const std::string value = eq == std::string::npos ? "" : item.substr(eq + 1);
+            errno = 0;
+            char *end = nullptr;
+            const long number = std::strtol(value.c_str(), &end, 10);
+            if (value.empty() || *end != '\0' || errno != 0 || number < 0 || number > (1L << 30)) {
+                *error = "schedule parameter '" + family + ":" + item + "' needs a whole number";
+                return false;
+            }
+            const int v = (int)number;
+            int *target = nullptr;
+            bool *flag = nullptr;
+            if (family == "cpu") {
+                CpuParams &c = p.cpu;
+                if (key == "vf") target = &c.vector_factor;
+                if (key == "unroll") target = &c.unroll;
+                if (key == "slf") target = &c.sum_lanes_factor;
+                if (key == "chunk") target = &c.sum_chunk;
+                if (key == "cpt") target = &c.chunks_per_task;
+                if (key == "ept") target = &c.elements_per_task;
+                if (key == "fast") flag = &c.unit_stride_fast_path;
+                if (key == "par") flag = &c.parallel;
+            } else {
+                GpuParams &g = p.gpu;
+                if (key == "tpb") target = &g.threads_per_block;
+                if (key == "ept") target = &g.elements_per_thread;
+                if (key == "vec") flag = &g.vector_loads;
+                if (key == "lanes") target = &g.sum_lanes;
+                if (key == "chunk") target = &g.sum_chunk;
+            }
+            if (target) {
+                *target = v;
+            } else if (flag && v <= 1) {
+                *flag = v == 1;
+            } else {
+                *error = flag ? "schedule parameter '" + family + ":" + item + "' must be 0 or 1"
+                              : "unknown schedule parameter '" + family + ":" + key + "'";
+                return false;
+            }
+        }
+    }
+    if (std::string why = validate(p); !why.empty()) {
+        *error = "schedule '" + text + "': " + why;
+        return false;
+    }
+    *out = p;
+    return true;
 }
 
 }  // namespace kldiv::schedules

@@ -153,6 +153,10 @@ struct RuntimeOptions {
     std::string target = "host";
     // Threads of the process's kernel thread pool (0: leave it as it is).
     int threads = 0;
+    // Tuning database (JSON lines from `kldiv tune`) consulted before the one
+    // shipped with the library: "" for $KLDIV_TUNING_DB, else tuning.jsonl in
+    // the cache directory; "off" for none (the shipped one still applies).
+    std::string tuning_db;
     // Receives this runtime's warnings (cache faults, PyTorch's warnings for
     // its calls); empty: the process-wide handler.
     WarningHandler warning_handler;
@@ -180,6 +184,9 @@ struct KernelInfo {
     KernelOrigin origin = KernelOrigin::Aot;
     bool specialised = false;
     double seconds = 0;        // spent finding, loading or compiling it
+    // Where its schedule parameters came from: "default", "default (AOT)" or
+    // "tuned (<database>, 2^<bucket> elements, <speed-up> the default there)".
+    std::string schedule;
 };
 
 // The calling thread's most recent kernel (its first piece, for calls cut

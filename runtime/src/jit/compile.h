@@ -24,8 +24,11 @@ std::string resolve_target(const std::string &name);
 // Compiles `spec` for `target` (a resolved target) to an ELF object whose
 // entry point is `<function>_argv`, taking a user context first. Throws
 // kldiv::Error (Internal) with the spec's name when Halide or LLVM fails.
+// `autoscheduler` (see codegen::compile_module) replaces the project's
+// schedule with one of Halide's: baselines for `kldiv tune`.
 std::string compile_kernel(const codegen::KernelSpec &spec, const std::optional<FixedShape> &shape,
-                           const std::string &target, const schedules::Params &params, const std::string &function);
+                           const std::string &target, const schedules::Params &params, const std::string &function,
+                           const std::string &autoscheduler = "");
 
 // Halide's runtime for `target` as an ELF object (one per target and process).
 std::string compile_runtime(const std::string &target);

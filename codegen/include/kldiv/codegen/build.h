@@ -27,17 +27,24 @@ struct PipelineInputs {
 Halide::Type argument_type(const KernelSpec &spec, const Argument &argument);
 int argument_dimensions(const Argument &argument);
 
-// Defines and schedules the pipeline; returns the output Funcs in the order
-// of arguments(spec). Each output Func is named after its argument.
+// Defines and schedules the pipeline (leaves it unscheduled when `schedule`
+// is false); returns the output Funcs in the order of arguments(spec). Each
+// output Func is named after its argument.
 std::vector<Halide::Func> build(const KernelSpec &spec, const schedules::Params &params,
-                                const Halide::Target &target, const PipelineInputs &inputs);
+                                const Halide::Target &target, const PipelineInputs &inputs, bool schedule = true);
+
+// Halide's autoschedulers that Debian's Halide 14 ships as plugins.
+const std::vector<std::string> &autoscheduler_names();  // Mullapudi2016, Adams2019, Li2018
 
 // The kernel as a Halide Module named `function`: arguments from
 // arguments(spec) (dimension 0 of every buffer may have any stride), every
 // buffer pinned to `shape` when there is one. For the JIT and `kldiv aot`.
+// With an `autoscheduler` (one of autoscheduler_names()) the project's
+// schedule is replaced by that autoscheduler's, given estimates from `shape`
+// (or 2^20 elements) and this machine's cores: a baseline for `kldiv tune`.
 Halide::Module compile_module(const KernelSpec &spec, const std::optional<FixedShape> &shape,
                               const schedules::Params &params, const Halide::Target &target,
-                              const std::string &function);
+                              const std::string &function, const std::string &autoscheduler = "");
 
 // This CPU's Halide target, without features Halide 14 reports wrongly (see
 // build.cpp). `kldiv aot` and the JIT use it for "host".

@@ -1,0 +1,709 @@
+#include "tune_command.h"
+
+#include <unistd.h>
+
+#include <HalideRuntime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cinttypes>
+#include <cstdlib>
+#include <map>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+
+#include "aot_command.h"
+#include "bandwidth.h"
+#include "command_line.h"
+#include "disk_cache.h"
+#include "errors.h"
+#include "jit/compile.h"
+#include "jit/orc.h"
+#include "kldiv/codegen/build.h"
+#include "kldiv/schedules/tuning_db.h"
+#include "reference.h"
+#include "timing.h"
+#include "tuner.h"
+#include "workload.h"
+
+namespace kldiv::tools {
+
+const char kTuneHelp[] = R"(Usage: kldiv tune --spec SPEC [--size N] [--budget TIME] [--seed N] [options]
+       kldiv tune --prune [--db FILE]
+
+Searches the schedule parameters of one kernel on this machine: random
+sampling with successive halving (brackets of 27 candidates timed briefly, the
+best third timed three times longer, until one is left; later brackets mutate
+the best so far). Every candidate is compiled for the exact shape, checked
+against the float64 reference on sampled elements (and the whole sum) before
+it is timed, and timed with a warm-up call, repetitions, the median and the
+median absolute deviation. The best candidates, the default schedule and
+Halide's autoschedulers are then timed again side by side, and the best
+schedule is appended to the tuning database, which the JIT (kldiv run,
+kldiv::Runtime) and 'kldiv aot' use for this target and the nearest size.
+
+  --spec SPEC       PASS:DTYPE:REDUCTION[:logt][:SHAPE] as 'kldiv aot' takes it,
+                    e.g. fwd:f32:sum, fused:bf16:batchmean:1024x1024
+  --size N          elements of a contiguous tensor when SPEC has no shape:
+                    a number or 2^K. Default 2^20
+  --target T        'host' (default) or a Halide target string this machine
+                    runs (e.g. x86-64-linux-avx2). GPU targets are not tuned yet
+  --budget TIME     search time: 60s, 2m, 500ms or seconds. Default 60s (the
+                    bandwidth ceiling, baselines and the final timing come on top)
+  --seed N          seed of the search and of the data. Default 1
+  --strategy S      halving (default) or grid (every point in order, each timed
+                    as long as a bracket's last rung: the plain baseline)
+  --baselines LIST  autoschedulers to compare: all (default: Mullapudi2016,
+                    Adams2019, Li2018), none, or a comma-separated list
+  --db FILE         tuning database to append to. Default $KLDIV_TUNING_DB,
+                    else tuning.jsonl in the kernel cache directory
+  --no-save         append nothing
+  --json FILE       write the results as JSON ('-' for standard output)
+  --plot FILE.png   draw every candidate's GB/s against the ceiling (gnuplot)
+  --threads N       kernel and ceiling threads (0 = one per core, the default)
+  --prune           keep the best record per (target, kernel, size bucket) in
+                    the database, drop malformed lines, and exit
+  -h, --help        this text
+
+Progress goes to standard error: a progress bar on a terminal, a line per
+candidate otherwise. Exit status: 0 done, 1 nothing passed or a failure, 2 a
+usage error.
+)";
+
+namespace {
+
+using codegen::Argument;
+using codegen::KernelSpec;
+using tune::Candidate;
+
+struct Options {
+    bool help = false;
+    bool prune = false;
+    std::optional<AotSpec> spec;
+    int64_t size = int64_t(1) << 20;
+    std::string target = "host";
+    double budget = 60;
+    uint64_t seed = 1;
+    tune::Strategy strategy = tune::Strategy::Halving;
+    std::vector<std::string> baselines = codegen::autoscheduler_names();
+    std::string db;
+    bool save = true;
+    std::string json;
+    std::string plot;
+    int threads = 0;
+};
+
+double parse_duration(const std::string &text) {
+    size_t digits = 0;
+    while (digits < text.size() && (std::isdigit((unsigned char)text[digits]) || text[digits] == '.')) digits++;
+    const std::string unit = text.substr(digits);
+    double scale = 0;
+    if (unit.empty() || unit == "s") scale = 1;
+    if (unit == "ms") scale = 1e-3;
+    if (unit == "m" || unit == "min") scale = 60;
+    char *end = nullptr;
+    const std::string number = text.substr(0, digits);
+    const double value = std::strtod(number.c_str(), &end);
+    if (number.empty() || *end != '\0' || scale == 0 || !(value > 0) || value * scale > 86400) {
+        throw UsageError("invalid --budget '" + text + "' (e.g. 60s, 2m, 500ms)");
+    }
+    return value * scale;
+}
+
+int64_t parse_size(const std::string &text) {
+    if (text.rfind("2^", 0) == 0) return int64_t(1) << parse_integer("--size", text.substr(2), 0, 30);
+    return parse_integer("--size", text, 1, INT32_MAX);
+}
+
+Options parse_options(const std::vector<std::string> &args) {
+    Options o;
+    ArgumentReader reader(args);
+    while (!reader.done()) {
+        const std::string option = reader.next_option();
+        if (option == "-h" || option == "--help") {
+            o.help = true;
+        } else if (option == "--spec") {
+            o.spec = parse_spec(reader.value());
+        } else if (option == "--size") {
+            o.size = parse_size(reader.value());
+        } else if (option == "--target") {
+            o.target = reader.value();
+        } else if (option == "--budget") {
+            o.budget = parse_duration(reader.value());
+        } else if (option == "--seed") {
+            o.seed = (uint64_t)parse_integer("--seed", reader.value(), 0, INT64_MAX);
+        } else if (option == "--strategy") {
+            const std::string s = reader.value();
+            if (s != "halving" && s != "grid") throw UsageError("unknown --strategy '" + s + "' (halving, grid)");
+            o.strategy = s == "grid" ? tune::Strategy::Grid : tune::Strategy::Halving;
+        } else if (option == "--baselines") {
+            const std::string list = reader.value();
+            o.baselines.clear();
+            if (list == "none") continue;
+            if (list == "all") {
+                o.baselines = codegen::autoscheduler_names();
+                continue;
+            }
+            std::string name;
+            for (size_t i = 0; i <= list.size(); i++) {
+                if (i < list.size() && list[i] != ',') {
+                    name += list[i];
+                    continue;
+                }
+                const auto &known = codegen::autoscheduler_names();
+                if (std::find(known.begin(), known.end(), name) == known.end()) {
+                    throw UsageError("unknown autoscheduler '" + name + "' (Mullapudi2016, Adams2019, Li2018)");
+                }
+                o.baselines.push_back(name);
+                name.clear();
+            }
+        } else if (option == "--db") {
+            o.db = reader.value();
+        } else if (option == "--no-save") {
+            reader.no_value();
+            o.save = false;
+        } else if (option == "--json") {
+            o.json = reader.value();
+        } else if (option == "--plot") {
+            o.plot = reader.value();
+        } else if (option == "--threads") {
+            o.threads = (int)parse_integer("--threads", reader.value(), 0, 1024);
+        } else if (option == "--prune") {
+            reader.no_value();
+            o.prune = true;
+        } else {
+            throw UsageError(option.rfind("-", 0) == 0 ? "unknown option '" + option + "'"
+                                                       : "unexpected argument '" + option + "'");
+        }
+    }
+    if (o.help || o.prune) return o;
+    if (!o.spec) throw UsageError("no --spec given");
+    if (o.spec->shape.empty()) o.spec->shape = {o.size};
+    return o;
+}
+
+std::string database_path(const Options &o) {
+    if (!o.db.empty()) return o.db;
+    const std::string path = schedules::user_database_path(cache::resolve_cache_dir(""));
+    if (path.empty()) throw UsageError("no tuning database: give --db FILE (the kernel cache is off)");
+    return path;
+}
+
+std::string utc_now() {
+    const std::time_t now = std::time(nullptr);
+    std::tm tm{};
+    gmtime_r(&now, &tm);
+    char text[32];
+    std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return text;
+}
+
+tools::Pass tools_pass(codegen::Pass pass) {
+    switch (pass) {
+    case codegen::Pass::Forward: return tools::Pass::Forward;
+    case codegen::Pass::Backward: return tools::Pass::Backward;
+    case codegen::Pass::Fused: return tools::Pass::Fused;
+    }
+    return tools::Pass::Forward;
+}
+
+halide_type_t storage_type(DType dtype) {
+    switch (dtype) {
+    case DType::Float32: return halide_type_t(halide_type_float, 32);
+    case DType::Float64: return halide_type_t(halide_type_float, 64);
+    default: return halide_type_t(halide_type_uint, 16);
+    }
+}
+
+// The data every candidate runs on, its outputs, and the reference they are
+// checked against.
+struct Workload {
+    KernelSpec spec;
+    codegen::FixedShape shape;
+    int64_t numel = 0;
+    KlOperands operands;
+    HostBuffer grad_output;  // ones (backward with a tensor gradient)
+    std::map<std::string, HostBuffer> outputs;
+    double total = 0;
+    std::vector<int64_t> sample;  // elements checked
+    Term reference_total{0, 0};
+};
+
+Workload make_workload(const AotSpec &a, uint64_t seed) {
+    Workload w;
+    w.spec = a.spec;
+    w.shape = fixed_shape(a);
+    w.numel = element_count(a.shape);
+    w.operands = make_operands(a.shape, a.spec.dtype, a.spec.log_target, seed);
+    w.grad_output = HostBuffer(a.spec.dtype, w.numel);
+    w.grad_output.fill(1.0);
+    for (const Argument &arg : codegen::arguments(a.spec)) {
+        if (arg.is_output && arg.name != "total") {
+            HostBuffer &out = w.outputs[arg.name] = HostBuffer(a.spec.dtype, w.numel);
+            out.fill(0.0);
+        }
+    }
+    // Every element of a small tensor; else 2^16 spread evenly, and both ends.
+    const int64_t step = std::max<int64_t>(1, w.numel >> 16);
+    for (int64_t i = 0; i < w.numel; i += step) w.sample.push_back(i);
+    if (w.sample.back() != w.numel - 1) w.sample.push_back(w.numel - 1);
+    if (a.spec.reduce && a.spec.pass != codegen::Pass::Backward) {
+        CompensatedSum value, magnitude;
+        for (int64_t i = 0; i < w.numel; i++) {
+            const Term t = pointwise_loss(w.operands.input.get(i), w.operands.target.get(i), a.spec.log_target);
+            value.add(t.value);
+            magnitude.add(t.magnitude);
+        }
+        w.reference_total = {value.value(), magnitude.value()};
+    }
+    return w;
+}
+
+// Compiles candidates with the JIT (the code the runtime would run), checks
+// them, and times them on the workload.
+class JitEvaluator : public tune::Evaluator {
+public:
+    JitEvaluator(Workload &workload, std::string target) : w_(workload), target_(std::move(target)) {
+        runtime::jit::ensure_runtime(target_, [&] { return runtime::jit::compile_runtime(target_); });
+        start_ = std::chrono::steady_clock::now();
+    }
+
+    bool prepare(Candidate &c) override {
+        const std::string function = "kldiv_tune_" + std::to_string(c.id) + (c.autoscheduler.empty() ? "" : "_as");
+        try {
+            const std::string object = runtime::jit::compile_kernel(w_.spec, w_.shape, target_, c.params, function,
+                                                                    c.autoscheduler);
+            kernels_[c.id + (c.autoscheduler.empty() ? 0 : kBaselineIds)] =
+                runtime::jit::load_kernel(target_, object, function);
+            call(c);
+        } catch (const std::exception &e) {
+            c.error = e.what();
+            return false;
+        }
+        std::string why = check();
+        if (!why.empty()) {
+            c.error = "wrong result: " + why;
+            return false;
+        }
+        return true;
+    }
+
+    void measure(Candidate &c, double min_seconds, int min_samples) override {
+        call(c);  // warm-up
+        const auto begin = std::chrono::steady_clock::now();
+        for (int n = 0; n < min_samples || seconds_since(begin) < min_seconds; n++) {
+            c.samples.push_back(seconds_of([&] { call(c); }));
+            if (n > 100000) break;
+        }
+    }
+
+    double elapsed() const override { return seconds_since(start_); }
+
+private:
+    static constexpr int kBaselineIds = 1 << 20;
+    using Clock = std::chrono::steady_clock;
+
+    static double seconds_since(Clock::time_point t) {
+        return std::chrono::duration<double>(Clock::now() - t).count();
+    }
+
+    void call(const Candidate &c) {
+        const auto &kernel = kernels_.at(c.id + (c.autoscheduler.empty() ? 0 : kBaselineIds));
+        std::vector<halide_buffer_t> buffers;
+        std::vector<std::array<halide_dimension_t, 4>> dims;
+        std::vector<void *> pointers;
+        const std::vector<Argument> args = codegen::arguments(w_.spec);
+        for (const Argument &a : args) {
+            if (a.kind == Argument::Buffer && a.name != "total") {
+                if (a.name == "input") pointers.push_back(w_.operands.input.data());
+                if (a.name == "target") pointers.push_back(w_.operands.target.data());
+                if (a.name == "grad_output") pointers.push_back(w_.grad_output.data());
+                if (a.is_output) pointers.push_back(w_.outputs.at(a.name).data());
+            }
+        }
+        buffers.resize(pointers.size());
+        dims.resize(pointers.size());
+        for (size_t k = 0; k < pointers.size(); k++) {
+            for (int d = 0; d < 4; d++) dims[k][d] = halide_dimension_t(0, w_.shape.extent[d], w_.shape.strides[k][d]);
+            buffers[k].host = static_cast<uint8_t *>(pointers[k]);
+            buffers[k].type = storage_type(w_.spec.dtype);
+            buffers[k].dimensions = 4;
+            buffers[k].dim = dims[k].data();
+        }
+        halide_buffer_t total{};
+        total.host = reinterpret_cast<uint8_t *>(&w_.total);
+        total.type = halide_type_t(halide_type_float, 64);
+        const double scale = 1.0;
+        const float scale_f = 1.0f;
+        runtime::KernelErrorContext context;
+        void *user_context = &context;
+        std::vector<void *> argv = {&user_context};
+        size_t next = 0;
+        for (const Argument &a : args) {
+            if (a.kind == Argument::Scalar) {
+                argv.push_back(w_.spec.dtype == DType::Float64 ? (void *)&scale : (void *)&scale_f);
+            } else if (a.name == "total") {
+                argv.push_back(&total);
+            } else {
+                argv.push_back(&buffers[next++]);
+            }
+        }
+        if (int status = kernel->entry(argv.data()); status != 0) {
+            throw std::runtime_error("kernel failed (" + std::to_string(status) + "): " + context.message);
+        }
+    }
+
+    // Empty when the outputs match the reference.
+    std::string check() {
+        const bool log_target = w_.spec.log_target;
+        auto input = [&](int64_t i) { return w_.operands.input.get(i); };
+        auto target = [&](int64_t i) { return w_.operands.target.get(i); };
+        auto report = [](const char *what, const ErrorCheck &check) {
+            return check.passed() ? std::string() : std::string(what) + ": " + check.describe_worst();
+        };
+        if (w_.spec.reduce && w_.spec.pass != codegen::Pass::Backward) {
+            ErrorCheck check(w_.spec.dtype);
+            check.add(0, w_.total, w_.reference_total);
+            if (auto why = report("sum", check); !why.empty()) return why;
+        }
+        for (const auto &[name, buffer] : w_.outputs) {
+            ErrorCheck check(w_.spec.dtype);
+            for (int64_t i : w_.sample) {
+                const double x = input(i), t = target(i);
+                Term expected = name == "loss"         ? pointwise_loss(x, t, log_target)
+                                : name == "grad_input" ? grad_input_term(1.0, x, t, log_target)
+                                                       : grad_target_term(1.0, x, t, log_target);
+                check.add(i, buffer.get(i), expected);
+            }
+            if (auto why = report(name.c_str(), check); !why.empty()) return why;
+        }
+        return {};
+    }
+
+    Workload &w_;
+    std::string target_;
+    std::map<int, std::shared_ptr<runtime::jit::LoadedKernel>> kernels_;
+    Clock::time_point start_;
+};
+
+// Progress on standard error: one redrawn line on a terminal, else a line
+// per candidate prepared and per new best.
+class Progress {
+public:
+    Progress(double budget, double bytes) : budget_(budget), bytes_(bytes), terminal_(isatty(STDERR_FILENO)) {}
+
+    void update(const std::vector<Candidate> &candidates, int best, double elapsed, double ceiling) {
+        int tried = 0, failed = 0;
+        for (const Candidate &c : candidates) {
+            tried += c.status != Candidate::Status::Untried;
+            failed += c.status == Candidate::Status::Failed;
+        }
+        const Candidate &b = candidates[best];
+        const double gbps = b.median() > 0 ? bytes_ / b.median() / 1e9 : 0;
+        if (terminal_) {
+            const int width = 24;
+            const int filled = (int)std::lround(std::min(1.0, elapsed / budget_) * width);
+            std::fprintf(stderr, "\r[%s%s] %5.1fs/%.0fs  %d candidates (%d failed)  best %.1f GB/s (%.0f%% of ceiling)  ",
+                         std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(), elapsed,
+                         budget_, tried, failed, gbps, ceiling > 0 ? 100 * gbps / ceiling : 0);
+            std::fflush(stderr);
+            return;
+        }
+        for (; reported_ < (int)candidates.size() && candidates[reported_].status != Candidate::Status::Untried;
+             reported_++) {
+            const Candidate &c = candidates[reported_];
+            if (c.status == Candidate::Status::Failed) {
+                std::fprintf(stderr, "kldiv tune: %6.1fs #%d %s: %s\n", elapsed, c.id, c.label.c_str(),
+                             c.error.c_str());
+            } else if (c.samples.empty()) {
+                return;  // reported when its first timing is in
+            } else {
+                std::fprintf(stderr, "kldiv tune: %6.1fs #%d %s: %.2f GB/s\n", elapsed, c.id, c.label.c_str(),
+                             bytes_ / c.median() / 1e9);
+            }
+        }
+        if (best != best_) {
+            best_ = best;
+            std::fprintf(stderr, "kldiv tune: %6.1fs best so far #%d, %.2f GB/s\n", elapsed, best, gbps);
+        }
+    }
+
+    void finish() {
+        if (terminal_) std::fputc('\n', stderr);
+    }
+
+private:
+    double budget_, bytes_;
+    bool terminal_;
+    int reported_ = 0;
+    int best_ = 0;
+};
+
+// The parameters a CPU target uses (the GPU ones are carried but unused).
+std::string cpu_text(const schedules::Params &params) {
+    const std::string text = schedules::to_string(params);
+    return text.substr(0, text.find(';'));
+}
+
+struct Row {
+    std::string name;     // "tuned", "default", an autoscheduler
+    std::string schedule;
+    const Candidate *candidate = nullptr;  // final timing; null when it failed
+    std::string error;
+};
+
+double gbps_of(double bytes, const Candidate &c) { return c.median() > 0 ? bytes / c.median() / 1e9 : 0; }
+
+void write_plot(const std::string &path, const tune::SearchResult &result, const std::vector<Row> &rows,
+                double bytes, const BandwidthCeiling &ceiling, const std::string &title) {
+    const std::string data = path + ".dat";
+    {
+        std::ofstream out(data);
+        for (const Candidate &c : result.candidates) {
+            if (c.status == Candidate::Status::Ok && !c.samples.empty()) {
+                out << c.id << " " << gbps_of(bytes, c) << "\n";
+            }
+        }
+    }
+    std::string script = "set terminal png size 1000,600\nset output '" + path + "'\nset title '" + title +
+                         "' noenhanced\nset xlabel 'candidate (in the order tried)'\nset ylabel 'GB/s'\n"
+                         "set yrange [0:*]\nset key outside right\n";
+    script += "plot '" + data + "' using 1:2 with points pt 7 ps 0.6 title 'candidates'";
+    script += ", " + std::to_string(ceiling.read_gbps) + " with lines lw 2 title 'read ceiling'";
+    script += ", " + std::to_string(ceiling.copy_gbps) + " with lines lw 2 title 'copy ceiling'";
+    for (const Row &row : rows) {
+        if (row.candidate) {
+            script += ", " + std::to_string(gbps_of(bytes, *row.candidate)) + " with lines dt 2 title '" + row.name + "'";
+        }
+    }
+    script += "\n";
+    const std::string script_path = path + ".gp";
+    std::ofstream(script_path) << script;
+    const std::string command = "gnuplot '" + script_path + "'";
+    const int status = std::system(command.c_str());
+    std::remove(script_path.c_str());
+    std::remove(data.c_str());
+    if (status != 0) {
+        throw std::runtime_error("gnuplot failed or is not installed (Debian package gnuplot-nox); no plot written");
+    }
+}
+
+int run_tune(const Options &o) {
+    const AotSpec &a = *o.spec;
+    std::string target;
+    try {
+        target = runtime::jit::resolve_target(o.target);
+    } catch (const Error &e) {
+        throw UsageError(std::string(e.what()) +
+                         (o.target.find("cuda") != std::string::npos
+                              ? " (GPU schedules are tuned on a machine with the GPU, which this build cannot run yet)"
+                              : ""));
+    }
+    const std::string db = o.save ? database_path(o) : std::string();
+    if (o.threads > 0) set_num_threads(o.threads);
+
+    std::fprintf(stderr, "kldiv tune: %s, %s elements, target %s\n", a.spec.name().c_str(),
+                 format_shape(a.shape).c_str(), target.c_str());
+    Workload workload = make_workload(a, o.seed);
+    const Reduction reduction = a.spec.reduce ? Reduction::Sum : Reduction::None;
+    const Traffic traffic = bytes_moved(tools_pass(a.spec.pass), reduction, workload.numel, a.spec.dtype,
+                                        a.spec.grad_input, a.spec.grad_target);
+    const double bytes = (double)traffic.total();
+    const BandwidthCeiling ceiling = measure_bandwidth(o.threads, 4 * (size_t)traffic.total());
+    // A reduced pass only reads; the others also write.
+    const double ceiling_gbps = traffic.written_bytes * 100 < traffic.read_bytes ? ceiling.read_gbps : ceiling.copy_gbps;
+    std::fprintf(stderr, "kldiv tune: ceiling %.1f GB/s read, %.1f GB/s copy (%d threads); %.2f MB per call\n",
+                 ceiling.read_gbps, ceiling.copy_gbps, ceiling.threads, bytes / 1e6);
+
+    JitEvaluator evaluator(workload, target);
+    const schedules::Params defaults = schedules::default_params(target);
+    Progress progress(o.budget, bytes);
+    tune::SearchOptions search_options;
+    search_options.budget_seconds = o.budget;
+    search_options.seed = o.seed;
+    search_options.strategy = o.strategy;
+    search_options.progress = [&](const std::vector<Candidate> &candidates, int best) {
+        progress.update(candidates, best, evaluator.elapsed(), ceiling_gbps);
+    };
+    tune::SearchResult result = tune::search(tune::cpu_space(a.spec), defaults, evaluator, search_options);
+    progress.finish();
+    const double search_seconds = evaluator.elapsed();
+    int tried = 0, failed = 0;
+    for (const Candidate &c : result.candidates) {
+        tried += c.status != Candidate::Status::Untried;
+        failed += c.status == Candidate::Status::Failed;
+    }
+    if (result.candidates[0].status != Candidate::Status::Ok) {
+        std::fprintf(stderr, "kldiv tune: the default schedule failed: %s\n", result.candidates[0].error.c_str());
+        return kExitFail;
+    }
+
+    // The final comparison: fresh timings, interleaved over rounds so that
+    // drift on a shared machine falls on every contender alike.
+    std::vector<Candidate> finals;
+    auto contender = [&](const Candidate &from, const std::string &name) {
+        Candidate c = from;
+        c.samples.clear();
+        c.label = name;
+        finals.push_back(c);
+    };
+    contender(result.candidates[result.best], "tuned");
+    contender(result.candidates[0], "default");
+    std::vector<Row> rows;
+    for (const std::string &name : o.baselines) {
+        Candidate c;
+        c.id = (int)result.candidates.size() + (int)finals.size();
+        c.params = defaults;
+        c.label = name;
+        c.origin = "baseline";
+        c.autoscheduler = name;
+        std::fprintf(stderr, "kldiv tune: scheduling with %s\n", name.c_str());
+        if (evaluator.prepare(c)) {
+            finals.push_back(c);
+        } else {
+            rows.push_back({name, "", nullptr, c.error});
+            std::fprintf(stderr, "kldiv tune: %s: %s\n", name.c_str(), c.error.c_str());
+        }
+    }
+    const double final_seconds = std::max(0.3, std::min(2.0, 0.05 * o.budget));
+    for (int round = 0; round < 3; round++) {
+        for (Candidate &c : finals) evaluator.measure(c, final_seconds / 3, 5);
+    }
+    // Rows in contender order, failed baselines last.
+    std::vector<Row> failed_rows;
+    failed_rows.swap(rows);
+    for (const Candidate &c : finals) {
+        rows.push_back({c.label, c.autoscheduler.empty() ? cpu_text(c.params) : "(autoscheduled)", &c, ""});
+    }
+    rows.insert(rows.end(), failed_rows.begin(), failed_rows.end());
+
+    // The record: the tuned schedule, unless the default beat it in the final timing.
+    const Candidate &tuned = finals[0], &fallback = finals[1];
+    const Candidate &winner = tuned.median() <= fallback.median() ? tuned : fallback;
+    schedules::TuningRecord record;
+    record.target = target;
+    record.spec = a.spec.name();
+    record.elements = workload.numel;
+    record.bucket = schedules::size_bucket(workload.numel);
+    record.params = winner.params;
+    record.seconds = winner.median();
+    record.noise = winner.noise();
+    record.gbps = gbps_of(bytes, winner);
+    record.default_gbps = gbps_of(bytes, fallback);
+    record.ceiling_read_gbps = ceiling.read_gbps;
+    record.ceiling_copy_gbps = ceiling.copy_gbps;
+    record.date = utc_now();
+    record.version = KLDIV_VERSION;
+
+    std::printf("kldiv tune: %s, %s elements, %s\n", a.spec.name().c_str(), format_shape(a.shape).c_str(),
+                target.c_str());
+    std::printf("search: %s, seed %" PRIu64 ", %.1f s, %d candidates tried (%d failed to compile or check), %d "
+                "bracket(s), space of %" PRIu64 "\n",
+                o.strategy == tune::Strategy::Grid ? "grid" : "successive halving", o.seed, search_seconds, tried,
+                failed, result.brackets, tune::cpu_space(a.spec).size());
+    std::printf("ceiling: %.1f GB/s read, %.1f GB/s copy; %.2f MB per call\n\n", ceiling.read_gbps,
+                ceiling.copy_gbps, bytes / 1e6);
+    std::printf("%-14s %10s %7s %9s %7s %7s %9s  %s\n", "schedule", "median ms", "noise", "GB/s", "% read", "% copy",
+                "vs default", "parameters");
+    for (const Row &row : rows) {
+        if (!row.candidate) {
+            std::printf("%-14s %10s %7s %9s %7s %7s %9s  failed: %s\n", row.name.c_str(), "-", "-", "-", "-", "-", "-",
+                        row.error.c_str());
+            continue;
+        }
+        const Candidate &c = *row.candidate;
+        const double gbps = gbps_of(bytes, c);
+        std::printf("%-14s %10.4f %6.1f%% %9.2f %6.1f%% %6.1f%% %8.2fx  %s\n", row.name.c_str(), c.median() * 1e3,
+                    100 * c.noise(), gbps, 100 * gbps / ceiling.read_gbps, 100 * gbps / ceiling.copy_gbps,
+                    fallback.median() / c.median(), row.schedule.c_str());
+    }
+    if (&winner == &fallback) std::printf("\nthe default schedule was fastest in the final timing; recorded as is\n");
+
+    if (o.save) {
+        schedules::append_record(db, record);
+        std::printf("\nrecorded in %s\n", db.c_str());
+    }
+    if (!o.json.empty()) {
+        nlohmann::json j;
+        j["spec"] = a.spec.name();
+        j["shape"] = a.shape;
+        j["target"] = target;
+        j["strategy"] = o.strategy == tune::Strategy::Grid ? "grid" : "halving";
+        j["seed"] = o.seed;
+        j["budget_seconds"] = o.budget;
+        j["search_seconds"] = search_seconds;
+        j["bytes_per_call"] = bytes;
+        j["ceiling"] = {{"read_gbps", ceiling.read_gbps}, {"copy_gbps", ceiling.copy_gbps}, {"threads", ceiling.threads}};
+        j["record"] = nlohmann::json::parse(schedules::to_json_line(record));
+        for (const Row &row : rows) {
+            nlohmann::json r = {{"name", row.name}, {"schedule", row.schedule}};
+            if (row.candidate) {
+                r["median_seconds"] = row.candidate->median();
+                r["noise"] = row.candidate->noise();
+                r["gbps"] = gbps_of(bytes, *row.candidate);
+                r["samples"] = row.candidate->samples.size();
+            } else {
+                r["error"] = row.error;
+            }
+            j["results"].push_back(r);
+        }
+        for (const Candidate &c : result.candidates) {
+            if (c.status == Candidate::Status::Untried) continue;
+            nlohmann::json r = {{"id", c.id}, {"origin", c.origin}, {"schedule", c.label}, {"rung", c.rung}};
+            if (c.status == Candidate::Status::Failed) {
+                r["error"] = c.error;
+            } else if (!c.samples.empty()) {
+                r["median_seconds"] = c.median();
+                r["noise"] = c.noise();
+                r["gbps"] = gbps_of(bytes, c);
+            }
+            j["candidates"].push_back(r);
+        }
+        const std::string text = j.dump(2) + "\n";
+        if (o.json == "-") {
+            std::fputs(text.c_str(), stdout);
+        } else {
+            std::ofstream(o.json) << text;
+        }
+    }
+    if (!o.plot.empty()) {
+        write_plot(o.plot, result, rows, bytes, ceiling, a.spec.name() + " " + format_shape(a.shape) + " on " + target);
+        std::printf("plot written to %s\n", o.plot.c_str());
+    }
+    return kExitPass;
+}
+
+}  // namespace
+
+int tune_command(const std::vector<std::string> &args) {
+    Options options;
+    try {
+        options = parse_options(args);
+        if (options.help) {
+            std::fputs(kTuneHelp, stdout);
+            return kExitPass;
+        }
+        if (options.prune) {
+            const std::string path = database_path(options);
+            const schedules::PruneResult r = schedules::prune_database(
+                path, [](const std::string &m) { std::fprintf(stderr, "%s\n", m.c_str()); });
+            std::printf("kldiv tune: %s: kept %zu record(s), removed %zu, dropped %zu malformed line(s)\n", path.c_str(),
+                        r.kept, r.removed, r.skipped);
+            return kExitPass;
+        }
+        return run_tune(options);
+    } catch (const UsageError &error) {
+        std::fprintf(stderr, "kldiv tune: %s\nTry 'kldiv tune --help'.\n", error.what());
+        return kExitUsage;
+    } catch (const std::exception &error) {
+        std::fprintf(stderr, "kldiv tune: %s\n", error.what());
+        return kExitFail;
+    }
+}
+
+}  // namespace kldiv::tools
