@@ -501,7 +501,7 @@ int run_tune(const Options &o) {
     } catch (const Error &e) {
         throw UsageError(std::string(e.what()) +
                          (o.target.find("cuda") != std::string::npos
-                              ? " (GPU schedules are tuned on a machine with the GPU, which this build cannot run yet)"
+                              ? " (GPU schedules are not tuned yet: this build does not run CUDA kernels)"
                               : ""));
     }
     const std::string db = o.save ? database_path(o) : std::string();

@@ -123,8 +123,9 @@ void TuningDb::add_file(const std::string &path, const TuningWarning &warn) {
     if (!fs::exists(path, ec)) return;
     std::ifstream in(path, std::ios::binary);
     std::ostringstream text;
+    if (fs::is_regular_file(path, ec) && in && fs::file_size(path, ec) == 0) return;
     text << in.rdbuf();
-    if (!in) {
+    if (!fs::is_regular_file(path, ec) || !in || !text) {
         if (warn) warn("kldiv: tuning database " + path + " cannot be read; not used");
         return;
     }

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# `kldiv tune` end to end: a short seeded tuning run writes a valid record to
+# the database; `kldiv run` and `kldiv aot` then use it (and say so); a corrupt
+# line is skipped with a warning; --prune keeps one record per class; usage
+# errors exit 2.
+#   tune_cli_test.sh KLDIV_TOOL WORK_DIR
+set -euo pipefail
+tool=$1 work=$2
+rm -rf "$work"
+mkdir -p "$work"
+export KLDIV_CACHE_DIR=$work/cache
+unset KLDIV_TUNING_DB KLDIV_SPECIALIZE
+db=$work/db.jsonl
+fail() { echo "FAIL: $*" >&2; exit 1; }
+expect_in() {  # expect_in FILE TEXT
+    grep -qF -- "$2" "$1" || { cat "$1" >&2; fail "'$2' not in $1"; }
+}
+
+# Usage errors: exit status 2, nothing written.
+for args in "" "--spec fwd:f32:sum --budget 5x" "--spec fwd:f32:sum --strategy annealing" \
+            "--spec fwd:f32:sum --baselines Nobody2030" "--spec fwd:f99:sum" \
+            "--spec fwd:f32:sum --size 0" "--spec fwd:f32:sum --target host-cuda"; do
+    set +e
+    # shellcheck disable=SC2086
+    "$tool" tune $args --db "$db" > "$work/usage.out" 2>&1
+    status=$?
+    set -e
+    [ "$status" = 2 ] || { cat "$work/usage.out" >&2; fail "'kldiv tune $args' exited $status, not 2"; }
+    [ ! -e "$db" ] || fail "'kldiv tune $args' wrote the database"
+done
+expect_in "$work/usage.out" "not tuned yet"  # the last one, the GPU target: no GPU tuning in this build
+
+plot=()
+if command -v gnuplot > /dev/null; then plot=(--plot "$work/candidates.png"); fi
+"$tool" tune --spec fwd:f32:sum --size 2^16 --budget 4s --seed 3 --baselines Mullapudi2016,Li2018 \
+    --db "$db" --json "$work/tune.json" "${plot[@]}" > "$work/tune.out" 2> "$work/tune.err" \
+    || { cat "$work/tune.out" "$work/tune.err" >&2; fail "kldiv tune failed"; }
+cat "$work/tune.out"
+for row in "tuned " "default " "Mullapudi2016 " "Li2018 " "successive halving, seed 3" "recorded in $db"; do
+    expect_in "$work/tune.out" "$row"
+done
+expect_in "$work/tune.err" "kldiv tune:"  # progress lines (not a terminal here)
+[ "$(wc -l < "$db")" = 1 ] || fail "expected one record in $db"
+for field in '"format":"kldiv-tuning-1"' '"spec":"kldiv_fwd_sum_f32"' '"bucket":16' '"elements":65536' \
+             '"schedule":"cpu:vf=' '"ceiling_read_gbps":' '"default_gbps":' '"date":"20'; do
+    expect_in "$db" "$field"
+done
+expect_in "$work/tune.json" '"results"'
+expect_in "$work/tune.json" '"candidates"'
+if [ ${#plot[@]} -gt 0 ]; then
+    [ "$(head -c 4 "$work/candidates.png" | tail -c 3)" = PNG ] || fail "no PNG written"
+fi
+
+# The JIT takes the record for this exact target and size...
+run=(run --pass fwd --dtype f32 --reduction sum --shape 65536 --specialize always --repeat 3 --no-ceiling)
+KLDIV_TUNING_DB=$db "$tool" "${run[@]}" > "$work/run.out" 2> "$work/run.err"
+cat "$work/run.out"
+expect_in "$work/run.out" "schedule        tuned ($db, 2^16 elements"
+expect_in "$work/run.out" "result          PASS"
+# ... and the nearest bucket for another size; not with the database off.
+KLDIV_TUNING_DB=$db "$tool" run --pass fwd --dtype f32 --reduction sum --shape 3x100000 --specialize always --no-ceiling \
+    --repeat 3 > "$work/run2.out"
+expect_in "$work/run2.out" "schedule        tuned ($db, 2^16 elements"
+KLDIV_TUNING_DB=off "$tool" "${run[@]}" > "$work/run3.out"
+expect_in "$work/run3.out" "schedule        default"
+
+# A corrupt line and a foreign one are skipped with a warning; the record still applies.
+echo '{"format":"kldiv-tuning-1","target": tru' >> "$db"
+echo '{"format":"someone-else","x":1}' >> "$db"
+KLDIV_TUNING_DB=$db "$tool" "${run[@]}" > "$work/run4.out" 2> "$work/run4.err"
+expect_in "$work/run4.err" "tuning database $db:2: not a JSON object; line skipped"
+expect_in "$work/run4.err" "tuning database $db:3: not a kldiv-tuning-1 record; line skipped"
+expect_in "$work/run4.out" "schedule        tuned ("
+
+# `kldiv aot` takes it too.
+KLDIV_TUNING_DB=$db "$tool" aot --spec fwd:f32:sum:65536 --output "$work/aot" > "$work/aot.out" 2> "$work/aot.err"
+expect_in "$work/aot.out" "tuned schedule from $db (2^16 elements)"
+"$tool" aot --spec fwd:f32:sum:65536 --output "$work/aot-off" --tuning-db off > "$work/aot-off.out" 2>&1
+if grep -q "tuned schedule" "$work/aot-off.out"; then fail "--tuning-db off still used a record"; fi
+
+# Prune: one record per class, malformed lines dropped.
+head -n 1 "$db" >> "$db"
+"$tool" tune --prune --db "$db" > "$work/prune.out" 2> "$work/prune.err"
+expect_in "$work/prune.out" "kept 1 record(s), removed 1, dropped 2 malformed line(s)"
+[ "$(wc -l < "$db")" = 1 ] || fail "prune left $(wc -l < "$db") lines"
+echo "PASS"
