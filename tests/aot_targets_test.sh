@@ -20,7 +20,7 @@ for d in f32 f64 f16 bf16; do
 done
 cuda=host-cuda-cuda_capability_80
 start=$(date +%s%N)
-"$tool" aot "${all[@]}" --target "$cuda" --output "$work"
+"$tool" aot "${all[@]}" --target "$cuda" --output "$work" --tuning-db off | tee "$work/cuda.out"
 echo "generated 80 CUDA kernels in $(( ($(date +%s%N) - start) / 1000000 )) ms"
 library=$work/$cuda/libkldiv_kernels.a
 targets=$(strings "$library" | grep -c '^\.target sm_80' || true)
@@ -33,6 +33,19 @@ fi
 for name in kldiv_fwd_sum_bf16_logt kldiv_fused_sum_f32 kldiv_bwd_input_target_tensor_f16; do
     grep -q "int $name(" "$work/$cuda/include/${name}_halide.h" || { echo "FAIL: no $name in its header" >&2; exit 1; }
 done
+
+# GPU schedule parameters from a tuning record for the exact CUDA target: four
+# elements per thread give each thread four loads of each operand.
+full=$(sed -n 's/^kldiv aot: [^ ]* (\(.*\)): .*/\1/p' "$work/cuda.out")
+[ -n "$full" ] || { echo "FAIL: kldiv aot did not print the full target string" >&2; exit 1; }
+printf '{"format":"kldiv-tuning-1","target":"%s","spec":"kldiv_fwd_none_f32","bucket":22,"elements":4194304,"schedule":"gpu:tpb=128,ept=4","seconds":0.001,"noise":0,"gbps":1,"default_gbps":1,"ceiling_read_gbps":1,"ceiling_copy_gbps":1,"date":"2026-11-25T00:00:00Z","version":"test"}\n' \
+    "$full" > "$work/gpu_tuning.jsonl"
+"$tool" aot --spec fwd:f32:none --target "$cuda" --output "$work/gpu-tuned" --tuning-db "$work/gpu_tuning.jsonl" \
+    | grep -q "tuned schedule from" || { echo "FAIL: the CUDA record was not used" >&2; exit 1; }
+loads() { strings "$1" | grep -c 'ld\.global\.nc\.f32' || true; }
+tuned_loads=$(loads "$work/gpu-tuned/$cuda/libkldiv_kernels.a")
+echo "fwd none f32 on CUDA, 4 elements per thread: $tuned_loads global loads"
+[ "$tuned_loads" -ge 8 ] || { echo "FAIL: expected 4 loads of each operand per thread" >&2; exit 1; }
 
 specs=()
 for d in f32 f64 f16 bf16; do

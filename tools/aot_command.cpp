@@ -317,8 +317,8 @@ int generate(const Options &o) {
         Halide::create_static_library({runtime_object}, base, (dir / ("lib" + o.name + "_runtime.a")).string());
         fs::copy_file(KLDIV_HALIDE_RUNTIME_HEADER, include / "HalideRuntime.h", fs::copy_options::overwrite_existing);
         fs::remove_all(scratch);
-        std::printf("kldiv aot: %s: %zu kernel(s) in %s\n", name.c_str(), o.specs.size(),
-                    (dir / ("lib" + o.name + ".a")).string().c_str());
+        std::printf("kldiv aot: %s (%s): %zu kernel(s) in %s\n", name.c_str(), base.to_string().c_str(),
+                    o.specs.size(), (dir / ("lib" + o.name + ".a")).string().c_str());
     }
     return kExitPass;
 }

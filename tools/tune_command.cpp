@@ -5,6 +5,7 @@
 #include <HalideRuntime.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cinttypes>
 #include <cstdlib>
@@ -283,6 +284,7 @@ public:
             call(c);
         } catch (const std::exception &e) {
             c.error = e.what();
+            while (!c.error.empty() && std::isspace((unsigned char)c.error.back())) c.error.pop_back();
             return false;
         }
         std::string why = check();
@@ -552,7 +554,9 @@ int run_tune(const Options &o) {
         c.label = name;
         finals.push_back(c);
     };
-    contender(result.candidates[result.best], "tuned");
+    // finals[0] is the search's best, finals.back() of these two the default
+    // (the same one when nothing beat it).
+    if (result.best != 0) contender(result.candidates[result.best], "tuned");
     contender(result.candidates[0], "default");
     std::vector<Row> rows;
     for (const std::string &name : o.baselines) {
@@ -583,7 +587,7 @@ int run_tune(const Options &o) {
     rows.insert(rows.end(), failed_rows.begin(), failed_rows.end());
 
     // The record: the tuned schedule, unless the default beat it in the final timing.
-    const Candidate &tuned = finals[0], &fallback = finals[1];
+    const Candidate &tuned = finals[0], &fallback = finals[result.best != 0 ? 1 : 0];
     const Candidate &winner = tuned.median() <= fallback.median() ? tuned : fallback;
     schedules::TuningRecord record;
     record.target = target;
@@ -606,8 +610,14 @@ int run_tune(const Options &o) {
                 "bracket(s), space of %" PRIu64 "\n",
                 o.strategy == tune::Strategy::Grid ? "grid" : "successive halving", o.seed, search_seconds, tried,
                 failed, result.brackets, tune::cpu_space(a.spec).size());
-    std::printf("ceiling: %.1f GB/s read, %.1f GB/s copy; %.2f MB per call\n\n", ceiling.read_gbps,
+    std::printf("ceiling: %.1f GB/s read, %.1f GB/s copy; %.2f MB per call\n", ceiling.read_gbps,
                 ceiling.copy_gbps, bytes / 1e6);
+    if (bytes < 64e6) {
+        std::printf("(the operands may stay in cache from call to call; the ceilings stream %zu MiB arrays from "
+                    "memory, so more than 100%% is possible)\n",
+                    ceiling.array_bytes >> 20);
+    }
+    std::printf("\n");
     std::printf("%-14s %10s %7s %9s %7s %7s %9s  %s\n", "schedule", "median ms", "noise", "GB/s", "% read", "% copy",
                 "vs default", "parameters");
     for (const Row &row : rows) {
@@ -622,7 +632,11 @@ int run_tune(const Options &o) {
                     100 * c.noise(), gbps, 100 * gbps / ceiling.read_gbps, 100 * gbps / ceiling.copy_gbps,
                     fallback.median() / c.median(), row.schedule.c_str());
     }
-    if (&winner == &fallback) std::printf("\nthe default schedule was fastest in the final timing; recorded as is\n");
+    if (result.best == 0) {
+        std::printf("\nno candidate beat the default schedule in the search; recorded as is\n");
+    } else if (&winner == &fallback) {
+        std::printf("\nthe default schedule was fastest in the final timing; recorded as is\n");
+    }
 
     if (o.save) {
         schedules::append_record(db, record);

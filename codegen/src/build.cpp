@@ -192,7 +192,11 @@ Halide::Module compile_module(const KernelSpec &spec, const std::optional<FixedS
         for (const Halide::Func &output : outputs) {
             if (output.dimensions() > 0) output.output_buffer().set_estimates(estimates(shape));
         }
-        if (scale) scale->set_estimate(1.0);
+        if (scale) {
+            // Param<void>::set_estimate accepts no value in Halide 14; its Parameter does.
+            Halide::Internal::Parameter parameter = scale->parameter();
+            parameter.set_estimate(Halide::cast(scale->type(), 1));
+        }
         const int cores = std::max(1, (int)std::thread::hardware_concurrency());
         pipeline.auto_schedule(autoscheduler, target, Halide::MachineParams(cores, 32u << 20, 40));
     }
