@@ -466,3 +466,57 @@ TEST(Jit, FourProcessesShareOneCacheDirectory) {
     EXPECT_EQ(pclose(pipe), 0);
     EXPECT_NE(output.find("0 compiled, 4 from disk"), std::string::npos) << output;
 }
+
+// A tuning record that changes a reduction's summation order (partial sums,
+// chunk) must not make a shape's result change from call to call: under
+// `auto` the shape is specialised on its first call; generic kernels and
+// non-blocking runtimes (where AOT kernels serve some calls) keep the default
+// order and agree with the AOT kernels bit for bit.
+TEST(Jit, TunedSummationOrderIsTheSameOnEveryCallOfAShape) {
+    TempDir dir;
+    const std::string db = dir.path() + "/tuning.jsonl";
+    const std::string target = Runtime(jit_options(Specialize::Never)).target();
+    const int64_t rows = 64, cols = 3000;  // 192000 elements: bucket 18
+    {
+        std::ofstream out(db);
+        out << "{\"format\":\"kldiv-tuning-1\",\"target\":\"" << target
+            << "\",\"spec\":\"kldiv_fwd_sum_f64\",\"bucket\":18,\"elements\":192000,"
+               "\"schedule\":\"cpu:vf=2,unroll=2,slf=8,chunk=512,cpt=4\",\"seconds\":1e-4,\"noise\":0.01,"
+               "\"gbps\":20,\"default_gbps\":10,\"ceiling_read_gbps\":50,\"ceiling_copy_gbps\":50,"
+               "\"date\":\"2026-11-25T00:00:00Z\",\"version\":\"test\"}\n";
+    }
+    Runtime aot(aot_only());
+    Problem p(DType::Float64, false, rows, cols, 11);  // float64 output: a new order shows in its bits
+    const std::vector<uint8_t> default_order = run_variant(aot, p, 1);
+
+    RuntimeOptions o = jit_options(Specialize::Auto);
+    o.generic_from_aot = true;
+    o.tuning_db = db;
+    Runtime tuned(o);
+    const std::vector<uint8_t> first = run_variant(tuned, p, 1);
+    EXPECT_EQ(last_kernel().origin, KernelOrigin::Compiled);
+    EXPECT_TRUE(last_kernel().specialised);
+    EXPECT_EQ(last_kernel().schedule.rfind("tuned (" + db + ", 2^18 elements, 2.00x", 0), 0u) << last_kernel().schedule;
+    EXPECT_FALSE(first == default_order) << "the record did not change the summation order: the test shows nothing";
+    for (int call = 0; call < 4; call++) EXPECT_TRUE(run_variant(tuned, p, 1) == first) << "call " << call;
+
+    // Shape-generic JIT kernels keep the default order.
+    RuntimeOptions g = jit_options(Specialize::Never);
+    g.tuning_db = db;
+    Runtime generic(g);
+    EXPECT_TRUE(run_variant(generic, p, 1) == default_order);
+    EXPECT_NE(last_kernel().schedule.find("default summation order"), std::string::npos) << last_kernel().schedule;
+
+    // Non-blocking: AOT kernels serve until the compile is done; both agree.
+    RuntimeOptions nb = o;
+    nb.blocking = false;
+    Runtime background(nb);
+    bool compiled = false;
+    for (int call = 0; call < 400 && !compiled; call++) {
+        EXPECT_TRUE(run_variant(background, p, 1) == default_order) << "call " << call;
+        compiled = last_kernel().origin == KernelOrigin::Memory;
+        if (!compiled) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_TRUE(compiled);
+    EXPECT_NE(last_kernel().schedule.find("default summation order"), std::string::npos) << last_kernel().schedule;
+}

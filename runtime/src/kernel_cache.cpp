@@ -153,22 +153,53 @@ struct KernelCache::State {
                " | schedule " + schedules::to_string(params) + " | " + version;
     }
 
+    struct Schedule {
+        schedules::Params params;
+        std::string source;     // for last_kernel(): default, or which record
+        bool reorders = false;  // sums in another order than the default (and the AOT kernels)
+    };
+
     // The tuned parameters for the kernel (exact target, nearest size bucket),
-    // else the defaults; and a description of which.
-    std::pair<schedules::Params, std::string> schedule_for(const KernelSpec &spec,
-                                                           const std::optional<jit::FixedShape> &shape) const {
+    // else the defaults. Every call of a shape must get the same result, so a
+    // record's summation order applies only to kernels that serve all of a
+    // shape's calls: specialised ones, in blocking mode (kernel() then
+    // specialises such a shape on its first call). Generic kernels and
+    // non-blocking runtimes, where AOT kernels serve some calls, keep the
+    // default order and take the rest of the record.
+    Schedule schedule_for(const KernelSpec &spec, const std::optional<jit::FixedShape> &shape) const {
+        const schedules::Params defaults = schedules::default_params(target);
         int64_t elements = 1;
         if (shape) {
             for (int32_t e : shape->extent) elements *= e;
         }
         const int bucket = shape ? schedules::size_bucket(elements) : schedules::kGenericBucket;
-        if (auto match = tuning.find(target, spec.name(), bucket)) {
-            char speedup[32];
-            std::snprintf(speedup, sizeof speedup, "%.2fx", match->record.speedup());
-            return {match->record.params, "tuned (" + match->source + ", 2^" + std::to_string(match->record.bucket) +
-                                              " elements, " + speedup + " the default there)"};
+        const auto match = tuning.find(target, spec.name(), bucket);
+        if (!match) return {defaults, "default", false};
+        Schedule s{match->record.params, "", false};
+        const bool reduces = spec.reduce && spec.pass != codegen::Pass::Backward;
+        std::string kept;
+        if (reduces && !schedules::same_summation_order(s.params, defaults)) {
+            if (shape && options.blocking) {
+                s.reorders = true;
+            } else {
+                s.params = schedules::with_summation_order(s.params, defaults);
+                kept = "; default summation order";
+            }
         }
-        return {schedules::default_params(target), "default"};
+        char speedup[32];
+        std::snprintf(speedup, sizeof speedup, "%.2fx", match->record.speedup());
+        s.source = "tuned (" + match->source + ", 2^" + std::to_string(match->record.bucket) + " elements, " +
+                   speedup + " the default there" + kept + ")";
+        return s;
+    }
+
+    // The buffer arguments a call's piece has strides for (`total` has none).
+    static size_t buffer_count(const KernelSpec &spec) {
+        size_t buffers = 0;
+        for (const codegen::Argument &a : codegen::arguments(spec)) {
+            buffers += a.kind == codegen::Argument::Buffer && a.name != "total";
+        }
+        return buffers;
     }
 
     std::string description(const KernelSpec &spec, const std::optional<jit::FixedShape> &shape) const {
@@ -189,13 +220,10 @@ struct KernelCache::State {
     // Loads the kernel for `key` from the disk cache, or compiles and stores it.
     std::shared_ptr<jit::LoadedKernel> produce(const KernelSpec &spec, const Key &key, KernelOrigin &origin,
                                                std::string &schedule) {
-        size_t buffers = 0;  // the buffer arguments a call's piece has strides for (`total` has none)
-        for (const codegen::Argument &a : codegen::arguments(spec)) {
-            buffers += a.kind == codegen::Argument::Buffer && a.name != "total";
-        }
-        const std::optional<jit::FixedShape> shape = shape_of(key, buffers);
+        const std::optional<jit::FixedShape> shape = shape_of(key, buffer_count(spec));
         load_runtime();
-        const auto [params, source] = schedule_for(spec, shape);
+        const auto [params, source, reorders] = schedule_for(spec, shape);
+        (void)reorders;
         schedule = source;
         const std::string text = disk_key(spec, shape, params);
         const std::string function = "kldiv_jit_" + cache::hash_key(text).substr(0, 16);
@@ -332,7 +360,8 @@ KernelCall KernelCache::kernel(const KernelSpec &spec, const Piece &piece) {
                 specialise = true;
             } else {
                 if (s.seen.size() > 4096) s.seen.clear();
-                specialise = ++s.seen[fixed] >= s.options.specialize_after;
+                specialise = ++s.seen[fixed] >= s.options.specialize_after ||
+                             s.schedule_for(spec, shape_of(fixed, State::buffer_count(spec))).reorders;
             }
         }
         if (specialise) key = fixed;

@@ -27,6 +27,19 @@ std::string to_string(const Params &params) {
     return out.str();
 }
 
+bool same_summation_order(const Params &a, const Params &b) {
+    return a.cpu.sum_lanes_factor == b.cpu.sum_lanes_factor && a.cpu.sum_chunk == b.cpu.sum_chunk &&
+           a.gpu.sum_lanes == b.gpu.sum_lanes && a.gpu.sum_chunk == b.gpu.sum_chunk;
+}
+
+Params with_summation_order(Params params, const Params &order) {
+    params.cpu.sum_lanes_factor = order.cpu.sum_lanes_factor;
+    params.cpu.sum_chunk = order.cpu.sum_chunk;
+    params.gpu.sum_lanes = order.gpu.sum_lanes;
+    params.gpu.sum_chunk = order.gpu.sum_chunk;
+    return params;
+}
+
 namespace {
 
 bool power_of_two(int v) { return v > 0 && (v & (v - 1)) == 0; }

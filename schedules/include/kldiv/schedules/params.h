@@ -44,6 +44,14 @@ Params default_params(const std::string &target);
 std::string to_string(const Params &params);
 
 inline bool operator==(const Params &a, const Params &b) { return to_string(a) == to_string(b); }
+
+// Whether two parameter sets sum a reduction in the same order (the same
+// partial sums and chunks), so that their results agree bit for bit. The
+// other parameters change only how fast a kernel runs.
+bool same_summation_order(const Params &a, const Params &b);
+
+// `params` with the summation order of `order`.
+Params with_summation_order(Params params, const Params &order);
 inline bool operator!=(const Params &a, const Params &b) { return !(a == b); }
 
 // Parses to_string's form into `out`, starting from `out`'s values: keys left
