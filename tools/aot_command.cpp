@@ -280,13 +280,8 @@ int generate(const Options &o) {
         fs::create_directories(include);
         const fs::path scratch = dir / ".objects";
         fs::create_directories(scratch);
-        schedules::TuningDb tuning;
-        const auto warn = [](const std::string &m) { std::fprintf(stderr, "%s\n", m.c_str()); };
-        const std::string user_db = o.tuning_db.empty() ? schedules::user_database_path(cache::resolve_cache_dir(""))
-                                    : o.tuning_db == "off" ? std::string()
-                                                           : o.tuning_db;
-        if (!user_db.empty()) tuning.add_file(user_db, warn);
-        tuning.add_text(schedules::shipped_database(), "shipped database", warn);
+        const schedules::TuningDb tuning = schedules::load_tuning_databases(
+            o.tuning_db, cache::resolve_cache_dir(""), [](const std::string &m) { std::fprintf(stderr, "%s\n", m.c_str()); });
         std::vector<std::string> objects;
         std::string umbrella = "/* All kernels of lib" + o.name + ".a (" + base.to_string() + "). */\n#ifndef KLDIV_AOT_" +
                                o.name + "_H\n#define KLDIV_AOT_" + o.name + "_H\n\n";

@@ -2,8 +2,6 @@
 
 #include <unistd.h>
 
-#include <HalideRuntime.h>
-
 #include <algorithm>
 #include <cctype>
 #include <chrono>
@@ -24,6 +22,7 @@
 #include "disk_cache.h"
 #include "errors.h"
 #include "jit/compile.h"
+#include "kernel_args.h"
 #include "jit/orc.h"
 #include "kldiv/codegen/build.h"
 #include "kldiv/schedules/tuning_db.h"
@@ -213,14 +212,6 @@ tools::Pass tools_pass(codegen::Pass pass) {
     return tools::Pass::Forward;
 }
 
-halide_type_t storage_type(DType dtype) {
-    switch (dtype) {
-    case DType::Float32: return halide_type_t(halide_type_float, 32);
-    case DType::Float64: return halide_type_t(halide_type_float, 64);
-    default: return halide_type_t(halide_type_uint, 16);
-    }
-}
-
 // The data every candidate runs on, its outputs, and the reference they are
 // checked against.
 struct Workload {
@@ -316,48 +307,22 @@ private:
 
     void call(const Candidate &c) {
         const auto &kernel = kernels_.at(c.id + (c.autoscheduler.empty() ? 0 : kBaselineIds));
-        std::vector<halide_buffer_t> buffers;
-        std::vector<std::array<halide_dimension_t, 4>> dims;
-        std::vector<void *> pointers;
-        const std::vector<Argument> args = codegen::arguments(w_.spec);
-        for (const Argument &a : args) {
-            if (a.kind == Argument::Buffer && a.name != "total") {
-                if (a.name == "input") pointers.push_back(w_.operands.input.data());
-                if (a.name == "target") pointers.push_back(w_.operands.target.data());
-                if (a.name == "grad_output") pointers.push_back(w_.grad_output.data());
-                if (a.is_output) pointers.push_back(w_.outputs.at(a.name).data());
-            }
+        std::vector<void *> data;
+        for (const Argument &a : codegen::arguments(w_.spec)) {
+            if (a.kind != Argument::Buffer || a.name == "total") continue;
+            if (a.name == "input") data.push_back(w_.operands.input.data());
+            if (a.name == "target") data.push_back(w_.operands.target.data());
+            if (a.name == "grad_output") data.push_back(w_.grad_output.data());
+            if (a.is_output) data.push_back(w_.outputs.at(a.name).data());
         }
-        buffers.resize(pointers.size());
-        dims.resize(pointers.size());
-        for (size_t k = 0; k < pointers.size(); k++) {
-            for (int d = 0; d < 4; d++) dims[k][d] = halide_dimension_t(0, w_.shape.extent[d], w_.shape.strides[k][d]);
-            buffers[k].host = static_cast<uint8_t *>(pointers[k]);
-            buffers[k].type = storage_type(w_.spec.dtype);
-            buffers[k].dimensions = 4;
-            buffers[k].dim = dims[k].data();
-        }
-        halide_buffer_t total{};
-        total.host = reinterpret_cast<uint8_t *>(&w_.total);
-        total.type = halide_type_t(halide_type_float, 64);
-        const double scale = 1.0;
-        const float scale_f = 1.0f;
+        runtime::KernelArguments arguments(w_.spec, data, w_.shape.extent.data(), w_.shape.strides);
         runtime::KernelErrorContext context;
         void *user_context = &context;
-        std::vector<void *> argv = {&user_context};
-        size_t next = 0;
-        for (const Argument &a : args) {
-            if (a.kind == Argument::Scalar) {
-                argv.push_back(w_.spec.dtype == DType::Float64 ? (void *)&scale : (void *)&scale_f);
-            } else if (a.name == "total") {
-                argv.push_back(&total);
-            } else {
-                argv.push_back(&buffers[next++]);
-            }
-        }
+        std::vector<void *> argv = arguments.argv(&user_context);
         if (int status = kernel->entry(argv.data()); status != 0) {
             throw std::runtime_error("kernel failed (" + std::to_string(status) + "): " + context.message);
         }
+        w_.total = arguments.total;
     }
 
     // Empty when the outputs match the reference.
@@ -445,12 +410,6 @@ private:
     int reported_ = 0;
     int best_ = 0;
 };
-
-// The parameters a CPU target uses (the GPU ones are carried but unused).
-std::string cpu_text(const schedules::Params &params) {
-    const std::string text = schedules::to_string(params);
-    return text.substr(0, text.find(';'));
-}
 
 struct Row {
     std::string name;     // "tuned", "default", an autoscheduler
@@ -582,7 +541,7 @@ int run_tune(const Options &o) {
     std::vector<Row> failed_rows;
     failed_rows.swap(rows);
     for (const Candidate &c : finals) {
-        rows.push_back({c.label, c.autoscheduler.empty() ? cpu_text(c.params) : "(autoscheduled)", &c, ""});
+        rows.push_back({c.label, c.autoscheduler.empty() ? tune::cpu_parameters(c.params) : "(autoscheduled)", &c, ""});
     }
     rows.insert(rows.end(), failed_rows.begin(), failed_rows.end());
 

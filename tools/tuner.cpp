@@ -54,6 +54,11 @@ Space cpu_space(const codegen::KernelSpec &spec) {
     return space;
 }
 
+std::string cpu_parameters(const Params &params) {
+    const std::string text = schedules::to_string(params);
+    return text.substr(0, text.find(';'));
+}
+
 double Candidate::median() const { return samples.empty() ? 0 : tools::median(samples); }
 
 double Candidate::noise() const {
@@ -94,8 +99,7 @@ private:
         c.id = (int)result_.candidates.size();
         c.params = params;
         c.origin = origin;
-        c.label = schedules::to_string(params);
-        c.label = c.label.substr(0, c.label.find(';'));  // the CPU parameters
+        c.label = cpu_parameters(params);
         result_.candidates.push_back(std::move(c));
         return result_.candidates.back().id;
     }

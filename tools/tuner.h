@@ -39,6 +39,9 @@ struct Space {
 // unrolling, the unit-stride fast path and parallelism.
 Space cpu_space(const codegen::KernelSpec &spec);
 
+// The CPU part of schedules::to_string, what a CPU target's kernel uses.
+std::string cpu_parameters(const schedules::Params &params);
+
 struct Candidate {
     enum class Status { Untried, Ok, Failed };
     int id = 0;

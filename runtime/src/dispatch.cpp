@@ -11,6 +11,7 @@
 
 #include "errors.h"
 #include "host_convert.h"
+#include "kernel_args.h"
 #include "kernel_cache.h"
 #include "kldiv/codegen/kernel_spec.h"
 #include "layout.h"
@@ -170,14 +171,6 @@ int64_t numel_of(const std::vector<int64_t> &shape) {
     return n;
 }
 
-halide_type_t storage_halide_type(DType dtype) {
-    switch (dtype) {
-    case DType::Float32: return halide_type_t(halide_type_float, 32);
-    case DType::Float64: return halide_type_t(halide_type_float, 64);
-    default: return halide_type_t(halide_type_uint, 16);
-    }
-}
-
 // Runs `spec` over the broadcast `shape`. `buffers` are the kernel's buffer
 // arguments except `total`, in argument order, each with its strides in
 // `shape`. Buffer `order_by` (an output, where there is one) decides the
@@ -185,46 +178,26 @@ halide_type_t storage_halide_type(DType dtype) {
 double run_kernel(KernelCache &cache, const KernelSpec &spec, const std::vector<int64_t> &shape,
                   const std::vector<const Tensor *> &buffers, const std::vector<std::vector<int64_t>> &strides,
                   double grad_scale, size_t order_by) {
-    const std::vector<codegen::Argument> args = codegen::arguments(spec);
     const size_t elem = element_size(spec.dtype);
     double total = 0.0;
-    const float grad_scale_f = (float)grad_scale;
 
     for_each_piece(shape, strides, order_by, [&](const Piece &piece) {
-        std::vector<halide_buffer_t> hb(buffers.size());  // value-initialised: no device, no flags
-        std::vector<std::array<halide_dimension_t, kKernelRank>> dims(buffers.size());
+        std::vector<void *> data(buffers.size());
         for (size_t k = 0; k < buffers.size(); k++) {
-            for (int d = 0; d < kKernelRank; d++) dims[k][d] = halide_dimension_t(0, piece.extent[d], piece.stride[k][d]);
-            hb[k].host = static_cast<uint8_t *>(buffers[k]->data) + piece.offset[k] * (int64_t)elem;
-            hb[k].type = storage_halide_type(spec.dtype);
-            hb[k].dimensions = kKernelRank;
-            hb[k].dim = dims[k].data();
+            data[k] = static_cast<uint8_t *>(buffers[k]->data) + piece.offset[k] * (int64_t)elem;
         }
-        double piece_total = 0.0;
-        halide_buffer_t total_buffer{};
-        total_buffer.host = reinterpret_cast<uint8_t *>(&piece_total);
-        total_buffer.type = halide_type_t(halide_type_float, 64);
+        KernelArguments arguments(spec, data, piece.extent, piece.stride);
+        arguments.grad_scale = grad_scale;
 
         const KernelCall kernel = cache.kernel(spec, piece);
         KernelErrorContext context;
         void *user_context = &context;
-        std::vector<void *> argv;
-        if (kernel.user_context) argv.push_back(&user_context);
-        size_t next = 0;
-        for (const codegen::Argument &a : args) {
-            if (a.kind == codegen::Argument::Scalar) {
-                argv.push_back(computes_in_double(spec.dtype) ? (void *)&grad_scale : (void *)&grad_scale_f);
-            } else if (a.name == "total") {
-                argv.push_back(&total_buffer);
-            } else {
-                argv.push_back(&hb[next++]);
-            }
-        }
+        std::vector<void *> argv = arguments.argv(kernel.user_context ? &user_context : nullptr);
         if (int status = kernel.entry(argv.data()); status != 0) {
             const std::string message = kernel.user_context ? context.message : take_kernel_error();
             fail(ErrorCode::Internal, "kernel " + spec.name() + " failed (" + std::to_string(status) + "): " + message);
         }
-        total += piece_total;
+        total += arguments.total;
     });
     return total;
 }

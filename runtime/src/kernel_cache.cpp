@@ -320,12 +320,8 @@ KernelCache::KernelCache(const RuntimeOptions &options) : state_(std::make_uniqu
                 " " + jit::toolchain_version();
     s.disk = std::make_unique<cache::DiskCache>(cache::resolve_cache_dir(options.cache_dir), options.disk_cache_bytes,
                                                 s.version, [&s](const std::string &m) { s.warn(m); });
-    const auto warn = [&s](const std::string &m) { s.warn(m); };
-    const std::string user_db = options.tuning_db.empty() ? schedules::user_database_path(s.disk->dir())
-                                : options.tuning_db == "off"  ? std::string()
-                                                              : options.tuning_db;
-    if (!user_db.empty()) s.tuning.add_file(user_db, warn);
-    s.tuning.add_text(schedules::shipped_database(), "shipped database", warn);
+    s.tuning = schedules::load_tuning_databases(options.tuning_db, s.disk->dir(),
+                                                [&s](const std::string &m) { s.warn(m); });
     if (options.threads > 0) set_num_threads(options.threads);
 }
 

@@ -243,6 +243,14 @@ PruneResult prune_database(const std::string &path, const TuningWarning &warn) {
     return result;
 }
 
+TuningDb load_tuning_databases(const std::string &user, const std::string &cache_dir, const TuningWarning &warn) {
+    TuningDb db;
+    const std::string path = user.empty() ? user_database_path(cache_dir) : user == "off" ? std::string() : user;
+    if (!path.empty()) db.add_file(path, warn);
+    db.add_text(shipped_database(), "shipped database", warn);
+    return db;
+}
+
 std::string user_database_path(const std::string &cache_dir) {
     if (const char *env = std::getenv("KLDIV_TUNING_DB"); env != nullptr && *env != '\0') {
         return std::string(env) == "off" ? std::string() : std::string(env);

@@ -109,4 +109,9 @@ std::string user_database_path(const std::string &cache_dir);
 // The database checked in under schedules/ (tuned.jsonl), built into the library.
 const std::string &shipped_database();
 
+// What the JIT and `kldiv aot` consult: the user's database (`user`: "" for
+// user_database_path(cache_dir), "off" for none, else its path), then the
+// shipped one.
+TuningDb load_tuning_databases(const std::string &user, const std::string &cache_dir, const TuningWarning &warn);
+
 }  // namespace kldiv::schedules
