@@ -33,9 +33,6 @@ Expr negate(const Expr &a) {
     return Halide::reinterpret(a.type(), Halide::reinterpret(bits, a) ^ sign);
 }
 
-// xlogy(t, t): log(NaN) is NaN, so only t == 0 needs a select.
-Expr xlogx(const Expr &t) { return Halide::select(t == zero_of(t.type()), zero_of(t.type()), t * dsl::log(t)); }
-
 Algorithm named_dims(const Inputs &in) {
     Algorithm a;
     a.extent = in.extent;
@@ -83,13 +80,28 @@ void define_sum(Algorithm &a, const Inputs &in, const SumTree &tree, Halide::Typ
     a.total() += Halide::cast<double>(a.chunk_sum(all.x, all.y, all.z, all.w));
 }
 
+// xlogy(t, t) but for the sign of zero: t * log_of_positive(t) is already
+// right for t > 0 and t = +inf (+inf times a finite positive value) and NaN
+// for NaN, so only t < 0 needs a select. At t == +-0 it is a zero whose sign
+// a sum does not see (sums start from +0); see exact_zero_sign.
+Expr xlogx_any_zero_sign(const Expr &t) {
+    return Halide::select(t < zero_of(t.type()), nan_of(t.type()), t * dsl::log_of_positive(t));
+}
+
+// The loss per element as PyTorch stores it: adding +0 turns the -0 that
+// xlogx_any_zero_sign may give at t == +-0 into PyTorch's +0 and changes no
+// other value. (exp(t) * (t - x) needs nothing: its -0 is PyTorch's too.)
+Expr exact_zero_sign(const Expr &loss, const LossOptions &options) {
+    return options.log_target ? loss : loss + zero_of(loss.type());
+}
+
 }  // namespace
 
 Expr pointwise_loss(const Expr &x_stored, const Expr &t_stored, const LossOptions &options) {
     Expr x = widen(x_stored, options.dtype);
     Expr t = widen(t_stored, options.dtype);
     if (options.log_target) return dsl::exp(t) * (t - x);
-    return xlogx(t) - t * x;
+    return xlogx_any_zero_sign(t) - t * x;
 }
 
 Expr grad_input_expr(const Expr &g, const Expr &, const Expr &t_stored, const LossOptions &options) {
@@ -122,7 +134,7 @@ Algorithm forward(const Inputs &in, const LossOptions &options, bool reduce, con
         define_sum(a, in, tree, type);
     } else {
         a.loss = Func("loss");
-        a.loss(i0, i1, i2, i3) = narrow(a.pointwise(i0, i1, i2, i3), options.dtype);
+        a.loss(i0, i1, i2, i3) = narrow(exact_zero_sign(a.pointwise(i0, i1, i2, i3), options), options.dtype);
     }
     return a;
 }

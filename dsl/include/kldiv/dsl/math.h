@@ -13,6 +13,11 @@ namespace kldiv::dsl {
 // Natural logarithm of a Float(32) or Float(64) expression.
 Halide::Expr log(const Halide::Expr &x);
 
+// log(x) for x > 0, denormals included, without the selects for special
+// values (+inf gives a finite positive value; zero, negatives and NaN give
+// meaningless ones): for callers that select those themselves.
+Halide::Expr log_of_positive(const Halide::Expr &x);
+
 // Exponential of a Float(32) or Float(64) expression.
 Halide::Expr exp(const Halide::Expr &x);
 
