@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages kldiv needs to build, test and benchmark
-# (the aarch64 cross compiler and qemu-user run the arm64 kernels' tests).
+# (the aarch64 cross compiler and qemu-user run the arm64 kernels' tests;
+# gnuplot draws `kldiv tune --plot`).
 # Idempotent: does nothing when everything is already installed.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ packages=(
     libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev
     libtorch-dev
     g++-aarch64-linux-gnu qemu-user
+    gnuplot-nox
 )
 
 missing=()
