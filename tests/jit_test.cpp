@@ -136,6 +136,39 @@ TEST(Jit, GenericKernelsMatchAotBitForBit) {
     EXPECT_EQ(jit.stats().aot_calls, 0u);
 }
 
+// A generic JIT kernel is compiled for what a call's inner strides need: one
+// for unit strides, one for the rest; each serves its own calls afterwards.
+TEST(Jit, GenericKernelsAreCompiledPerInnerStride) {
+    Runtime aot(aot_only()), jit(jit_options(Specialize::Never));
+    Problem p(DType::Float32, false, 40, 1002, 7);
+    // Every other column: dimension 0's stride is 2 in both operands.
+    auto strided = [&](std::vector<uint8_t> &bytes) {
+        Tensor view = p.view(bytes);
+        view.sizes = {p.rows, p.cols / 2};
+        view.strides = {p.cols, 2};
+        return view;
+    };
+    for (int round = 0; round < 2; round++) {
+        for (bool unit : {true, false}) {
+            SCOPED_TRACE(std::string(unit ? "unit stride" : "stride 2") + ", round " + std::to_string(round));
+            const Tensor x = unit ? p.view(p.input) : strided(p.input), t = unit ? p.view(p.target) : strided(p.target);
+            std::vector<uint8_t> want(4, 0), got(4, 1), want_none(p.input.size(), 0xA5), got_none(p.input.size(), 0xA5);
+            aot.kl_div(x, t, Tensor::contiguous(want.data(), DType::Float32, {}), Reduction::Sum);
+            jit.kl_div(x, t, Tensor::contiguous(got.data(), DType::Float32, {}), Reduction::Sum);
+            EXPECT_EQ(last_kernel().origin, round == 0 ? KernelOrigin::Compiled : KernelOrigin::Memory);
+            EXPECT_FALSE(last_kernel().specialised);
+            EXPECT_TRUE(got == want);
+            Tensor out_want = Tensor::contiguous(want_none.data(), DType::Float32, x.sizes);
+            Tensor out_got = Tensor::contiguous(got_none.data(), DType::Float32, x.sizes);
+            aot.kl_div(x, t, out_want, Reduction::None);
+            jit.kl_div(x, t, out_got, Reduction::None);
+            EXPECT_TRUE(got_none == want_none);
+        }
+    }
+    EXPECT_EQ(jit.stats().compiles, 4u);  // (sum, none) x (unit, strided)
+    EXPECT_EQ(jit.stats().hits, 4u);
+}
+
 TEST(Jit, SpecialisedKernelsMatchAotBitForBit) {
     Runtime aot(aot_only()), jit(jit_options(Specialize::Always));
     for (int variant : {0, 1, 2, 3, 6, 9}) {

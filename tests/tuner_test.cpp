@@ -107,6 +107,14 @@ TEST(tuner, spaces_hold_what_each_kind_of_pass_tunes) {
     EXPECT_EQ(names(reduced), (std::vector<std::string>{"vf", "unroll", "slf", "chunk", "cpt", "fast", "par"}));
     EXPECT_EQ(names(elementwise), (std::vector<std::string>{"vf", "unroll", "ept", "fast", "par"}));
     EXPECT_EQ(reduced.size(), 3u * 3 * 4 * 6 * 6 * 2 * 2);
+    // ... of which the valid ones keep at most four native vectors per iteration.
+    Params wide;
+    wide.cpu.vector_factor = 4;
+    wide.cpu.unroll = 2;
+    wide.cpu.sum_lanes_factor = 4;
+    EXPECT_FALSE(reduced.valid(wide));
+    wide.cpu.unroll = 1;
+    EXPECT_TRUE(reduced.valid(wide));
     // Every value a dimension proposes is one the parameters accept.
     for (const Space *s : {&reduced, &elementwise}) {
         for (const Dimension &d : s->dims) {

@@ -292,6 +292,20 @@ TEST(tuning_db, user_database_path_follows_the_environment) {
     unsetenv("KLDIV_TUNING_DB");
 }
 
+// "off" drops the user's database, "none" the shipped one as well.
+TEST(tuning_db, off_keeps_the_shipped_database_and_none_drops_it) {
+    Warnings warnings;
+    unsetenv("KLDIV_TUNING_DB");
+    TuningDb shipped;
+    shipped.add_text(kldiv::schedules::shipped_database(), "shipped", warnings.handler());
+    EXPECT_EQ(kldiv::schedules::load_tuning_databases("off", "", warnings.handler()).size(), shipped.size());
+    EXPECT_TRUE(kldiv::schedules::load_tuning_databases("none", "/cache/kldiv", warnings.handler()).empty());
+    setenv("KLDIV_TUNING_DB", "none", 1);
+    EXPECT_TRUE(kldiv::schedules::load_tuning_databases("", "/cache/kldiv", warnings.handler()).empty());
+    EXPECT_EQ(kldiv::schedules::user_database_path("/cache/kldiv"), "");
+    unsetenv("KLDIV_TUNING_DB");
+}
+
 TEST(tuning_db, the_shipped_database_parses_cleanly) {
     TuningDb db;
     Warnings warnings;

@@ -45,7 +45,8 @@ needs neither Halide nor LLVM, nor libkldiv, at run time.
   --list         print each target's kernel names and files; compile nothing
   --tuning-db F  tuning database ('kldiv tune') to take schedules from before
                  the one shipped with kldiv: default $KLDIV_TUNING_DB, else
-                 tuning.jsonl in the kernel cache directory; 'off' for none.
+                 tuning.jsonl in the kernel cache directory; 'off' for none;
+                 'none' for neither (default schedules only).
                  Each kernel takes the record of its exact target and nearest
                  size (2^22 elements for a kernel without a shape), else the
                  default schedule

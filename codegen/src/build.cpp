@@ -82,11 +82,15 @@ std::vector<Halide::Func> build(const KernelSpec &spec, const schedules::Params 
         if (argument.name == "grad_target") outputs.push_back(algorithm.grad_target);
     }
 
-    // Fast path: every buffer walks dimension 0 with unit stride.
+    // Fast path: every buffer walks dimension 0 with unit stride. A constant
+    // when the strides are fixed: the schedule then needs no second loop nest.
     Halide::Expr unit_stride = Halide::cast<bool>(true);
     for (const auto &[name, stride] : inputs.inner_strides) unit_stride = unit_stride && stride == 1;
     for (const Halide::Func &output : outputs) {
         if (output.dimensions() > 0) unit_stride = unit_stride && output.output_buffer().dim(0).stride() == 1;
+    }
+    if (inputs.unit_stride) {
+        unit_stride = *inputs.unit_stride ? Halide::Internal::const_true() : Halide::Internal::const_false();
     }
     if (!schedule) return outputs;
     if (target.has_gpu_feature()) {
@@ -101,16 +105,17 @@ std::vector<Halide::Func> build(const KernelSpec &spec, const schedules::Params 
 namespace {
 
 // Pins every dimension of a buffer to the fixed shape (min 0), or leaves the
-// inner stride free. `strides_only` pins the strides alone.
+// inner stride free (pinned to 1 for InnerStride::Unit). `strides_only` pins
+// the strides alone.
 void constrain(const Halide::OutputImageParam &buffer, const std::optional<FixedShape> &shape, size_t index,
-               bool strides_only) {
+               bool strides_only, InnerStride inner_stride) {
     for (int d = 0; d < 4; d++) {
         if (shape && strides_only) {
             buffer.dim(d).set_stride(shape->strides[index][d]);
         } else if (shape) {
             buffer.dim(d).set_bounds(0, shape->extent[d]).set_stride(shape->strides[index][d]);
         } else if (d == 0) {
-            buffer.dim(0).set_stride(Halide::Expr());
+            buffer.dim(0).set_stride(inner_stride == InnerStride::Unit ? Halide::Expr(1) : Halide::Expr());
         }
     }
 }
@@ -147,7 +152,8 @@ const std::vector<std::string> &autoscheduler_names() {
 
 Halide::Module compile_module(const KernelSpec &spec, const std::optional<FixedShape> &shape,
                               const schedules::Params &params, const Halide::Target &target,
-                              const std::string &function, const std::string &autoscheduler) {
+                              const std::string &function, const std::string &autoscheduler,
+                              InnerStride inner_stride) {
     // Halide 14 miscompiles the fused `none` schedule (compute_with over fused
     // loops) when every extent is a constant: it writes before the buffer. Its
     // fixed kernels know the strides only.
@@ -167,7 +173,7 @@ Halide::Module compile_module(const KernelSpec &spec, const std::optional<FixedS
             continue;
         }
         Halide::ImageParam image(type, argument_dimensions(a), a.name);
-        constrain(image, shape, images.size(), strides_only);
+        constrain(image, shape, images.size(), strides_only, inner_stride);
         inputs.buffers[a.name] = image;
         inputs.inner_strides[a.name] = image.dim(0).stride();
         images.push_back(image);
@@ -178,12 +184,18 @@ Halide::Module compile_module(const KernelSpec &spec, const std::optional<FixedS
             for (int d = 0; d < 4; d++) inputs.extent[d] = image.dim(d).extent();
         }
     }
+    if (shape) {
+        inputs.unit_stride = std::all_of(shape->strides.begin(), shape->strides.end(),
+                                         [](const std::array<int32_t, 4> &strides) { return strides[0] == 1; });
+    } else if (inner_stride != InnerStride::Any) {
+        inputs.unit_stride = inner_stride == InnerStride::Unit;
+    }
     const bool autoschedule = !autoscheduler.empty();
     const std::vector<Halide::Func> outputs = build(spec, params, target, inputs, !autoschedule);
     size_t index = images.size();
     for (const Halide::Func &output : outputs) {
         if (output.dimensions() == 0) continue;
-        constrain(output.output_buffer(), shape, index++, strides_only);
+        constrain(output.output_buffer(), shape, index++, strides_only, inner_stride);
     }
     Halide::Pipeline pipeline(outputs);
     if (autoschedule) {

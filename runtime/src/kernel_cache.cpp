@@ -36,18 +36,22 @@ double seconds_since(Clock::time_point start) {
 constexpr int kMaxBuffers = 5;  // backward with a per-element grad_output and both gradients
 
 // A kernel's identity within one runtime (whose target is fixed): the spec,
-// and for a specialised kernel the extents and every buffer's strides.
+// and for a specialised kernel the extents and every buffer's strides; for
+// a JIT-compiled generic one, whether dimension 0 has unit stride.
 struct Key {
     uint32_t spec = 0;
     bool fixed = false;
+    codegen::InnerStride inner = codegen::InnerStride::Any;
     std::array<int32_t, 4 + 4 * kMaxBuffers> dims{};
 
-    bool operator==(const Key &o) const { return spec == o.spec && fixed == o.fixed && dims == o.dims; }
+    bool operator==(const Key &o) const {
+        return spec == o.spec && fixed == o.fixed && inner == o.inner && dims == o.dims;
+    }
 };
 
 struct KeyHash {
     size_t operator()(const Key &k) const {
-        uint64_t h = 1469598103934665603ull ^ (uint64_t(k.spec) << 1 | uint64_t(k.fixed));
+        uint64_t h = 1469598103934665603ull ^ (uint64_t(k.spec) << 3 | uint64_t(k.inner) << 1 | uint64_t(k.fixed));
         for (int32_t v : k.dims) h = (h ^ uint32_t(v)) * 1099511628211ull;
         return h;
     }
@@ -61,6 +65,16 @@ uint32_t pack(const KernelSpec &s) {
 Key generic_key(const KernelSpec &spec) {
     Key k;
     k.spec = pack(spec);
+    return k;
+}
+
+// The generic kernel the JIT compiles for `piece`: one for unit inner strides
+// in every buffer, one for the rest.
+Key jit_generic_key(const KernelSpec &spec, const Piece &piece, size_t buffers) {
+    Key k = generic_key(spec);
+    bool unit = true;
+    for (size_t b = 0; b < buffers && b < piece.stride.size(); b++) unit = unit && piece.stride[b][0] == 1;
+    k.inner = unit ? codegen::InnerStride::Unit : codegen::InnerStride::Strided;
     return k;
 }
 
@@ -85,6 +99,16 @@ std::optional<jit::FixedShape> shape_of(const Key &key, size_t buffers) {
         shape.strides.push_back(s);
     }
     return shape;
+}
+
+std::string shape_text(const jit::FixedShape &shape);
+
+// The shape part of a kernel's disk key and description.
+std::string layout_text(const std::optional<jit::FixedShape> &shape, codegen::InnerStride inner) {
+    if (shape) return shape_text(*shape);
+    return inner == codegen::InnerStride::Unit      ? "generic unit-stride"
+           : inner == codegen::InnerStride::Strided ? "generic strided"
+                                                    : "generic";
 }
 
 std::string shape_text(const jit::FixedShape &shape) {
@@ -148,8 +172,8 @@ struct KernelCache::State {
     void warn(const std::string &message) const { runtime::warn(options.warning_handler, message); }
 
     std::string disk_key(const KernelSpec &spec, const std::optional<jit::FixedShape> &shape,
-                         const schedules::Params &params) const {
-        return "kernel " + spec.name() + (shape ? " " + shape_text(*shape) : " generic") + " | target " + target +
+                         codegen::InnerStride inner, const schedules::Params &params) const {
+        return "kernel " + spec.name() + " " + layout_text(shape, inner) + " | target " + target +
                " | schedule " + schedules::to_string(params) + " | " + version;
     }
 
@@ -202,8 +226,9 @@ struct KernelCache::State {
         return buffers;
     }
 
-    std::string description(const KernelSpec &spec, const std::optional<jit::FixedShape> &shape) const {
-        return spec.name() + (shape ? " [" + shape_text(*shape) + "]" : " [generic]") + " " + target;
+    std::string description(const KernelSpec &spec, const std::optional<jit::FixedShape> &shape,
+                            codegen::InnerStride inner) const {
+        return spec.name() + " [" + layout_text(shape, inner) + "] " + target;
     }
 
     void load_runtime() {
@@ -225,7 +250,7 @@ struct KernelCache::State {
         const auto [params, source, reorders] = schedule_for(spec, shape);
         (void)reorders;
         schedule = source;
-        const std::string text = disk_key(spec, shape, params);
+        const std::string text = disk_key(spec, shape, key.inner, params);
         const std::string function = "kldiv_jit_" + cache::hash_key(text).substr(0, 16);
         if (std::optional<std::string> object = disk->load(text)) {
             try {
@@ -235,7 +260,7 @@ struct KernelCache::State {
                 stats.disk_hits++;
                 return code;
             } catch (const Error &e) {
-                warn(std::string("kldiv: kernel cache entry for ") + description(spec, shape) +
+                warn(std::string("kldiv: kernel cache entry for ") + description(spec, shape, key.inner) +
                      " could not be loaded (" + e.what() + "); rebuilding it");
             }
         }
@@ -244,14 +269,14 @@ struct KernelCache::State {
         std::string object;
         {
             std::lock_guard<std::mutex> lock(compile_mutex());
-            object = jit::compile_kernel(spec, shape, target, params, function);
+            object = jit::compile_kernel(spec, shape, target, params, function, "", key.inner);
         }
         {
             std::lock_guard<std::mutex> lock(mutex);
             stats.compiles++;
             stats.compile_seconds += seconds_since(start);
         }
-        disk->store(text, object, description(spec, shape));
+        disk->store(text, object, description(spec, shape, key.inner));
         return jit::load_kernel(target, object, function);
     }
 
@@ -366,6 +391,7 @@ KernelCall KernelCache::kernel(const KernelSpec &spec, const Piece &piece) {
         s.stats.aot_calls++;
         return aot(key);
     }
+    if (!key.fixed) key = jit_generic_key(spec, piece, State::buffer_count(spec));
 
     auto found = s.slots.find(key);
     if (found != s.slots.end()) {

@@ -245,6 +245,8 @@ PruneResult prune_database(const std::string &path, const TuningWarning &warn) {
 
 TuningDb load_tuning_databases(const std::string &user, const std::string &cache_dir, const TuningWarning &warn) {
     TuningDb db;
+    const char *env = std::getenv("KLDIV_TUNING_DB");
+    if (user == "none" || (user.empty() && env != nullptr && std::string(env) == "none")) return db;
     const std::string path = user.empty() ? user_database_path(cache_dir) : user == "off" ? std::string() : user;
     if (!path.empty()) db.add_file(path, warn);
     db.add_text(shipped_database(), "shipped database", warn);
@@ -253,7 +255,7 @@ TuningDb load_tuning_databases(const std::string &user, const std::string &cache
 
 std::string user_database_path(const std::string &cache_dir) {
     if (const char *env = std::getenv("KLDIV_TUNING_DB"); env != nullptr && *env != '\0') {
-        return std::string(env) == "off" ? std::string() : std::string(env);
+        return std::string(env) == "off" || std::string(env) == "none" ? std::string() : std::string(env);
     }
     if (cache_dir.empty()) return {};
     return (fs::path(cache_dir) / "tuning.jsonl").string();

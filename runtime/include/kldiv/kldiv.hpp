@@ -155,7 +155,8 @@ struct RuntimeOptions {
     int threads = 0;
     // Tuning database (JSON lines from `kldiv tune`) consulted before the one
     // shipped with the library: "" for $KLDIV_TUNING_DB, else tuning.jsonl in
-    // the cache directory; "off" for none (the shipped one still applies).
+    // the cache directory; "off" for none (the shipped one still applies);
+    // "none" for neither: default schedules only.
     std::string tuning_db;
     // Receives this runtime's warnings (cache faults, PyTorch's warnings for
     // its calls); empty: the process-wide handler.

@@ -71,7 +71,7 @@ std::string resolve_target(const std::string &name) {
 
 std::string compile_kernel(const KernelSpec &spec, const std::optional<FixedShape> &shape,
                            const std::string &target_name, const schedules::Params &params, const std::string &function,
-                           const std::string &autoscheduler) {
+                           const std::string &autoscheduler, codegen::InnerStride inner_stride) {
     try {
         // The runtime never asks a kernel for bounds (every buffer it passes
         // has memory), so JIT kernels leave that code out: a smaller compile.
@@ -79,7 +79,8 @@ std::string compile_kernel(const KernelSpec &spec, const std::optional<FixedShap
                                           .with_feature(Halide::Target::NoRuntime)
                                           .with_feature(Halide::Target::UserContext)
                                           .with_feature(Halide::Target::NoBoundsQuery);
-        const Halide::Module module = codegen::compile_module(spec, shape, params, target, function, autoscheduler);
+        const Halide::Module module = codegen::compile_module(spec, shape, params, target, function, autoscheduler,
+                                                                    inner_stride);
         const std::string path = scratch_file(function);
         module.compile({{Halide::OutputFileType::object, path}});
         return read_and_remove(path);

@@ -25,10 +25,12 @@ std::string resolve_target(const std::string &name);
 // entry point is `<function>_argv`, taking a user context first. Throws
 // kldiv::Error (Internal) with the spec's name when Halide or LLVM fails.
 // `autoscheduler` (see codegen::compile_module) replaces the project's
-// schedule with one of Halide's: baselines for `kldiv tune`.
+// schedule with one of Halide's: baselines for `kldiv tune`. `inner_stride`:
+// what a kernel without a fixed shape assumes of dimension 0.
 std::string compile_kernel(const codegen::KernelSpec &spec, const std::optional<FixedShape> &shape,
                            const std::string &target, const schedules::Params &params, const std::string &function,
-                           const std::string &autoscheduler = "");
+                           const std::string &autoscheduler = "",
+                           codegen::InnerStride inner_stride = codegen::InnerStride::Any);
 
 // Halide's runtime for `target` as an ELF object (one per target and process).
 std::string compile_runtime(const std::string &target);

@@ -21,6 +21,9 @@ struct PipelineInputs {
     std::map<std::string, Halide::Expr> inner_strides;  // dimension 0 stride of each buffer
     std::array<Halide::Expr, 4> extent;                 // of the 4-d domain
     Halide::Expr grad_scale;                            // only when arguments(spec) has it
+    // Whether every buffer's dimension 0 has unit stride, when the strides are
+    // fixed (shape-specialised kernels); unknown otherwise.
+    std::optional<bool> unit_stride;
 };
 
 // The halide types of a kernel's arguments.
@@ -38,13 +41,15 @@ const std::vector<std::string> &autoscheduler_names();  // Mullapudi2016, Adams2
 
 // The kernel as a Halide Module named `function`: arguments from
 // arguments(spec) (dimension 0 of every buffer may have any stride), every
-// buffer pinned to `shape` when there is one. For the JIT and `kldiv aot`.
+// buffer pinned to `shape` when there is one; without one, `inner_stride`
+// says what the kernel may assume of dimension 0. For the JIT and `kldiv aot`.
 // With an `autoscheduler` (one of autoscheduler_names()) the project's
 // schedule is replaced by that autoscheduler's, given estimates from `shape`
 // (or 2^20 elements) and this machine's cores: a baseline for `kldiv tune`.
 Halide::Module compile_module(const KernelSpec &spec, const std::optional<FixedShape> &shape,
                               const schedules::Params &params, const Halide::Target &target,
-                              const std::string &function, const std::string &autoscheduler = "");
+                              const std::string &function, const std::string &autoscheduler = "",
+                              InnerStride inner_stride = InnerStride::Any);
 
 // This CPU's Halide target, without features Halide 14 reports wrongly (see
 // build.cpp). `kldiv aot` and the JIT use it for "host".

@@ -49,6 +49,13 @@ struct FixedShape {
     std::vector<std::array<int32_t, 4>> strides;
 };
 
+// What a shape-generic kernel knows of dimension 0's stride. `Any`: nothing,
+// so it carries a unit-stride fast path beside the general loop nest (the AOT
+// kernels). The JIT compiles the case a call needs instead: `Unit` (every
+// buffer has unit stride there) or `Strided` (some buffer has not), each one
+// loop nest, which halves a compile.
+enum class InnerStride { Any, Unit, Strided };
+
 // Every spec the AOT library is built with (each dtype, log_target, pass variant).
 std::vector<KernelSpec> aot_specs();
 

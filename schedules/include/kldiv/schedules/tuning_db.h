@@ -111,7 +111,8 @@ const std::string &shipped_database();
 
 // What the JIT and `kldiv aot` consult: the user's database (`user`: "" for
 // user_database_path(cache_dir), "off" for none, else its path), then the
-// shipped one.
+// shipped one. "none" (as `user`, or in KLDIV_TUNING_DB when `user` is "")
+// consults neither: default schedules only.
 TuningDb load_tuning_databases(const std::string &user, const std::string &cache_dir, const TuningWarning &warn);
 
 }  // namespace kldiv::schedules
