@@ -421,7 +421,7 @@ struct Row {
 double gbps_of(double bytes, const Candidate &c) { return c.median() > 0 ? bytes / c.median() / 1e9 : 0; }
 
 void write_plot(const std::string &path, const tune::SearchResult &result, const std::vector<Row> &rows,
-                double bytes, const BandwidthCeiling &ceiling, const std::string &title) {
+                double bytes, const BandwidthCeiling &ceiling, const std::string &kernel, const std::string &target) {
     const std::string data = path + ".dat";
     {
         std::ofstream out(data);
@@ -431,7 +431,9 @@ void write_plot(const std::string &path, const tune::SearchResult &result, const
             }
         }
     }
-    std::string script = "set terminal png size 1000,600\nset output '" + path + "'\nset title '" + title +
+    // Two title lines: a full target string is wider than the plot.
+    std::string script = "set terminal png size 1000,600\nset output '" + path + "'\nset title '" + kernel +
+                         "' . \"\\n\" . 'on " + target +
                          "' noenhanced\nset xlabel 'candidate (in the order tried)'\nset ylabel 'GB/s'\n"
                          "set yrange [0:*]\nset key outside right\n";
     script += "plot '" + data + "' using 1:2 with points pt 7 ps 0.6 title 'candidates'";
@@ -645,7 +647,7 @@ int run_tune(const Options &o) {
         }
     }
     if (!o.plot.empty()) {
-        write_plot(o.plot, result, rows, bytes, ceiling, a.spec.name() + " " + format_shape(a.shape) + " on " + target);
+        write_plot(o.plot, result, rows, bytes, ceiling, a.spec.name() + " " + format_shape(a.shape), target);
         std::printf("plot written to %s\n", o.plot.c_str());
     }
     return kExitPass;

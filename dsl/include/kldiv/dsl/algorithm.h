@@ -51,7 +51,7 @@ struct Algorithm {
     Halide::RDom step;         // steps within a chunk (lane_sum's update)
     Halide::Expr chunk_length; // elements per chunk (a multiple of tree.lanes)
 
-    Halide::Func pointwise;    // loss per element, compute type
+    Halide::Func pointwise;    // loss per element, compute type (see pointwise_loss)
     Halide::Func lane_sum;     // (lane, chunk, i1, i2, i3): partial sums of a chunk
     Halide::Func chunk_sum;    // (chunk, i1, i2, i3): sum of a chunk
     Halide::Func total;        // (): float64 sum of the loss (output)
@@ -60,7 +60,9 @@ struct Algorithm {
     Halide::Func grad_target;  // storage type (output)
 };
 
-// Loss per element in the compute type, from storage-type x and t.
+// Loss per element in the compute type, from storage-type x and t. Without
+// log_target a zero may come out as -0 where PyTorch has +0 (t == 0): sums do
+// not see the sign, and forward's `loss` adds +0 before it stores.
 Halide::Expr pointwise_loss(const Halide::Expr &x, const Halide::Expr &t, const LossOptions &options);
 
 // dL/dx and dL/dt for upstream gradient g, op by op as PyTorch's autograd
