@@ -261,7 +261,12 @@ TEST(tuning_db, concurrent_appends_and_prunes_lose_nothing) {
                 TuningRecord r = record(kX86, "kldiv_writer_" + std::to_string(w), i, 1.0 + i);
                 r.version = std::string(200, 'v');  // long lines: a torn write would show
                 append_record(path, r);
-                if (i % 8 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                // Every 8 records, wait until a whole prune has run since:
+                // appends and prunes interleave however threads are scheduled.
+                if (i % 8 == 7) {
+                    const int seen = prunes.load();
+                    while (prunes.load() < seen + 2) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                }
             }
         });
     }
