@@ -101,16 +101,6 @@ std::optional<jit::FixedShape> shape_of(const Key &key, size_t buffers) {
     return shape;
 }
 
-std::string shape_text(const jit::FixedShape &shape);
-
-// The shape part of a kernel's disk key and description.
-std::string layout_text(const std::optional<jit::FixedShape> &shape, codegen::InnerStride inner) {
-    if (shape) return shape_text(*shape);
-    return inner == codegen::InnerStride::Unit      ? "generic unit-stride"
-           : inner == codegen::InnerStride::Strided ? "generic strided"
-                                                    : "generic";
-}
-
 std::string shape_text(const jit::FixedShape &shape) {
     std::string text = "extent";
     for (int32_t e : shape.extent) text += " " + std::to_string(e);
@@ -119,6 +109,14 @@ std::string shape_text(const jit::FixedShape &shape) {
         for (int32_t s : strides) text += " " + std::to_string(s);
     }
     return text;
+}
+
+// The shape part of a kernel's disk key and description.
+std::string layout_text(const std::optional<jit::FixedShape> &shape, codegen::InnerStride inner) {
+    if (shape) return shape_text(*shape);
+    return inner == codegen::InnerStride::Unit      ? "generic unit-stride"
+           : inner == codegen::InnerStride::Strided ? "generic strided"
+                                                    : "generic";
 }
 
 Specialize specialize_policy(const RuntimeOptions &options, std::string &problem) {
