@@ -84,13 +84,15 @@ std::vector<Halide::Func> build(const KernelSpec &spec, const schedules::Params 
 
     // Fast path: every buffer walks dimension 0 with unit stride. A constant
     // when the strides are fixed: the schedule then needs no second loop nest.
-    Halide::Expr unit_stride = Halide::cast<bool>(true);
-    for (const auto &[name, stride] : inputs.inner_strides) unit_stride = unit_stride && stride == 1;
-    for (const Halide::Func &output : outputs) {
-        if (output.dimensions() > 0) unit_stride = unit_stride && output.output_buffer().dim(0).stride() == 1;
-    }
+    Halide::Expr unit_stride;
     if (inputs.unit_stride) {
         unit_stride = *inputs.unit_stride ? Halide::Internal::const_true() : Halide::Internal::const_false();
+    } else {
+        unit_stride = Halide::cast<bool>(true);
+        for (const auto &[name, stride] : inputs.inner_strides) unit_stride = unit_stride && stride == 1;
+        for (const Halide::Func &output : outputs) {
+            if (output.dimensions() > 0) unit_stride = unit_stride && output.output_buffer().dim(0).stride() == 1;
+        }
     }
     if (!schedule) return outputs;
     if (target.has_gpu_feature()) {
