@@ -131,7 +131,10 @@ codegen::FixedShape fixed_shape(const AotSpec &a) {
         step *= fixed.extent[d];
     }
     for (const codegen::Argument &arg : codegen::arguments(a.spec)) {
-        if (arg.kind == codegen::Argument::Buffer && arg.name != "total") fixed.strides.push_back(strides);
+        if (arg.kind == codegen::Argument::Buffer && arg.name != "total" && arg.name != "out" &&
+            !(arg.name == "grad_output" && a.spec.reduce)) {
+            fixed.strides.push_back(strides);
+        }
     }
     return fixed;
 }
@@ -155,6 +158,16 @@ Halide::Target parse_target(const std::string &name) {
 }
 
 std::string buffer_doc(const KernelSpec &spec, const codegen::Argument &arg, const std::string &storage) {
+    if (arg.name == "divisor") {
+        return "double divisor: the reduction's divisor (1 for sum, numel for mean, input.size(0) for batchmean)";
+    }
+    if (arg.name == "out") {
+        return "1-d " + storage + " buffer `out`, one element (written): the reduced loss, sum / divisor";
+    }
+    if (arg.name == "grad_output" && spec.reduce) {
+        return "1-d " + storage + " buffer `grad_output`, one element: the upstream gradient (divided by divisor "
+               "in the kernel)";
+    }
     if (arg.kind == codegen::Argument::Scalar) {
         return std::string(computes_in_double(spec.dtype) ? "double" : "float") +
                " grad_scale: the upstream gradient divided by the reduction's divisor (1 for sum, numel for "
@@ -177,14 +190,17 @@ std::string header_text(const AotSpec &a, const std::string &target) {
     case Pass::Forward:
         h << " * F.kl_div(input, target, reduction='" << a.reduction << "', log_target="
           << (s.log_target ? "True" : "False") << ")"
-          << (s.reduce ? ": writes the float64 sum of the pointwise loss to `total`;\n * divide it by the reduction's "
-                         "divisor (1 sum, numel mean, input.size(0) batchmean).\n"
-                       : ": the pointwise loss.\n");
+          << (!s.reduce ? ": the pointwise loss.\n"
+              : s.cuda  ? ": writes the reduced loss to `out` (device memory).\n"
+                        : ": writes the float64 sum of the pointwise loss to `total`;\n * divide it by the reduction's "
+                          "divisor (1 sum, numel mean, input.size(0) batchmean).\n");
         break;
     case Pass::Fused:
         h << " * The loss and grad_input of F.kl_div(..., reduction='" << a.reduction << "', log_target="
           << (s.log_target ? "True" : "False") << ") for an upstream gradient of 1, in one\n * read of input and "
-          << "target." << (s.reduce ? " `total` as for the forward kernel; grad_scale = 1 / divisor.\n" : "\n");
+          << "target."
+          << (!s.reduce ? "\n" : s.cuda ? " `out` as for the forward kernel.\n"
+                                         : " `total` as for the forward kernel; grad_scale = 1 / divisor.\n");
         break;
     case Pass::Backward:
         h << " * Gradient(s) of F.kl_div(..., reduction='" << a.reduction << "', log_target="
@@ -194,6 +210,11 @@ std::string header_text(const AotSpec &a, const std::string &target) {
     }
     h << " *\n * Arguments, in order (Halide buffers: halide_buffer_t from HalideRuntime.h):\n";
     for (const codegen::Argument &arg : codegen::arguments(s)) h << " *   " << buffer_doc(s, arg, storage) << "\n";
+    if (s.cuda) {
+        h << " *\n * CUDA: every buffer holds device memory (halide_cuda_wrap_device_ptr); kernels run\n"
+          << " * on the stream and context that halide_set_cuda_get_stream and\n"
+          << " * halide_set_cuda_acquire_context give, and leave the work queued there.\n";
+    }
     h << " *\n * Buffers are 4-d with dimension 0 innermost (PyTorch's last dimension); pad\n"
       << " * missing dimensions with extent 1. All buffers have the same extents; their\n"
       << " * strides (in elements) may differ, and a stride of 0 broadcasts an input.\n";
@@ -286,14 +307,15 @@ int generate(const Options &o) {
         std::vector<std::string> objects;
         std::string umbrella = "/* All kernels of lib" + o.name + ".a (" + base.to_string() + "). */\n#ifndef KLDIV_AOT_" +
                                o.name + "_H\n#define KLDIV_AOT_" + o.name + "_H\n\n";
-        for (const AotSpec &a : o.specs) {
+        for (AotSpec a : o.specs) {
+            a.spec.cuda = base.has_feature(Halide::Target::CUDA);
             std::optional<codegen::FixedShape> shape;
             if (!a.shape.empty()) shape = fixed_shape(a);
             int64_t elements = 1;
             for (int64_t e : a.shape) elements *= e;
             const int bucket = a.shape.empty() ? schedules::kGenericBucket : schedules::size_bucket(elements);
             schedules::Params params = schedules::default_params(base.to_string());
-            if (auto match = tuning.find(base.to_string(), a.spec.name(), bucket)) {
+            if (auto match = tuning.find(base.to_string(), a.spec.tuning_name(), bucket)) {
                 params = match->record.params;
                 std::printf("kldiv aot: %s: %s: tuned schedule from %s (2^%d elements)\n", name.c_str(),
                             a.function.c_str(), match->source.c_str(), match->record.bucket);

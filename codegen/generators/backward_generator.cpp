@@ -11,7 +11,7 @@ public:
     Halide::GeneratorParam<bool> grad_target{"grad_target", false};
 
 protected:
-    KernelSpec spec() const override {
+    KernelSpec pass_spec() const override {
         return {Pass::Backward, dtype, log_target, scalar_grad, grad_input, grad_target};
     }
 };

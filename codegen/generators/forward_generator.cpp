@@ -9,7 +9,7 @@ public:
     Halide::GeneratorParam<bool> reduce{"reduce", false};
 
 protected:
-    KernelSpec spec() const override { return {Pass::Forward, dtype, log_target, reduce, false, false}; }
+    KernelSpec pass_spec() const override { return {Pass::Forward, dtype, log_target, reduce, false, false}; }
 };
 
 }  // namespace kldiv::codegen

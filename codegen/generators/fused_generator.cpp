@@ -9,7 +9,7 @@ public:
     Halide::GeneratorParam<bool> reduce{"reduce", false};
 
 protected:
-    KernelSpec spec() const override { return {Pass::Fused, dtype, log_target, reduce, true, false}; }
+    KernelSpec pass_spec() const override { return {Pass::Fused, dtype, log_target, reduce, true, false}; }
 };
 
 }  // namespace kldiv::codegen

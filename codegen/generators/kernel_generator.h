@@ -23,11 +23,12 @@ public:
     void configure() {
         for (const Argument &argument : arguments(spec())) {
             const Halide::Type type = argument_type(spec(), argument);
-            const int dims = argument_dimensions(argument);
+            const int dims = argument_dimensions(spec(), argument);
             if (argument.is_output) {
                 outputs_.push_back(this->template add_output<Halide::Buffer<>>(argument.name, type, dims));
             } else if (argument.kind == Argument::Scalar) {
                 scalar_ = this->template add_input<Halide::Expr>(argument.name, type);
+                scalar_name_ = argument.name;
             } else {
                 buffers_.emplace_back(argument.name,
                                       this->template add_input<Halide::Buffer<>>(argument.name, type, dims));
@@ -39,33 +40,43 @@ public:
         const KernelSpec kernel = spec();
         PipelineInputs inputs;
         for (auto &[name, buffer] : buffers_) {
+            inputs.buffers[name] = *buffer;
+            if (buffer->dims() != 4) continue;  // one element
             // Any stride is valid input; the schedule specialises for unit stride.
             (*buffer).dim(0).set_stride(Halide::Expr());
-            inputs.buffers[name] = *buffer;
             inputs.inner_strides[name] = (*buffer).dim(0).stride();
         }
         auto &input = *buffers_for("input");
         for (int d = 0; d < 4; d++) inputs.extent[d] = input.dim(d).extent();
-        if (scalar_) inputs.grad_scale = *scalar_;
+        if (scalar_) (scalar_name_ == "divisor" ? inputs.divisor : inputs.grad_scale) = *scalar_;
 
         const std::string target_name = this->get_target().to_string();
         const schedules::Params params = schedules::default_params(target_name);
         std::vector<Halide::Func> funcs = build(kernel, params, with_kernel_features(this->get_target()), inputs);
         for (size_t i = 0; i < funcs.size(); i++) {
             *outputs_[i] = funcs[i];
-            if (outputs_[i]->dims() > 0) outputs_[i]->dim(0).set_stride(Halide::Expr());
+            if (outputs_[i]->dims() == 4) outputs_[i]->dim(0).set_stride(Halide::Expr());
         }
 
         // Estimates for autoschedulers and tools: a 64 x 32000 batch.
-        for (auto &[name, buffer] : buffers_) (*buffer).set_estimates({{0, 32000}, {0, 64}, {0, 1}, {0, 1}});
+        for (auto &[name, buffer] : buffers_) {
+            if (buffer->dims() == 4) (*buffer).set_estimates({{0, 32000}, {0, 64}, {0, 1}, {0, 1}});
+        }
         for (auto *output : outputs_) {
             if (output->dims() == 4) output->set_estimates({{0, 32000}, {0, 64}, {0, 1}, {0, 1}});
         }
-        if (scalar_) scalar_->set_estimate(1.0f / 64);
+        if (scalar_ && scalar_name_ == "divisor") scalar_->set_estimate(Halide::Expr(64.0));
+        if (scalar_ && scalar_name_ != "divisor") scalar_->set_estimate(1.0f / 64);
     }
 
 protected:
-    virtual KernelSpec spec() const = 0;
+    // The pass this Generator builds; CUDA when its target has the feature.
+    KernelSpec spec() const {
+        KernelSpec s = pass_spec();
+        s.cuda = this->get_target().has_feature(Halide::Target::CUDA);
+        return s;
+    }
+    virtual KernelSpec pass_spec() const = 0;
 
 private:
     Halide::GeneratorInput<Halide::Buffer<>> *buffers_for(const std::string &name) {
@@ -78,6 +89,7 @@ private:
     std::vector<std::pair<std::string, Halide::GeneratorInput<Halide::Buffer<>> *>> buffers_;
     std::vector<Halide::GeneratorOutput<Halide::Buffer<>> *> outputs_;
     Halide::GeneratorInput<Halide::Expr> *scalar_ = nullptr;
+    std::string scalar_name_;
 };
 
 }  // namespace kldiv::codegen

@@ -4,6 +4,9 @@
 #include <cpuid.h>
 #endif
 
+#include <llvm/ADT/StringMap.h>
+#include <llvm/Support/CommandLine.h>
+
 #include <algorithm>
 #include <cctype>
 #include <mutex>
@@ -18,13 +21,14 @@
 namespace kldiv::codegen {
 
 Halide::Type argument_type(const KernelSpec &spec, const Argument &argument) {
-    if (argument.name == "total") return Halide::Float(64);
+    if (argument.name == "total" || argument.name == "divisor") return Halide::Float(64);
     if (argument.kind == Argument::Scalar) return dsl::compute_type(spec.dtype);
     return dsl::storage_type(spec.dtype);
 }
 
-int argument_dimensions(const Argument &argument) {
+int argument_dimensions(const KernelSpec &spec, const Argument &argument) {
     if (argument.kind == Argument::Scalar || argument.name == "total") return 0;
+    if (argument.name == "out" || (argument.name == "grad_output" && spec.reduce)) return 1;
     return dsl::kRank;
 }
 
@@ -45,6 +49,23 @@ Halide::Target host_target() {
 }
 
 
+// PTX adds and multiplies without a rounding modifier may be contracted into
+// fused multiply-adds by ptxas; LLVM's NVPTX back end writes them with .rn
+// (no contraction) at -nvptx-fma-level=0. The products the loss must round
+// on their own are fenced in the algorithm (dsl/algorithm.cpp); the FMAs that
+// LLVM forms elsewhere (log's and exp's polynomials) stay.
+static void keep_ptx_roundings() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        llvm::StringMap<llvm::cl::Option *> &options = llvm::cl::getRegisteredOptions();
+        auto it = options.find("nvptx-fma-level");
+        if (it == options.end() || it->second->addOccurrence(0, "nvptx-fma-level", "0")) {
+            throw std::runtime_error("LLVM's option nvptx-fma-level is missing, so PTX could contract the loss's "
+                                     "roundings");
+        }
+    });
+}
+
 Halide::Target with_kernel_features(Halide::Target target) {
     return target.with_feature(Halide::Target::StrictFloat);
 }
@@ -61,8 +82,24 @@ std::vector<Halide::Func> build(const KernelSpec &spec, const schedules::Params 
     in.grad_output = buffer("grad_output");
     in.grad_scale = inputs.grad_scale;
     in.extent = inputs.extent;
+    if (spec.cuda && spec.reduce) {
+        // The scalar upstream gradient, or 1 (fused), divided in float64 as
+        // the host divides it for CPU kernels.
+        in.divisor = inputs.divisor;
+        const Halide::Type type = dsl::compute_type(spec.dtype);
+        if (spec.pass == Pass::Backward) {
+            const Halide::Expr g = dsl::widen(in.grad_output(0), spec.dtype);
+            in.grad_scale = Halide::cast(type, Halide::cast<double>(g) / inputs.divisor);
+            in.grad_output = Halide::Func();
+        } else if (spec.pass == Pass::Fused) {
+            in.grad_scale = Halide::cast(type, Halide::Expr(1.0) / inputs.divisor);
+        }
+        in.total_lanes = params.gpu.total_lanes;
+    }
 
-    const dsl::LossOptions options{spec.dtype, spec.log_target};
+    const bool cuda = target.has_feature(Halide::Target::CUDA);
+    if (cuda) keep_ptx_roundings();
+    const dsl::LossOptions options{spec.dtype, spec.log_target, cuda};
     const dsl::SumTree tree = schedules::sum_tree(target, spec.dtype, params);
     dsl::Algorithm algorithm;
     switch (spec.pass) {
@@ -77,6 +114,7 @@ std::vector<Halide::Func> build(const KernelSpec &spec, const schedules::Params 
     for (const Argument &argument : arguments(spec)) {
         if (!argument.is_output) continue;
         if (argument.name == "total") outputs.push_back(algorithm.total);
+        if (argument.name == "out") outputs.push_back(algorithm.out);
         if (argument.name == "loss") outputs.push_back(algorithm.loss);
         if (argument.name == "grad_input") outputs.push_back(algorithm.grad_input);
         if (argument.name == "grad_target") outputs.push_back(algorithm.grad_target);
@@ -91,12 +129,12 @@ std::vector<Halide::Func> build(const KernelSpec &spec, const schedules::Params 
         unit_stride = Halide::cast<bool>(true);
         for (const auto &[name, stride] : inputs.inner_strides) unit_stride = unit_stride && stride == 1;
         for (const Halide::Func &output : outputs) {
-            if (output.dimensions() > 0) unit_stride = unit_stride && output.output_buffer().dim(0).stride() == 1;
+            if (output.dimensions() == 4) unit_stride = unit_stride && output.output_buffer().dim(0).stride() == 1;
         }
     }
     if (!schedule) return outputs;
     if (target.has_gpu_feature()) {
-        schedules::apply_gpu(algorithm, params);
+        schedules::apply_gpu(algorithm, params, unit_stride);
     } else {
         schedules::apply_cpu(algorithm, target, spec.dtype, params, unit_stride);
     }
@@ -170,14 +208,14 @@ Halide::Module compile_module(const KernelSpec &spec, const std::optional<FixedS
         const Halide::Type type = argument_type(spec, a);
         if (a.kind == Argument::Scalar) {
             scale.emplace(type, a.name);
-            inputs.grad_scale = *scale;
+            (a.name == "divisor" ? inputs.divisor : inputs.grad_scale) = *scale;
             halide_args.push_back(*scale);
             continue;
         }
-        Halide::ImageParam image(type, argument_dimensions(a), a.name);
-        constrain(image, shape, images.size(), strides_only, inner_stride);
+        Halide::ImageParam image(type, argument_dimensions(spec, a), a.name);
+        if (image.dimensions() == 4) constrain(image, shape, images.size(), strides_only, inner_stride);
         inputs.buffers[a.name] = image;
-        inputs.inner_strides[a.name] = image.dim(0).stride();
+        if (image.dimensions() == 4) inputs.inner_strides[a.name] = image.dim(0).stride();
         images.push_back(image);
         halide_args.push_back(image);
     }
@@ -196,7 +234,7 @@ Halide::Module compile_module(const KernelSpec &spec, const std::optional<FixedS
     const std::vector<Halide::Func> outputs = build(spec, params, target, inputs, !autoschedule);
     size_t index = images.size();
     for (const Halide::Func &output : outputs) {
-        if (output.dimensions() == 0) continue;
+        if (output.dimensions() != 4) continue;
         constrain(output.output_buffer(), shape, index++, strides_only, inner_stride);
     }
     Halide::Pipeline pipeline(outputs);
@@ -204,7 +242,7 @@ Halide::Module compile_module(const KernelSpec &spec, const std::optional<FixedS
         load_autoscheduler(autoscheduler);
         for (Halide::ImageParam &image : images) image.set_estimates(estimates(shape));
         for (const Halide::Func &output : outputs) {
-            if (output.dimensions() > 0) output.output_buffer().set_estimates(estimates(shape));
+            if (output.dimensions() == 4) output.output_buffer().set_estimates(estimates(shape));
         }
         if (scale) {
             // Param<void>::set_estimate accepts no value in Halide 14; its Parameter does.

@@ -3,7 +3,7 @@
 namespace kldiv::codegen {
 
 std::string KernelSpec::name() const {
-    std::string n = "kldiv_";
+    std::string n = cuda ? "kldiv_cuda_" : "kldiv_";
     switch (pass) {
     case Pass::Forward: n += reduce ? "fwd_sum" : "fwd_none"; break;
     case Pass::Fused: n += reduce ? "fused_sum" : "fused_none"; break;
@@ -20,15 +20,27 @@ std::string KernelSpec::name() const {
     return n;
 }
 
+std::string KernelSpec::tuning_name() const {
+    KernelSpec host = *this;
+    host.cuda = false;
+    return host.name();
+}
+
 std::vector<Argument> arguments(const KernelSpec &spec) {
     std::vector<Argument> args;
     const bool scalar_grad = spec.reduce && spec.pass != Pass::Forward;
-    if (spec.pass == Pass::Backward && !spec.reduce) args.push_back({Argument::Buffer, "grad_output", false});
-    if (scalar_grad) args.push_back({Argument::Scalar, "grad_scale", false});
+    if (spec.pass == Pass::Backward && (!spec.reduce || spec.cuda)) {
+        args.push_back({Argument::Buffer, "grad_output", false});
+    }
+    if (spec.cuda && spec.reduce) {
+        args.push_back({Argument::Scalar, "divisor", false});
+    } else if (scalar_grad) {
+        args.push_back({Argument::Scalar, "grad_scale", false});
+    }
     args.push_back({Argument::Buffer, "input", false});
     args.push_back({Argument::Buffer, "target", false});
     if (spec.pass != Pass::Backward) {
-        args.push_back({Argument::Buffer, spec.reduce ? "total" : "loss", true});
+        args.push_back({Argument::Buffer, !spec.reduce ? "loss" : spec.cuda ? "out" : "total", true});
     }
     if (spec.pass == Pass::Fused || (spec.pass == Pass::Backward && spec.grad_input)) {
         args.push_back({Argument::Buffer, "grad_input", true});
@@ -39,16 +51,16 @@ std::vector<Argument> arguments(const KernelSpec &spec) {
     return args;
 }
 
-std::vector<KernelSpec> aot_specs() {
+std::vector<KernelSpec> aot_specs(bool cuda) {
     std::vector<KernelSpec> specs;
     for (DType dtype : kAllDTypes) {
         for (bool log_target : {false, true}) {
             for (bool reduce : {false, true}) {
                 for (Pass pass : {Pass::Forward, Pass::Fused}) {
-                    specs.push_back({pass, dtype, log_target, reduce, pass == Pass::Fused, false});
+                    specs.push_back({pass, dtype, log_target, reduce, pass == Pass::Fused, false, cuda});
                 }
                 for (auto [gi, gt] : {std::pair{true, false}, {false, true}, {true, true}}) {
-                    specs.push_back({Pass::Backward, dtype, log_target, reduce, gi, gt});
+                    specs.push_back({Pass::Backward, dtype, log_target, reduce, gi, gt, cuda});
                 }
             }
         }

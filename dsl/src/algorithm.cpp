@@ -19,9 +19,21 @@ Expr nan_of(Halide::Type t) {
     return Halide::cast(t, Expr(std::numeric_limits<double>::quiet_NaN()));
 }
 
+// a * b rounded on its own. CUDA code generation (Halide 14's PTX target
+// machine allows FP-op fusion) would otherwise fold a product that feeds an
+// add into one fused multiply-add, where PyTorch rounds both. LLVM's
+// arithmetic fence keeps the product whole.
+Expr mul(const Expr &a, const Expr &b, const LossOptions &options) {
+    if (!options.cuda) return a * b;
+    const bool f64 = a.type().bits() == 64;
+    return Halide::Internal::Call::make(a.type(), f64 ? "llvm.arithmetic.fence.f64" : "llvm.arithmetic.fence.f32",
+                                        {a * b}, Halide::Internal::Call::PureExtern);
+}
+
 // xlogy(a, b) as torch defines it: NaN if b is NaN, else 0 if a == 0, else a * log(b).
-Expr xlogy(const Expr &a, const Expr &b) {
-    Expr value = Halide::select(a == zero_of(a.type()), zero_of(a.type()), a * dsl::log(b));
+Expr xlogy(const Expr &a, const Expr &b, const LossOptions &options) {
+    const Expr log_b = options.cuda ? dsl::device_log(b) : dsl::log(b);
+    Expr value = Halide::select(a == zero_of(a.type()), zero_of(a.type()), mul(a, log_b, options));
     return Halide::select(Halide::is_nan(b), nan_of(b.type()), value);
 }
 
@@ -33,6 +45,30 @@ Expr negate(const Expr &a) {
     return Halide::reinterpret(a.type(), Halide::reinterpret(bits, a) ^ sign);
 }
 
+// The balanced tree of f(0..width-1, rest...) as Funcs, one per level, when
+// width is a power of two (tree_sum's pairs exactly); `levels` receives them.
+// Returns the root as an Expr at lane 0, or an empty Expr for other widths.
+Expr tree_levels(const Func &f, int width, const Var &lane, const std::vector<Var> &rest, const std::string &name,
+                 std::vector<Func> &levels) {
+    if (width < 2 || (width & (width - 1)) != 0) return Expr();
+    std::vector<Expr> args_rest(rest.begin(), rest.end());
+    auto at = [&](const Func &g, const Expr &i) {
+        std::vector<Expr> args = {i};
+        args.insert(args.end(), args_rest.begin(), args_rest.end());
+        return g(args);
+    };
+    std::vector<Var> vars = {lane};
+    vars.insert(vars.end(), rest.begin(), rest.end());
+    Func previous = f;
+    for (int w = width / 2, k = 0; w >= 1; w /= 2, k++) {
+        Func level(name + "_" + std::to_string(k));
+        level(vars) = at(previous, 2 * lane) + at(previous, 2 * lane + 1);
+        levels.push_back(level);
+        previous = level;
+    }
+    return at(previous, 0);
+}
+
 Algorithm named_dims(const Inputs &in) {
     Algorithm a;
     a.extent = in.extent;
@@ -42,8 +78,54 @@ Algorithm named_dims(const Inputs &in) {
     return a;
 }
 
+// Balanced tree of `leaves` (left to right).
+Expr tree_sum(std::vector<Expr> leaves) {
+    while (leaves.size() > 1) {
+        std::vector<Expr> next;
+        for (size_t j = 0; j + 1 < leaves.size(); j += 2) next.push_back(leaves[j] + leaves[j + 1]);
+        if (leaves.size() % 2) next.push_back(leaves.back());
+        leaves.swap(next);
+    }
+    return leaves[0];
+}
+
+// CUDA: the chunk sums are added on the device, in a fixed order: lane l of
+// `total_lanes` adds (in float64) chunks l, l + L, l + 2L, ... of the chunks
+// in index order (chunk fastest, then i1, i2, i3); the lanes are added as a
+// balanced tree; `out` stores that total divided by `divisor`.
+void define_device_total(Algorithm &a, const Inputs &in, const Expr &chunks, DType dtype) {
+    const auto &[i0, i1, i2, i3] = a.dims;
+    const int lanes = in.total_lanes;
+    const Expr count = chunks * in.extent[1] * in.extent[2] * in.extent[3];
+    a.total_lane = Var("total_lane");
+    a.total_step = RDom(0, (count + lanes - 1) / lanes, "total_step");
+    const Expr c = a.total_step * lanes + a.total_lane;
+    // Padding lanes past the last chunk read the last chunk and contribute
+    // zero. The clamps only tell bounds inference what the index math keeps.
+    const Expr valid = Halide::likely(c < count);
+    const Expr k = Halide::min(c, count - 1);
+    const Expr row = k / chunks;
+    const Expr value = a.chunk_sum(Halide::clamp(k % chunks, 0, chunks - 1),
+                                   Halide::clamp(row % in.extent[1], 0, in.extent[1] - 1),
+                                   Halide::clamp((row / in.extent[1]) % in.extent[2], 0, in.extent[2] - 1),
+                                   Halide::clamp(row / (in.extent[1] * in.extent[2]), 0, in.extent[3] - 1));
+    a.lane_total = Func("lane_total");
+    a.lane_total(a.total_lane) = Halide::cast(Halide::Float(64), Expr(0.0));
+    a.lane_total(a.total_lane) += Halide::select(valid, Halide::cast<double>(value), Expr(0.0));
+
+    Expr total = tree_levels(a.lane_total, lanes, a.total_lane, {}, "total_tree", a.total_tree);
+    if (!total.defined()) {
+        std::vector<Expr> partial;
+        for (int lane = 0; lane < lanes; lane++) partial.push_back(a.lane_total(lane));
+        total = tree_sum(partial);
+    }
+    a.out = Func("out");
+    a.out(i0) = narrow(Halide::cast(compute_type(dtype), total / in.divisor), dtype);
+}
+
 // Defines pointwise, lane_sum, chunk_sum and total over the summation tree.
-void define_sum(Algorithm &a, const Inputs &in, const SumTree &tree, Halide::Type type) {
+void define_sum(Algorithm &a, const Inputs &in, const SumTree &tree, DType dtype) {
+    const Halide::Type type = compute_type(dtype);
     const auto &[i0, i1, i2, i3] = a.dims;
     a.tree = tree;
     const Expr n0 = in.extent[0];
@@ -63,16 +145,15 @@ void define_sum(Algorithm &a, const Inputs &in, const SumTree &tree, Halide::Typ
     a.lane_sum(a.lane, a.chunk, i1, i2, i3) += Halide::select(Halide::likely(element < n0), value, zero_of(type));
 
     // The lanes are added as a balanced tree.
-    std::vector<Expr> partial;
-    for (int lane = 0; lane < tree.lanes; lane++) partial.push_back(a.lane_sum(lane, a.chunk, i1, i2, i3));
-    while (partial.size() > 1) {
-        std::vector<Expr> next;
-        for (size_t j = 0; j + 1 < partial.size(); j += 2) next.push_back(partial[j] + partial[j + 1]);
-        if (partial.size() % 2) next.push_back(partial.back());
-        partial.swap(next);
+    Expr sum = tree_levels(a.lane_sum, tree.lanes, a.lane, {a.chunk, i1, i2, i3}, "lane_tree", a.lane_tree);
+    if (!sum.defined()) {
+        std::vector<Expr> partial;
+        for (int lane = 0; lane < tree.lanes; lane++) partial.push_back(a.lane_sum(lane, a.chunk, i1, i2, i3));
+        sum = tree_sum(partial);
     }
     a.chunk_sum = Func("chunk_sum");
-    a.chunk_sum(a.chunk, i1, i2, i3) = partial[0];
+    a.chunk_sum(a.chunk, i1, i2, i3) = sum;
+    if (in.divisor.defined()) return define_device_total(a, in, chunks, dtype);
 
     RDom all(0, chunks, 0, in.extent[1], 0, in.extent[2], 0, in.extent[3], "all");
     a.total = Func("total");
@@ -84,8 +165,12 @@ void define_sum(Algorithm &a, const Inputs &in, const SumTree &tree, Halide::Typ
 // right for t > 0 and t = +inf (+inf times a finite positive value) and NaN
 // for NaN, so only t < 0 needs a select. At t == +-0 it is a zero whose sign
 // a sum does not see (sums start from +0); see exact_zero_sign.
-Expr xlogx_any_zero_sign(const Expr &t) {
-    return Halide::select(t < zero_of(t.type()), nan_of(t.type()), t * dsl::log_of_positive(t));
+Expr xlogx_any_zero_sign(const Expr &t, const LossOptions &options) {
+    // device_log(0) is -inf: log 1 instead gives the zero.
+    const Expr log_t = options.cuda
+                           ? dsl::device_log(Halide::select(t == zero_of(t.type()), Halide::cast(t.type(), 1), t))
+                           : dsl::log_of_positive(t);
+    return Halide::select(t < zero_of(t.type()), nan_of(t.type()), mul(t, log_t, options));
 }
 
 // The loss per element as PyTorch stores it: adding +0 turns the -0 that
@@ -100,8 +185,8 @@ Expr exact_zero_sign(const Expr &loss, const LossOptions &options) {
 Expr pointwise_loss(const Expr &x_stored, const Expr &t_stored, const LossOptions &options) {
     Expr x = widen(x_stored, options.dtype);
     Expr t = widen(t_stored, options.dtype);
-    if (options.log_target) return dsl::exp(t) * (t - x);
-    return xlogx_any_zero_sign(t) - t * x;
+    if (options.log_target) return mul(dsl::exp(t), t - x, options);
+    return xlogx_any_zero_sign(t, options) - mul(t, x, options);
 }
 
 Expr grad_input_expr(const Expr &g, const Expr &, const Expr &t_stored, const LossOptions &options) {
@@ -116,22 +201,21 @@ Expr grad_target_expr(const Expr &g, const Expr &x_stored, const Expr &t_stored,
     Expr t = widen(t_stored, options.dtype);
     if (options.log_target) {
         Expr e = dsl::exp(t);
-        return (g * (t - x)) * e + g * e;
+        return mul(mul(g, t - x, options), e, options) + mul(g, e, options);
     }
     // d xlogy(t, t) = xlogy(g, t) (0 where t == 0) + g * t / t; d(-t x) = -g x.
-    Expr from_log = Halide::select(t == zero_of(t.type()), zero_of(t.type()), xlogy(g, t));
-    return (from_log + (g * t) / t) + negate(g) * x;
+    Expr from_log = Halide::select(t == zero_of(t.type()), zero_of(t.type()), xlogy(g, t, options));
+    return (from_log + (g * t) / t) + mul(negate(g), x, options);
 }
 
 Algorithm forward(const Inputs &in, const LossOptions &options, bool reduce, const SumTree &tree) {
     Algorithm a = named_dims(in);
     const auto &[i0, i1, i2, i3] = a.dims;
-    const Halide::Type type = compute_type(options.dtype);
     a.pointwise = Func("pointwise");
     a.pointwise(i0, i1, i2, i3) =
         pointwise_loss(in.input(i0, i1, i2, i3), in.target(i0, i1, i2, i3), options);
     if (reduce) {
-        define_sum(a, in, tree, type);
+        define_sum(a, in, tree, options.dtype);
     } else {
         a.loss = Func("loss");
         a.loss(i0, i1, i2, i3) = narrow(exact_zero_sign(a.pointwise(i0, i1, i2, i3), options), options.dtype);

@@ -84,6 +84,17 @@ Expr log_of_positive(const Expr &x) {
     return s * (hfsq + r) + kf * constant(ft, ln2_lo(f64)) - hfsq + f + kf * constant(ft, ln2_hi(f64));
 }
 
+Expr device_log(const Expr &x) {
+    const Type ft = x.type();
+    const bool f64 = ft.bits() == 64;
+    const double smallest_normal = f64 ? std::numeric_limits<double>::min()
+                                       : (double)std::numeric_limits<float>::min();
+    const int shift = f64 ? 54 : 25;
+    Expr denormal = x > constant(ft, 0.0) && x < constant(ft, smallest_normal);
+    Expr scaled = Halide::select(denormal, x * constant(ft, std::ldexp(1.0, shift)), x);
+    return Halide::log(scaled) - Halide::select(denormal, constant(ft, shift * std::log(2.0)), constant(ft, 0.0));
+}
+
 Expr log(const Expr &x) {
     const Type ft = x.type();
     Expr result = Halide::select(x == inf_of(ft), inf_of(ft), log_of_positive(x));

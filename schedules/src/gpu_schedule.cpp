@@ -1,6 +1,12 @@
-// GPU schedules (CUDA). Correct by construction and deterministic: every
-// reduction adds in a fixed order (lanes of a chunk as the summation tree says,
-// chunk sums in float64 in index order). Not yet measured on a GPU.
+// GPU schedules (CUDA). Deterministic: every reduction adds in a fixed order
+// (a chunk's lanes as the summation tree says, chunk sums by lane_total's
+// lanes, then a tree), so results are bit-identical run to run.
+//
+// Elementwise grids are 3-d: x along dimension 0, y = dimension 1, z =
+// dimension 2, so there is no index arithmetic per element beyond the strides;
+// a reduction's first grid is x = (chunk, dimension 1), y = dimension 2 (one
+// division per block). The runtime keeps y and z within CUDA's 65535;
+// dimension 3, when larger than 1, is a loop of launches.
 #include "kldiv/schedules/cpu_schedule.h"
 
 namespace kldiv::schedules {
@@ -11,49 +17,107 @@ using Halide::Var;
 
 namespace {
 
-// `elements_per_thread` adjacent elements per thread (one vector load when
-// `vector_loads`): blocks of `threads` along dimension 0, one block index over
-// those blocks and the outer dimensions (which may be large).
-void schedule_elementwise_gpu(Func f, const dsl::Algorithm &a, const GpuParams &p) {
-    const auto &[i0, i1, i2, i3] = a.dims;
-    Var rows("rows"), outer_rows("outer_rows"), block("block"), in_block("in_block"), thread("thread"),
-        element("element"), blocks("blocks");
-    f.compute_root()
-        .fuse(i2, i3, outer_rows)
-        .fuse(i1, outer_rows, rows)
-        .split(i0, block, in_block, p.threads_per_block * p.elements_per_thread, TailStrategy::GuardWithIf)
-        .split(in_block, thread, element, p.elements_per_thread, TailStrategy::GuardWithIf)
-        .fuse(block, rows, blocks)
-        .gpu_blocks(blocks)
-        .gpu_threads(thread);
-    if (p.elements_per_thread > 1 && p.vector_loads) f.vectorize(element);
-    if (p.elements_per_thread > 1 && !p.vector_loads) f.unroll(element);
+// A second loop nest for unit inner strides (simpler addresses), unless the
+// strides are fixed.
+void specialize_unit_stride(Func f, const Halide::Expr &unit_stride) {
+    if (!Halide::Internal::is_const(unit_stride)) f.specialize(unit_stride);
 }
 
-// A block per chunk; its threads are the chunk's lanes, each summing every
-// `lanes`-th element; the block then adds its lanes as the tree says. The
-// chunk sums are added on the host, in float64, in order.
-void schedule_sum_gpu(dsl::Algorithm &a) {
+// Blocks of `threads_per_block` threads along dimension 0, each thread
+// `elements_per_thread` adjacent elements (one vector when `vector_loads`,
+// else unrolled): that many loads of each operand in flight per thread.
+// Halide assumes only element alignment of the buffers, so a vector is
+// loaded as adjacent scalar loads and any view works. Returns the block loop.
+Var schedule_elementwise_gpu(Func f, const dsl::Algorithm &a, const GpuParams &p) {
     const auto &[i0, i1, i2, i3] = a.dims;
-    (void)i0;
-    Var rows("rows"), outer_rows("outer_rows"), blocks("blocks");
-    a.chunk_sum.compute_root()
-        .fuse(i2, i3, outer_rows)
-        .fuse(i1, outer_rows, rows)
-        .fuse(a.chunk, rows, blocks)
-        .gpu_blocks(blocks);
-    a.lane_sum.compute_at(a.chunk_sum, blocks).gpu_threads(a.lane);
-    a.lane_sum.update().reorder(a.lane, a.step.x).gpu_threads(a.lane);
+    Var block("block"), in_block("in_block"), thread("thread"), element("element");
+    f.compute_root()
+        .split(i0, block, in_block, p.threads_per_block * p.elements_per_thread, TailStrategy::GuardWithIf)
+        .split(in_block, thread, element, p.elements_per_thread, TailStrategy::GuardWithIf)
+        .reorder(element, thread, block, i1, i2, i3)
+        .gpu_blocks(block, i1, i2)
+        .gpu_threads(thread);
+    // float64 vectors of the loss's fenced products crash LLVM 14's NVPTX
+    // back end: those are unrolled.
+    const bool vector = p.vector_loads && f.output_types()[0].bits() != 64;
+    if (p.elements_per_thread > 1 && vector) f.vectorize(element);
+    if (p.elements_per_thread > 1 && !vector) f.unroll(element);
+    return block;
+}
+
+// First launch: a block per chunk; its threads are the chunk's lanes, each
+// summing every `lanes`-th element, `sum_unroll` steps per iteration (as
+// many loads in flight); the lanes are then added as the tree says, a level
+// at a time. Second launch: one block; thread l adds chunk sums l, l + L, ...
+// and the L lane totals are added the same way before `out` is stored.
+Var schedule_sum_gpu(dsl::Algorithm &a, const GpuParams &p) {
+    const auto &[i0, i1, i2, i3] = a.dims;
+    Var chunks("chunks");
+    a.chunk_sum.compute_root().reorder(a.chunk, i1, i2, i3).fuse(a.chunk, i1, chunks).gpu_blocks(chunks, i2);
+    a.lane_sum.compute_at(a.chunk_sum, chunks).gpu_threads(a.lane);
+    // The lane tree level by level, each in parallel (one thread adding all
+    // lanes cost microseconds per block, which small calls wait for).
+    for (Func level : a.lane_tree) level.compute_at(a.chunk_sum, chunks).gpu_threads(a.lane);
+    Halide::RVar step_outer("step_outer"), step_inner("step_inner");
+    a.lane_sum.update()
+        .reorder(a.step.x, a.lane)
+        .split(a.step.x, step_outer, step_inner, p.sum_unroll, TailStrategy::GuardWithIf)
+        .unroll(step_inner)
+        .gpu_threads(a.lane);
+
+    a.out.compute_root().gpu_blocks(i0);
+    a.lane_total.compute_at(a.out, i0).gpu_threads(a.total_lane);
+    for (Func level : a.total_tree) level.compute_at(a.out, i0).gpu_threads(a.total_lane);
+    Halide::RVar total_outer("total_outer"), total_inner("total_inner");
+    a.lane_total.update()
+        .reorder(a.total_step.x, a.total_lane)
+        .split(a.total_step.x, total_outer, total_inner, p.sum_unroll, TailStrategy::GuardWithIf)
+        .unroll(total_inner)
+        .gpu_threads(a.total_lane);
+    return chunks;
+}
+
+// Fused, reduced: grad_input in the chunk_sum blocks, element e of a chunk
+// on thread e % lanes as in lane_sum, after the chunk's sum (its second read
+// of the chunk comes from cache).
+void schedule_fused_sum_gpu(dsl::Algorithm &a, const GpuParams &p, const Var &sum_blocks) {
+    const auto &[i0, i1, i2, i3] = a.dims;
+    Var chunk("chunk"), in_chunk("in_chunk"), step("step"), lane("lane"), step_inner("step_inner"), chunks("chunks");
+    a.grad_input.compute_root()
+        .split(i0, chunk, in_chunk, a.chunk_length, TailStrategy::GuardWithIf)
+        .split(in_chunk, step, lane, a.tree.lanes, TailStrategy::GuardWithIf)
+        .split(step, step, step_inner, p.sum_unroll, TailStrategy::GuardWithIf)
+        .reorder(step_inner, step, lane, chunk, i1, i2, i3)
+        .fuse(chunk, i1, chunks)
+        .unroll(step_inner)
+        .gpu_blocks(chunks, i2)
+        .gpu_threads(lane);
+    a.grad_input.compute_with(a.chunk_sum, sum_blocks);
 }
 
 }  // namespace
 
-void apply_gpu(dsl::Algorithm &a, const Params &params) {
+void apply_gpu(dsl::Algorithm &a, const Params &params, const Halide::Expr &unit_stride) {
     const GpuParams &p = params.gpu;
-    if (a.total.defined()) schedule_sum_gpu(a);
-    if (a.loss.defined()) schedule_elementwise_gpu(a.loss, a, p);
-    if (a.grad_input.defined()) schedule_elementwise_gpu(a.grad_input, a, p);
-    if (a.grad_target.defined()) schedule_elementwise_gpu(a.grad_target, a, p);
+    if (a.out.defined()) {
+        const Var sum_blocks = schedule_sum_gpu(a, p);
+        if (a.grad_input.defined()) schedule_fused_sum_gpu(a, p, sum_blocks);
+        specialize_unit_stride(a.chunk_sum, unit_stride);
+        return;
+    }
+    if (a.loss.defined() && a.grad_input.defined()) {
+        // Fused `none`: both outputs in one kernel, each element loaded once.
+        const Var block = schedule_elementwise_gpu(a.loss, a, p);
+        schedule_elementwise_gpu(a.grad_input, a, p);
+        a.grad_input.compute_with(a.loss, block);
+        specialize_unit_stride(a.loss, unit_stride);
+        return;
+    }
+    for (Func f : {a.loss, a.grad_input, a.grad_target}) {
+        if (!f.defined()) continue;
+        schedule_elementwise_gpu(f, a, p);
+        specialize_unit_stride(f, unit_stride);
+    }
 }
 
 }  // namespace kldiv::schedules

@@ -23,13 +23,15 @@ std::string to_string(const Params &params) {
         << ",fast=" << c.unit_stride_fast_path << ",par=" << c.parallel;
     const GpuParams &g = params.gpu;
     out << ";gpu:tpb=" << g.threads_per_block << ",ept=" << g.elements_per_thread << ",vec=" << g.vector_loads
-        << ",lanes=" << g.sum_lanes << ",chunk=" << g.sum_chunk;
+        << ",lanes=" << g.sum_lanes << ",chunk=" << g.sum_chunk << ",su=" << g.sum_unroll
+        << ",tl=" << g.total_lanes;
     return out.str();
 }
 
 bool same_summation_order(const Params &a, const Params &b) {
     return a.cpu.sum_lanes_factor == b.cpu.sum_lanes_factor && a.cpu.sum_chunk == b.cpu.sum_chunk &&
-           a.gpu.sum_lanes == b.gpu.sum_lanes && a.gpu.sum_chunk == b.gpu.sum_chunk;
+           a.gpu.sum_lanes == b.gpu.sum_lanes && a.gpu.sum_chunk == b.gpu.sum_chunk &&
+           a.gpu.total_lanes == b.gpu.total_lanes;
 }
 
 Params with_summation_order(Params params, const Params &order) {
@@ -37,6 +39,7 @@ Params with_summation_order(Params params, const Params &order) {
     params.cpu.sum_chunk = order.cpu.sum_chunk;
     params.gpu.sum_lanes = order.gpu.sum_lanes;
     params.gpu.sum_chunk = order.gpu.sum_chunk;
+    params.gpu.total_lanes = order.gpu.total_lanes;
     return params;
 }
 
@@ -75,6 +78,9 @@ std::string validate(const Params &params) {
                    "gpu lanes must be a power of two, 32 to 1024"),
              check(power_of_two(g.sum_chunk) && g.sum_chunk >= g.sum_lanes && g.sum_chunk <= (1 << 20),
                    "gpu chunk must be a power of two, lanes to 2^20"),
+             check(power_of_two(g.sum_unroll) && g.sum_unroll <= 16, "gpu su must be a power of two, 1 to 16"),
+             check(power_of_two(g.total_lanes) && g.total_lanes >= 32 && g.total_lanes <= 1024,
+                   "gpu tl must be a power of two, 32 to 1024"),
          }) {
         if (!why.empty()) return why;
     }
@@ -122,6 +128,8 @@ bool parse_params(const std::string &text, Params *out, std::string *error) {
                 if (key == "vec") flag = &g.vector_loads;
                 if (key == "lanes") target = &g.sum_lanes;
                 if (key == "chunk") target = &g.sum_chunk;
+                if (key == "su") target = &g.sum_unroll;
+                if (key == "tl") target = &g.total_lanes;
             }
             if (target) {
                 *target = v;

@@ -21,6 +21,7 @@ struct PipelineInputs {
     std::map<std::string, Halide::Expr> inner_strides;  // dimension 0 stride of each buffer
     std::array<Halide::Expr, 4> extent;                 // of the 4-d domain
     Halide::Expr grad_scale;                            // only when arguments(spec) has it
+    Halide::Expr divisor;                               // likewise (CUDA reductions)
     // Whether every buffer's dimension 0 has unit stride, when the strides are
     // fixed (shape-specialised kernels); unknown otherwise.
     std::optional<bool> unit_stride;
@@ -28,7 +29,7 @@ struct PipelineInputs {
 
 // The halide types of a kernel's arguments.
 Halide::Type argument_type(const KernelSpec &spec, const Argument &argument);
-int argument_dimensions(const Argument &argument);
+int argument_dimensions(const KernelSpec &spec, const Argument &argument);
 
 // Defines and schedules the pipeline (leaves it unscheduled when `schedule`
 // is false); returns the output Funcs in the order of arguments(spec). Each

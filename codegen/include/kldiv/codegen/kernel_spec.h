@@ -23,16 +23,28 @@ struct KernelSpec {
     // Backward only: which gradients the kernel writes.
     bool grad_input = true;
     bool grad_target = false;
+    // A CUDA kernel: its data lives in device memory, so a reduction finishes
+    // on the device (it writes the reduced loss itself, divided by `divisor`)
+    // and a scalar upstream gradient is read from device memory.
+    bool cuda = false;
 
     // Name of the generated function, e.g. kldiv_fwd_sum_f32_logt,
-    // kldiv_bwd_input_target_scalar_bf16.
+    // kldiv_bwd_input_target_scalar_bf16, kldiv_cuda_fwd_sum_f32.
     std::string name() const;
+    // The spec class of tuning records: name() without "cuda_" (a record's
+    // target already says where it runs).
+    std::string tuning_name() const;
     bool operator==(const KernelSpec &other) const { return name() == other.name(); }
 };
 
 // One argument of a kernel, in calling order (inputs first, then outputs).
 // Buffers are 4-d (kRank) in the storage type, except `total`, a 0-d float64
-// buffer; `grad_scale` is a scalar in the compute type.
+// buffer; `grad_scale` is a scalar in the compute type. CUDA kernels differ
+// where a value would cross between host and device: a reduction writes `out`
+// (1-d, one element, storage type: the sum divided by the float64 scalar
+// `divisor`) instead of `total`, and a scalar upstream gradient comes as the
+// 1-d one-element buffer `grad_output` with `divisor` instead of `grad_scale`
+// (fused passes scale their gradient by 1 / `divisor`).
 struct Argument {
     enum Kind { Buffer, Scalar } kind;
     std::string name;
@@ -56,7 +68,8 @@ struct FixedShape {
 // loop nest, which halves a compile.
 enum class InnerStride { Any, Unit, Strided };
 
-// Every spec the AOT library is built with (each dtype, log_target, pass variant).
-std::vector<KernelSpec> aot_specs();
+// Every spec the AOT library is built with (each dtype, log_target, pass
+// variant), for the CPU or for CUDA.
+std::vector<KernelSpec> aot_specs(bool cuda = false);
 
 }  // namespace kldiv::codegen

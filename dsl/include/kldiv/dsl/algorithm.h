@@ -4,6 +4,7 @@
 #pragma once
 
 #include <array>
+#include <vector>
 
 #include <Halide.h>
 
@@ -28,6 +29,10 @@ struct SumTree {
 struct LossOptions {
     DType dtype = DType::Float32;
     bool log_target = false;
+    // CUDA code generation: products that feed a sum are rounded on their
+    // own, as PyTorch rounds them (the back end would fuse them into
+    // multiply-adds), and log is dsl::device_log.
+    bool cuda = false;
 };
 
 // A kernel's inputs. `input`, `target` and `grad_output` return storage-type
@@ -38,6 +43,10 @@ struct Inputs {
     Halide::Func grad_output;  // per-element upstream gradient (backward, `none`)
     Halide::Expr grad_scale;   // scalar upstream gradient, already divided (compute type)
     std::array<Halide::Expr, kRank> extent;
+    // CUDA reductions finish on the device: `out` = total / divisor (float64),
+    // the chunk sums added by `total_lanes` lanes (see Algorithm::lane_total).
+    Halide::Expr divisor;
+    int total_lanes = 256;
 };
 
 // The named Funcs of one pass, for the schedules to find. Only those the pass
@@ -53,8 +62,17 @@ struct Algorithm {
 
     Halide::Func pointwise;    // loss per element, compute type (see pointwise_loss)
     Halide::Func lane_sum;     // (lane, chunk, i1, i2, i3): partial sums of a chunk
+    // The lane tree when lanes are a power of two, level by level: level k
+    // adds neighbours of level k-1 (level 0 adds lane_sum's), so a schedule
+    // may compute each level in parallel (the same sums as one expression).
+    std::vector<Halide::Func> lane_tree;   // (lane, chunk, i1, i2, i3)
     Halide::Func chunk_sum;    // (chunk, i1, i2, i3): sum of a chunk
     Halide::Func total;        // (): float64 sum of the loss (output)
+    Halide::Var total_lane;
+    Halide::RDom total_step;   // chunks a lane of lane_total adds
+    Halide::Func lane_total;   // (total_lane): float64 sums of every total_lanes-th chunk (CUDA)
+    std::vector<Halide::Func> total_tree;  // (total_lane): lane_total's tree, level by level
+    Halide::Func out;          // (i0 = 0): total / divisor, storage type (CUDA output)
     Halide::Func loss;         // loss per element, storage type (output)
     Halide::Func grad_input;   // storage type (output)
     Halide::Func grad_target;  // storage type (output)

@@ -18,6 +18,11 @@ Halide::Expr log(const Halide::Expr &x);
 // meaningless ones): for callers that select those themselves.
 Halide::Expr log_of_positive(const Halide::Expr &x);
 
+// log on CUDA: libdevice's (Halide's log there), whose flush-to-zero mode is
+// kept away from denormal inputs by scaling them into the normal range first.
+// It needs no division, which CUDA rounds correctly only at some cost.
+Halide::Expr device_log(const Halide::Expr &x);
+
 // Exponential of a Float(32) or Float(64) expression.
 Halide::Expr exp(const Halide::Expr &x);
 

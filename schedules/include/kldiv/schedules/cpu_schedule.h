@@ -20,6 +20,7 @@ void apply_cpu(dsl::Algorithm &algorithm, const Halide::Target &target, DType dt
                const Params &params, const Halide::Expr &unit_stride);
 
 // Schedules for a target with a GPU feature (CUDA): see GpuParams.
-void apply_gpu(dsl::Algorithm &algorithm, const Params &params);
+// `unit_stride` as for apply_cpu.
+void apply_gpu(dsl::Algorithm &algorithm, const Params &params, const Halide::Expr &unit_stride);
 
 }  // namespace kldiv::schedules

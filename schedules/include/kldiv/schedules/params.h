@@ -20,15 +20,23 @@ struct CpuParams {
 // GPU targets (CUDA): elementwise passes run `elements_per_thread` elements
 // per thread (as one vector load when `vector_loads`) in blocks of
 // `threads_per_block`; a reduction gives each chunk of `sum_chunk` elements
-// one block of `sum_lanes` threads, each summing a strided lane, and adds the
-// chunk sums in float64 in a fixed order (two-stage, deterministic: atomics
-// would make the sum depend on timing, which SPEC.md does not allow).
+// one block of `sum_lanes` threads, each summing a strided lane
+// (`sum_unroll` steps per loop iteration, so that many loads are in flight),
+// then one block of `total_lanes` threads adds the chunk sums in float64 (a
+// second launch). Two stages in a fixed order, so results are bit-identical
+// run to run; atomics would make the sum depend on timing.
 struct GpuParams {
+    // Measured on an H200 (sm_90 running sm_80 PTX), 2^28 float32 elements,
+    // copy ceiling 4252 GB/s: forward `none` 733 us with vec=1 against 919 us
+    // unrolled and 1349 us at one element per thread; forward sum 518 us with
+    // 256 lanes over 16384-element chunks against 551 us at 64 over 4096.
     int threads_per_block = 256;
-    int elements_per_thread = 1;
-    bool vector_loads = false;
-    int sum_lanes = 64;
-    int sum_chunk = 4096;
+    int elements_per_thread = 4;
+    bool vector_loads = true;
+    int sum_lanes = 256;
+    int sum_chunk = 16384;
+    int sum_unroll = 8;
+    int total_lanes = 256;
 };
 
 struct Params {
@@ -40,7 +48,7 @@ struct Params {
 Params default_params(const std::string &target);
 
 // Stable text form, part of the kernel cache key and of tuning records, e.g.
-// "cpu:vf=2,unroll=1,slf=2,chunk=2048,cpt=16,ept=16384,fast=1,par=1;gpu:tpb=256,ept=1,vec=0,lanes=64,chunk=4096".
+// "cpu:vf=2,unroll=1,slf=2,chunk=2048,cpt=16,ept=16384,fast=1,par=1;gpu:tpb=256,ept=4,vec=1,lanes=256,chunk=16384,su=8,tl=256".
 std::string to_string(const Params &params);
 
 inline bool operator==(const Params &a, const Params &b) { return to_string(a) == to_string(b); }
