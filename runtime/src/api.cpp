@@ -2,6 +2,7 @@
 #include <cstdlib>
 #include <memory>
 
+#include "cuda_device.h"
 #include "dispatch.h"
 #include "errors.h"
 
@@ -59,6 +60,12 @@ void Runtime::kl_div_forward_backward(const Tensor &input, const Tensor &target,
 }
 
 CacheStats Runtime::stats() const { return cache_->stats(); }
+void Runtime::set_cuda_stream(void *stream) { cache_->set_cuda_stream(stream); }
+void *Runtime::cuda_stream() const { return cache_->cuda_stream(); }
+
+bool cuda_available_in_build() { return runtime::cuda::built_with_cuda(); }
+void set_thread_cuda_stream(void *stream) { runtime::cuda::set_thread_stream(stream); }
+void clear_thread_cuda_stream() { runtime::cuda::clear_thread_stream(); }
 const std::string &Runtime::target() const { return cache_->target(); }
 const std::string &Runtime::cache_dir() const { return cache_->cache_dir(); }
 
@@ -93,6 +100,11 @@ void kl_div(const Tensor &input, const Tensor &target, const Tensor &out, const 
     // The 'mean' warning comes from resolve_functional, so the kernel call
     // below must not warn again: route Mean through the same path silently.
     const ResolvedReduction resolved = resolve_functional(options);
+    if (resolved.divide_by_batch && out.device == Device::CUDA) {
+        runtime::fail(ErrorCode::InvalidArgument,
+                      "the legacy size_average/reduce arguments with reduction='batchmean' are not supported for "
+                      "CUDA tensors; pass reduction alone");
+    }
     runtime::forward(Runtime::process_default().cache(), input, target, resolved.reduction, options.log_target, out,
                      /*warn_mean=*/false);
     if (resolved.divide_by_batch && !input.sizes.empty()) {

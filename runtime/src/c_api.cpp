@@ -102,6 +102,8 @@ RuntimeOptions to_options(const kldiv_runtime_options &c) {
     if (c.target) o.target = c.target;
     if (c.threads < 0) runtime::fail(ErrorCode::InvalidArgument, "threads is negative");
     o.threads = c.threads;
+    o.cuda_stream = c.cuda_stream;
+    if (c.cuda_jit) o.cuda_jit = c.cuda_jit > 0;
     if (c.warning_handler) {
         kldiv_warning_handler handler = c.warning_handler;
         void *user_data = c.warning_user_data;
@@ -200,5 +202,15 @@ const char *kldiv_cpu_target(void) {
     static const std::string target = cpu_target();
     return target.c_str();
 }
+
+int kldiv_cuda_in_build(void) { return cuda_available_in_build() ? 1 : 0; }
+
+int kldiv_runtime_set_cuda_stream(kldiv_runtime *runtime, void *stream) {
+    return guarded([&] { runtime_or_default(runtime).set_cuda_stream(stream); });
+}
+
+void kldiv_set_thread_cuda_stream(void *stream) { set_thread_cuda_stream(stream); }
+
+void kldiv_clear_thread_cuda_stream(void) { clear_thread_cuda_stream(); }
 
 }  // extern "C"

@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 
+#include "cuda_device.h"
 #include "errors.h"
 #include "host_convert.h"
 #include "kernel_args.h"
@@ -42,12 +43,7 @@ void check_tensor(const Tensor &t, const char *name) {
     if (!known_dtype(t.dtype)) {
         fail(ErrorCode::DType, std::string(name) + ": unknown dtype " + std::to_string((int)t.dtype));
     }
-    if (t.device != Device::CPU) {
-        if (t.device == Device::CUDA) {
-            fail(ErrorCode::Device, std::string(name) + ": CUDA tensors are not supported by this build");
-        }
-        fail(ErrorCode::Device, std::string(name) + ": unknown device");
-    }
+    if (t.device != Device::CPU && t.device != Device::CUDA) fail(ErrorCode::Device, std::string(name) + ": unknown device");
     if (t.strides.size() != t.sizes.size()) {
         fail(ErrorCode::InvalidArgument, std::string(name) + ": sizes and strides differ in length");
     }
@@ -68,6 +64,23 @@ void check_same_dtype(const Tensor &a, const char *a_name, const Tensor &b, cons
         fail(ErrorCode::DType, std::string(a_name) + " is " + short_name(a.dtype) + " but " + b_name + " is " +
                                    short_name(b.dtype) + "; kldiv needs one dtype for all tensors");
     }
+}
+
+const char *device_name(Device device) { return device == Device::CUDA ? "cuda" : "cpu"; }
+
+using Named = std::vector<std::pair<const Tensor *, const char *>>;
+
+// Every tensor of a call lives on one device: the host or CUDA GPUs.
+Device common_device(const Named &tensors) {
+    const auto &[first, first_name] = tensors.front();
+    for (const auto &[t, name] : tensors) {
+        if (t->device != first->device) {
+            fail(ErrorCode::Device, std::string("Expected all tensors to be on the same device, but found at least "
+                                                "two devices, ") + device_name(first->device) + " (" + first_name +
+                                        ") and " + device_name(t->device) + " (" + name + ")");
+        }
+    }
+    return first->device;
 }
 
 std::string shape_text(const std::vector<int64_t> &sizes) {
@@ -171,25 +184,65 @@ int64_t numel_of(const std::vector<int64_t> &shape) {
     return n;
 }
 
+// A call on CUDA tensors: their GPU's primary context and the call's stream,
+// given to the kernels' CUDA runtime while `scope` lives.
+struct DeviceCall {
+    DeviceCall(const cuda::Placement &placement, void *stream) : scope(placement, stream) {}
+    cuda::Scope scope;
+};
+
+// Whether a kernel buffer argument holds one element (a CUDA kernel's `out`
+// and scalar `grad_output`) rather than a 4-d view of the call's shape.
+bool one_element(const KernelSpec &spec, const codegen::Argument &a) {
+    return a.name == "out" || (a.name == "grad_output" && spec.reduce);
+}
+
 // Runs `spec` over the broadcast `shape`. `buffers` are the kernel's buffer
-// arguments except `total`, in argument order, each with its strides in
-// `shape`. Buffer `order_by` (an output, where there is one) decides the
-// dimension order. Returns the float64 sum when the kernel has a `total`.
+// arguments except `total`, in argument order; `strides` has the strides in
+// `shape` of each 4-d one. Buffer `order_by` (an output, where there is one)
+// decides the dimension order. On CUDA (`device`), buffers hold device memory
+// and a reduction writes `out` itself, divided by `divisor`. Returns the
+// float64 sum when the kernel has a `total`.
 double run_kernel(KernelCache &cache, const KernelSpec &spec, const std::vector<int64_t> &shape,
                   const std::vector<const Tensor *> &buffers, const std::vector<std::vector<int64_t>> &strides,
-                  double grad_scale, size_t order_by) {
+                  double grad_scale, size_t order_by, const DeviceCall *device = nullptr, double divisor = 1.0) {
     const size_t elem = element_size(spec.dtype);
+    std::vector<bool> whole;  // per buffer: one element, not a view of `shape`
+    for (const codegen::Argument &a : codegen::arguments(spec)) {
+        if (a.kind == codegen::Argument::Buffer && a.name != "total") whole.push_back(one_element(spec, a));
+    }
+    // CUDA grids hold at most 65535 blocks in y and z: dimensions 1 and 2 of
+    // elementwise kernels, dimension 2 of reductions (see gpu_schedule.cpp).
+    const bool reduces = spec.reduce && spec.pass != Pass::Backward;
+    PieceLimits limits;
+    if (device) {
+        limits.max_outer_extent = 65535;
+        limits.outer_from = reduces ? 2 : 1;
+    }
+    if (device && reduces) {
+        int pieces = 0;
+        for_each_piece(shape, strides, order_by, [&](const Piece &) { pieces++; }, limits);
+        if (pieces > 1) {
+            fail(ErrorCode::InvalidArgument, "a reduction over CUDA tensors must fit one kernel call: after "
+                                             "coalescing, under 2^30 elements along the innermost dimension, at most "
+                                             "65535 along the third, and under 2^31 in all");
+        }
+    }
     double total = 0.0;
-
     for_each_piece(shape, strides, order_by, [&](const Piece &piece) {
         std::vector<void *> data(buffers.size());
-        for (size_t k = 0; k < buffers.size(); k++) {
-            data[k] = static_cast<uint8_t *>(buffers[k]->data) + piece.offset[k] * (int64_t)elem;
+        for (size_t k = 0, j = 0; k < buffers.size(); k++) {
+            data[k] = whole[k] ? buffers[k]->data
+                               : static_cast<uint8_t *>(buffers[k]->data) + piece.offset[j++] * (int64_t)elem;
         }
-        KernelArguments arguments(spec, data, piece.extent, piece.stride);
-        arguments.grad_scale = grad_scale;
-
         const KernelCall kernel = cache.kernel(spec, piece);
+        KernelArguments arguments(spec, data, piece.extent, piece.stride, device ? kernel.wrap : nullptr,
+                                  device ? kernel.detach : nullptr);
+        if (device && (kernel.wrap == nullptr || arguments.wrap_failed())) {
+            fail(ErrorCode::Internal, "kernel " + spec.name() + ": CUDA pointers could not be given to its runtime");
+        }
+        arguments.grad_scale = grad_scale;
+        arguments.divisor = divisor;
         KernelErrorContext context;
         void *user_context = &context;
         std::vector<void *> argv = arguments.argv(kernel.user_context ? &user_context : nullptr);
@@ -198,7 +251,7 @@ double run_kernel(KernelCache &cache, const KernelSpec &spec, const std::vector<
             fail(ErrorCode::Internal, "kernel " + spec.name() + " failed (" + std::to_string(status) + "): " + message);
         }
         total += arguments.total;
-    });
+    }, limits);
     return total;
 }
 
@@ -333,6 +386,98 @@ std::vector<int64_t> loss_shape(const Tensor &input, const Tensor &target) {
 
 void write_scalar(const Tensor &out, double value) { store_from_double(out.data, out.dtype, value); }
 
+// ---- CUDA tensors ----------------------------------------------------------
+// The same passes on device memory: kernels read and write the caller's
+// memory on the call's stream and return without waiting for the GPU; a
+// reduced result is written by the kernel. What the host would have to sum
+// (the gradient of a broadcast operand) is refused.
+
+// The reduced result of a call with no elements (0 / divisor), written on
+// the call's stream.
+void write_device_scalar(const Tensor &out, double value) {
+    uint8_t bytes[8];
+    store_from_double(bytes, out.dtype, value);
+    cuda::copy_to_device(out.data, bytes, element_size(out.dtype));
+}
+
+void refuse_broadcast_gradient(const Tensor &operand, const char *name, const std::vector<int64_t> &shape) {
+    if (operand.sizes != shape) {
+        fail(ErrorCode::Shape, std::string("the gradient of a broadcast ") + name + " (shape " +
+                                   shape_text(operand.sizes) + " broadcast to " + shape_text(shape) +
+                                   ") is not supported for CUDA tensors; expand " + name + " to the full shape first");
+    }
+}
+
+void forward_cuda(KernelCache &cache, const Tensor &input, const Tensor &target, Reduction reduction, bool log_target,
+                  const Tensor &out, const std::vector<int64_t> &shape) {
+    const DeviceCall call(cuda::place({{&input, "input"}, {&target, "target"}, {&out, "out"}}),
+                          cuda::call_stream(cache.cuda_stream()));
+    const int64_t numel = numel_of(shape);
+    const bool reduce = reduction != Reduction::None;
+    const KernelSpec spec{Pass::Forward, input.dtype, log_target, reduce, false, false, true};
+    if (!reduce) {
+        if (numel == 0) return;
+        run_kernel(cache, spec, shape, {&input, &target, &out},
+                   {strides_in(input, shape), strides_in(target, shape), strides_in(out, shape)}, 0.0, 2, &call);
+        return;
+    }
+    const double d = divisor(reduction, input, numel);
+    if (numel == 0) return write_device_scalar(out, 0.0 / d);
+    run_kernel(cache, spec, shape, {&input, &target, &out}, {strides_in(input, shape), strides_in(target, shape)},
+               0.0, 0, &call, d);
+}
+
+void backward_cuda(KernelCache &cache, const Tensor &grad_output, const Tensor &input, const Tensor &target,
+                   Reduction reduction, bool log_target, const Tensor *grad_input, const Tensor *grad_target,
+                   const std::vector<int64_t> &shape) {
+    if (grad_input) refuse_broadcast_gradient(input, "input", shape);
+    if (grad_target) refuse_broadcast_gradient(target, "target", shape);
+    Named tensors = {{&grad_output, "grad_output"}, {&input, "input"}, {&target, "target"}};
+    if (grad_input) tensors.push_back({grad_input, "grad_input"});
+    if (grad_target) tensors.push_back({grad_target, "grad_target"});
+    const DeviceCall call(cuda::place(tensors), cuda::call_stream(cache.cuda_stream()));
+    const int64_t numel = numel_of(shape);
+    if (numel == 0) return;  // no broadcast operand, so every output is empty
+    const bool scalar = reduction != Reduction::None;
+    const KernelSpec spec{Pass::Backward, input.dtype, log_target, scalar, grad_input != nullptr,
+                          grad_target != nullptr, true};
+    // Argument order: grad_output (one element when scalar), input, target, [grad_input], [grad_target].
+    std::vector<const Tensor *> buffers = {&grad_output, &input, &target};
+    std::vector<std::vector<int64_t>> strides;
+    if (!scalar) strides.push_back(strides_in(grad_output, shape));
+    strides.push_back(strides_in(input, shape));
+    strides.push_back(strides_in(target, shape));
+    const size_t first_output = strides.size();
+    for (const Tensor *gradient : {grad_input, grad_target}) {
+        if (!gradient) continue;
+        buffers.push_back(gradient);
+        strides.push_back(strides_in(*gradient, shape));
+    }
+    run_kernel(cache, spec, shape, buffers, strides, 0.0, first_output, &call,
+               scalar ? divisor(reduction, input, numel) : 1.0);
+}
+
+void forward_backward_cuda(KernelCache &cache, const Tensor &input, const Tensor &target, Reduction reduction,
+                           bool log_target, const Tensor &out, const Tensor &grad_input,
+                           const std::vector<int64_t> &shape) {
+    refuse_broadcast_gradient(input, "input", shape);
+    const DeviceCall call(
+        cuda::place({{&input, "input"}, {&target, "target"}, {&out, "out"}, {&grad_input, "grad_input"}}),
+        cuda::call_stream(cache.cuda_stream()));
+    const int64_t numel = numel_of(shape);
+    const bool reduce = reduction != Reduction::None;
+    const double d = reduce ? divisor(reduction, input, numel) : 1.0;
+    if (numel == 0) {
+        if (reduce) write_device_scalar(out, 0.0 / d);
+        return;
+    }
+    const KernelSpec spec{Pass::Fused, input.dtype, log_target, reduce, true, false, true};
+    std::vector<std::vector<int64_t>> strides = {strides_in(input, shape), strides_in(target, shape)};
+    if (!reduce) strides.push_back(strides_in(out, shape));
+    strides.push_back(strides_in(grad_input, shape));
+    run_kernel(cache, spec, shape, {&input, &target, &out, &grad_input}, strides, 0.0, strides.size() - 1, &call, d);
+}
+
 }  // namespace
 
 void forward(KernelCache &cache, const Tensor &input, const Tensor &target, Reduction reduction, bool log_target, const Tensor &out,
@@ -346,7 +491,9 @@ void forward(KernelCache &cache, const Tensor &input, const Tensor &target, Redu
     const std::vector<int64_t> shape = loss_shape(input, target);
     check_shape(out, "out", reduction == Reduction::None ? shape : std::vector<int64_t>{});
     check_outputs({{&out, "out"}}, {{&input, "input"}, {&target, "target"}});
+    const Device device = common_device({{&input, "input"}, {&target, "target"}, {&out, "out"}});
     if (reduction == Reduction::Mean && warn_mean) cache.warn(mean_reduction_warning());
+    if (device == Device::CUDA) return forward_cuda(cache, input, target, reduction, log_target, out, shape);
 
     const int64_t numel = numel_of(shape);
     KernelSpec spec{Pass::Forward, input.dtype, log_target, reduction != Reduction::None, false, false};
@@ -386,6 +533,12 @@ void backward(KernelCache &cache, const Tensor &grad_output, const Tensor &input
         outputs.push_back({grad_target, "grad_target"});
     }
     check_outputs(outputs, {{&input, "input"}, {&target, "target"}, {&grad_output, "grad_output"}});
+    Named all = {{&grad_output, "grad_output"}, {&input, "input"}, {&target, "target"}};
+    all.insert(all.end(), outputs.begin(), outputs.end());
+    if (common_device(all) == Device::CUDA) {
+        if (!grad_input && !grad_target) return;
+        return backward_cuda(cache, grad_output, input, target, reduction, log_target, grad_input, grad_target, shape);
+    }
     if (!grad_input && !grad_target) return;
 
     const int64_t numel = numel_of(shape);
@@ -431,7 +584,12 @@ void forward_backward(KernelCache &cache, const Tensor &input, const Tensor &tar
     check_shape(out, "out", reduction == Reduction::None ? shape : std::vector<int64_t>{});
     check_shape(grad_input, "grad_input", input.sizes);
     check_outputs({{&out, "out"}, {&grad_input, "grad_input"}}, {{&input, "input"}, {&target, "target"}});
+    const Device device =
+        common_device({{&input, "input"}, {&target, "target"}, {&out, "out"}, {&grad_input, "grad_input"}});
     if (reduction == Reduction::Mean) cache.warn(mean_reduction_warning());
+    if (device == Device::CUDA) {
+        return forward_backward_cuda(cache, input, target, reduction, log_target, out, grad_input, shape);
+    }
 
     const int64_t numel = numel_of(shape);
     const bool reduce = reduction != Reduction::None;

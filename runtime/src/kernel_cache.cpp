@@ -13,6 +13,7 @@
 
 #include "aot_registry.h"
 #include "codegen_fingerprint.h"
+#include "cuda_device.h"
 #include "disk_cache.h"
 #include "errors.h"
 #include "jit/compile.h"
@@ -59,7 +60,7 @@ struct KeyHash {
 
 uint32_t pack(const KernelSpec &s) {
     return uint32_t(s.pass) | uint32_t(s.dtype) << 2 | uint32_t(s.log_target) << 5 | uint32_t(s.reduce) << 6 |
-           uint32_t(s.grad_input) << 7 | uint32_t(s.grad_target) << 8;
+           uint32_t(s.grad_input) << 7 | uint32_t(s.grad_target) << 8 | uint32_t(s.cuda) << 9;
 }
 
 Key generic_key(const KernelSpec &spec) {
@@ -153,7 +154,9 @@ struct KernelCache::State {
 
     RuntimeOptions options;
     Specialize specialize = Specialize::Auto;
+    bool cuda_jit = false;
     std::string target;
+    std::string cuda_target;  // of JIT-compiled CUDA kernels: the CPU part plain x86-64, like the AOT ones
     bool host_target = true;
     schedules::TuningDb tuning;  // the user's database, then the shipped one
     std::string version;  // part of every disk key
@@ -169,9 +172,11 @@ struct KernelCache::State {
 
     void warn(const std::string &message) const { runtime::warn(options.warning_handler, message); }
 
+    const std::string &target_for(const KernelSpec &spec) const { return spec.cuda ? cuda_target : target; }
+
     std::string disk_key(const KernelSpec &spec, const std::optional<jit::FixedShape> &shape,
                          codegen::InnerStride inner, const schedules::Params &params) const {
-        return "kernel " + spec.name() + " " + layout_text(shape, inner) + " | target " + target +
+        return "kernel " + spec.name() + " " + layout_text(shape, inner) + " | target " + target_for(spec) +
                " | schedule " + schedules::to_string(params) + " | " + version;
     }
 
@@ -189,13 +194,14 @@ struct KernelCache::State {
     // non-blocking runtimes, where AOT kernels serve some calls, keep the
     // default order and take the rest of the record.
     Schedule schedule_for(const KernelSpec &spec, const std::optional<jit::FixedShape> &shape) const {
+        const std::string &target = target_for(spec);
         const schedules::Params defaults = schedules::default_params(target);
         int64_t elements = 1;
         if (shape) {
             for (int32_t e : shape->extent) elements *= e;
         }
         const int bucket = shape ? schedules::size_bucket(elements) : schedules::kGenericBucket;
-        const auto match = tuning.find(target, spec.name(), bucket);
+        const auto match = tuning.find(target, spec.tuning_name(), bucket);
         if (!match) return {defaults, "default", false};
         Schedule s{match->record.params, "", false};
         const bool reduces = spec.reduce && spec.pass != codegen::Pass::Backward;
@@ -215,21 +221,22 @@ struct KernelCache::State {
         return s;
     }
 
-    // The buffer arguments a call's piece has strides for (`total` has none).
+    // The buffer arguments a call's piece has strides for (the 4-d ones).
     static size_t buffer_count(const KernelSpec &spec) {
         size_t buffers = 0;
         for (const codegen::Argument &a : codegen::arguments(spec)) {
-            buffers += a.kind == codegen::Argument::Buffer && a.name != "total";
+            buffers += a.kind == codegen::Argument::Buffer && a.name != "total" && a.name != "out" &&
+                       !(a.name == "grad_output" && spec.reduce);
         }
         return buffers;
     }
 
     std::string description(const KernelSpec &spec, const std::optional<jit::FixedShape> &shape,
                             codegen::InnerStride inner) const {
-        return spec.name() + " [" + layout_text(shape, inner) + "] " + target;
+        return spec.name() + " [" + layout_text(shape, inner) + "] " + target_for(spec);
     }
 
-    void load_runtime() {
+    void load_runtime(const std::string &target) {
         jit::ensure_runtime(target, [&] {
             const std::string key = "halide-runtime | target " + target + " | " + version;
             if (auto object = disk->load(key)) return *object;
@@ -244,7 +251,8 @@ struct KernelCache::State {
     std::shared_ptr<jit::LoadedKernel> produce(const KernelSpec &spec, const Key &key, KernelOrigin &origin,
                                                std::string &schedule) {
         const std::optional<jit::FixedShape> shape = shape_of(key, buffer_count(spec));
-        load_runtime();
+        const std::string &target = target_for(spec);
+        load_runtime(target);
         const auto [params, source, reorders] = schedule_for(spec, shape);
         (void)reorders;
         schedule = source;
@@ -335,7 +343,15 @@ KernelCache::KernelCache(const RuntimeOptions &options) : state_(std::make_uniqu
     std::string problem;
     s.specialize = specialize_policy(options, problem);
     if (!problem.empty()) s.warn(problem);
+    if (options.cuda_jit) {
+        s.cuda_jit = *options.cuda_jit;
+    } else if (const char *env = std::getenv("KLDIV_CUDA_JIT"); env && *env) {
+        const std::string value = env;
+        if (value != "on" && value != "off") s.warn("KLDIV_CUDA_JIT: '" + value + "' is not on or off; using off");
+        s.cuda_jit = value == "on";
+    }
     s.target = jit::resolve_target(options.target);
+    s.cuda_target = jit::resolve_target(KLDIV_CUDA_JIT_TARGET);
     // The AOT kernels serve this runtime when they run the same code: the host
     // target, or the feature level they dispatch to on this CPU.
     s.host_target = options.target.empty() || options.target == "host" || s.target == jit::resolve_target(cpu_target());
@@ -346,6 +362,7 @@ KernelCache::KernelCache(const RuntimeOptions &options) : state_(std::make_uniqu
     s.tuning = schedules::load_tuning_databases(options.tuning_db, s.disk->dir(),
                                                 [&s](const std::string &m) { s.warn(m); });
     if (options.threads > 0) set_num_threads(options.threads);
+    set_cuda_stream(options.cuda_stream);
 }
 
 KernelCache::~KernelCache() {
@@ -359,10 +376,23 @@ KernelCall KernelCache::kernel(const KernelSpec &spec, const Piece &piece) {
     auto aot = [&](const Key &key) {
         if (aot_kernel == nullptr) fail(ErrorCode::Internal, "no kernel " + spec.name() + " in this build");
         remember_kernel(spec, key.fixed, key.dims.data(), KernelOrigin::Aot, seconds_since(start), "default (AOT)");
-        return KernelCall{aot_kernel, false, nullptr};
+        KernelCall call{aot_kernel, false, nullptr};
+        if (spec.cuda) {
+            const cuda::BufferFunctions functions = cuda::library_buffer_functions();
+            call.wrap = functions.wrap;
+            call.detach = functions.detach;
+        }
+        return call;
     };
-    const bool aot_available = s.host_target && aot_kernel != nullptr;
-    if (!s.options.jit) {
+    // A JIT kernel, with its runtime's buffer functions for CUDA.
+    auto jit_call = [&](const std::shared_ptr<jit::LoadedKernel> &code) {
+        KernelCall call{code->entry, true, code};
+        call.wrap = code->wrap;
+        call.detach = code->detach;
+        return call;
+    };
+    const bool aot_available = (s.host_target || spec.cuda) && aot_kernel != nullptr;
+    if (!s.options.jit || (spec.cuda && !s.cuda_jit)) {
         std::lock_guard<std::mutex> lock(s.mutex);
         s.stats.aot_calls++;
         return aot(generic_key(spec));
@@ -404,7 +434,7 @@ KernelCall KernelCache::kernel(const KernelSpec &spec, const Piece &piece) {
         auto current = s.slots.find(key);  // it may have been evicted while this thread waited
         if (current != s.slots.end() && current->second == slot) s.lru.splice(s.lru.begin(), s.lru, slot->lru);
         remember_kernel(spec, key.fixed, key.dims.data(), KernelOrigin::Memory, seconds_since(start), slot->schedule);
-        return {slot->code->entry, true, slot->code};
+        return jit_call(slot->code);
     }
 
     s.stats.misses++;
@@ -426,7 +456,7 @@ KernelCall KernelCache::kernel(const KernelSpec &spec, const Piece &piece) {
     KernelOrigin origin = KernelOrigin::Compiled;
     s.fill(spec, key, slot, origin);
     remember_kernel(spec, key.fixed, key.dims.data(), origin, seconds_since(start), slot->schedule);
-    return {slot->code->entry, true, slot->code};
+    return jit_call(slot->code);
 }
 
 CacheStats KernelCache::stats() const {

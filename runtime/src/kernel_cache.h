@@ -3,6 +3,9 @@
 // on-disk cache. One per kldiv::Runtime.
 #pragma once
 
+#include <HalideRuntime.h>
+
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -23,6 +26,9 @@ struct KernelCall {
     int (*entry)(void **) = nullptr;
     bool user_context = false;
     std::shared_ptr<jit::LoadedKernel> code;
+    // CUDA kernels: the buffer functions of the Halide runtime they link.
+    int (*wrap)(void *, halide_buffer_t *, uint64_t) = nullptr;
+    int (*detach)(void *, halide_buffer_t *) = nullptr;
 };
 
 // Records the calling thread's kernel for kldiv::last_kernel(); `extent`
@@ -48,9 +54,15 @@ public:
     // Sends a warning to this runtime's handler, else the process-wide one.
     void warn(const std::string &message) const;
 
+    // The CUDA stream of calls on device tensors (a CUstream; null: the
+    // legacy default stream), unless the calling thread sets its own.
+    void *cuda_stream() const { return cuda_stream_.load(); }
+    void set_cuda_stream(void *stream) { cuda_stream_.store(stream); }
+
 private:
     struct State;
     std::unique_ptr<State> state_;
+    std::atomic<void *> cuda_stream_{nullptr};
 };
 
 }  // namespace kldiv::runtime

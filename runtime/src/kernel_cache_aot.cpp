@@ -3,6 +3,7 @@
 #include <mutex>
 
 #include "aot_registry.h"
+#include "cuda_device.h"
 #include "errors.h"
 #include "kernel_cache.h"
 
@@ -20,6 +21,7 @@ KernelCache::KernelCache(const RuntimeOptions &options) : state_(std::make_uniqu
     state_->options = options;
     state_->target = cpu_target();
     if (options.threads > 0) set_num_threads(options.threads);
+    set_cuda_stream(options.cuda_stream);
 }
 
 KernelCache::~KernelCache() = default;
@@ -27,6 +29,11 @@ KernelCache::~KernelCache() = default;
 KernelCall KernelCache::kernel(const codegen::KernelSpec &spec, const Piece &piece) {
     KernelCall call{aot_entry(spec), false, nullptr};
     if (call.entry == nullptr) fail(ErrorCode::Internal, "no kernel " + spec.name() + " in this build");
+    if (spec.cuda) {
+        const cuda::BufferFunctions functions = cuda::library_buffer_functions();
+        call.wrap = functions.wrap;
+        call.detach = functions.detach;
+    }
     {
         std::lock_guard<std::mutex> lock(state_->mutex);
         state_->stats.aot_calls++;

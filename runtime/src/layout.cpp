@@ -105,6 +105,7 @@ void for_each_piece(const std::vector<int64_t> &shape, const std::vector<std::ve
             continue;
         }
         int64_t fit = std::min({dim.size, limits.max_extent, limits.max_elements / elements});
+        if (kernel_dims.size() >= limits.outer_from) fit = std::min(fit, limits.max_outer_extent);
         for (size_t k = 0; k < operands; k++) {
             const int64_t s = std::llabs(dim.stride[k]);
             if (s > 0) fit = std::min(fit, (limits.max_span - span[k]) / s + 1);

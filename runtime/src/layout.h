@@ -31,6 +31,10 @@ struct Piece {
 // extent leaves room for the summation tree's rounding up to whole chunks.
 struct PieceLimits {
     int64_t max_extent = int64_t(1) << 30;
+    // Dimensions `outer_from` and up (CUDA grids hold at most 65535 blocks
+    // in y and z).
+    int64_t max_outer_extent = int64_t(1) << 30;
+    size_t outer_from = 1;
     int64_t max_elements = (int64_t(1) << 31) - 1;
     int64_t max_span = (int64_t(1) << 31) - 1;
 };

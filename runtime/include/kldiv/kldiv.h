@@ -25,7 +25,8 @@ typedef enum { KLDIV_DEVICE_CPU, KLDIV_DEVICE_CUDA } kldiv_device;
 
 /* A strided view of memory. 16-bit data is given as raw uint16 bit patterns.
  * Strides are in elements; a rank-0 tensor has one element and may pass NULL
- * sizes and strides. */
+ * sizes and strides. KLDIV_DEVICE_CUDA: `data` is CUDA device memory (see
+ * "CUDA tensors" below); all tensors of a call are on one device. */
 typedef struct {
     void *data;
     kldiv_dtype dtype;
@@ -110,6 +111,8 @@ typedef struct {
     int32_t threads;               /* 0: leave the kernel thread pool as it is */
     kldiv_warning_handler warning_handler; /* NULL: the process-wide handler */
     void *warning_user_data;
+    void *cuda_stream;             /* CUstream / cudaStream_t of CUDA calls; NULL: the legacy default stream */
+    int32_t cuda_jit;              /* 0: KLDIV_CUDA_JIT, else off; 1: CUDA kernels from the JIT too; -1: AOT only */
 } kldiv_runtime_options;
 
 /* NULL options: the defaults. Returns NULL on error (see kldiv_last_error). */
@@ -144,6 +147,29 @@ typedef struct {
 
 /* Statistics of `runtime`'s kernel caches (NULL: the default runtime). */
 int kldiv_cache_stats(const kldiv_runtime *runtime, kldiv_cache_stats_t *stats);
+
+/* ---- CUDA tensors -------------------------------------------------------
+ *
+ * Tensors with KLDIV_DEVICE_CUDA hold device memory from the CUDA runtime or
+ * driver (cudaMalloc, PyTorch's allocator), all on one GPU. Kernels run in
+ * that GPU's primary context (the CUDA runtime API's) on the call's stream and
+ * return without waiting for the GPU, as PyTorch's CUDA operators do; a
+ * reduced loss is written to device memory, nothing passes through the host.
+ * The driver is loaded when a CUDA tensor is first passed; without a driver or
+ * GPU the call fails with KLDIV_ERROR_DEVICE. As with any asynchronous CUDA
+ * work, a fault on the GPU after a call has returned is reported by later
+ * CUDA calls on that context. */
+
+/* 1 when this build has CUDA kernels (it says nothing of a GPU being present). */
+int kldiv_cuda_in_build(void);
+
+/* The stream of `runtime`'s CUDA calls (NULL runtime: the default runtime). */
+int kldiv_runtime_set_cuda_stream(kldiv_runtime *runtime, void *stream);
+
+/* The calling thread's stream for its CUDA calls, over the runtime's (per
+ * thread, like PyTorch's current stream); clear to return to the runtime's. */
+void kldiv_set_thread_cuda_stream(void *stream);
+void kldiv_clear_thread_cuda_stream(void);
 
 #ifdef __cplusplus
 }

@@ -161,6 +161,14 @@ struct RuntimeOptions {
     // Receives this runtime's warnings (cache faults, PyTorch's warnings for
     // its calls); empty: the process-wide handler.
     WarningHandler warning_handler;
+    // CUDA kernels from the JIT too (compiled as `specialize` says, shape-
+    // generic ones only with generic_from_aot false); unset: $KLDIV_CUDA_JIT
+    // ("on" | "off"), else off: CUDA calls run the AOT CUDA kernels.
+    std::optional<bool> cuda_jit;
+    // CUDA stream (a CUstream or cudaStream_t) of calls on CUDA tensors; null:
+    // the legacy default stream. A thread's own stream (set_thread_cuda_stream)
+    // takes precedence.
+    void *cuda_stream = nullptr;
 };
 
 struct CacheStats {
@@ -215,6 +223,9 @@ public:
 
     CacheStats stats() const;
     const std::string &target() const;     // resolved Halide target string
+    // This runtime's CUDA stream (see RuntimeOptions::cuda_stream).
+    void set_cuda_stream(void *stream);
+    void *cuda_stream() const;
     const std::string &cache_dir() const;  // "" when memory-only
 
     // The runtime behind the free functions and the C ABI (default options,
@@ -230,5 +241,35 @@ private:
 
 // The x86 feature level the AOT kernels run with on this CPU.
 std::string cpu_target();
+
+// ---- CUDA tensors ----------------------------------------------------------
+//
+// Tensors with Device::CUDA hold device memory from the CUDA runtime or driver
+// (cudaMalloc, PyTorch's allocator); every tensor of a call is on one GPU.
+// Kernels run in that GPU's primary context (the one the CUDA runtime API
+// uses) on the call's stream, and return without waiting for the GPU, as
+// PyTorch's CUDA operators do: results are ready in stream order. Nothing is
+// copied through the host; a reduced loss is written to device memory. The
+// NVIDIA driver is loaded when a CUDA tensor is first passed; without one the
+// call fails with ErrorCode::Device.
+
+// Whether this build has CUDA kernels.
+bool cuda_available_in_build();
+
+// The calling thread's CUDA stream for its calls on CUDA tensors, over the
+// runtime's (like PyTorch's current stream, it is per thread).
+void set_thread_cuda_stream(void *stream);
+// Back to the runtime's stream.
+void clear_thread_cuda_stream();
+
+// Sets the calling thread's stream for its lifetime, then restores the
+// runtime's.
+class CudaStreamGuard {
+public:
+    explicit CudaStreamGuard(void *stream) { set_thread_cuda_stream(stream); }
+    ~CudaStreamGuard() { clear_thread_cuda_stream(); }
+    CudaStreamGuard(const CudaStreamGuard &) = delete;
+    CudaStreamGuard &operator=(const CudaStreamGuard &) = delete;
+};
 
 }  // namespace kldiv

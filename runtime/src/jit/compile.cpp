@@ -63,8 +63,8 @@ std::string resolve_target(const std::string &name) {
                   F::SVE2, F::ARMv81a, F::VSX, F::POWER_ARCH_2_07, F::RVV}) {
         if (target.has_feature(isa) && !host.has_feature(isa)) fail(ErrorCode::InvalidArgument, cannot);
     }
-    if (target.has_gpu_feature()) {
-        fail(ErrorCode::InvalidArgument, "target '" + name + "': the JIT compiles CPU kernels only");
+    if (target.has_gpu_feature() && !target.has_feature(Halide::Target::CUDA)) {
+        fail(ErrorCode::InvalidArgument, "target '" + name + "': the JIT compiles CPU and CUDA kernels only");
     }
     return target.without_feature(Halide::Target::NoRuntime).without_feature(Halide::Target::UserContext).to_string();
 }

@@ -11,6 +11,7 @@
 #include <new>
 #include <mutex>
 
+#include "cuda_device.h"
 #include "errors.h"
 
 namespace kldiv::runtime::jit {
@@ -22,6 +23,8 @@ std::string message_of(llvm::Error error) { return llvm::toString(std::move(erro
 // Per target: Halide's runtime, which every kernel's dylib links.
 struct TargetDylibs {
     llvm::orc::JITDylib *runtime = nullptr;
+    int (*wrap)(void *, halide_buffer_t *, uint64_t) = nullptr;  // CUDA targets
+    int (*detach)(void *, halide_buffer_t *) = nullptr;
 };
 
 class Engine {
@@ -52,8 +55,9 @@ public:
         if (llvm::Error e = jit_->addObjectFile(*runtime, llvm::MemoryBuffer::getMemBufferCopy(object, "halide_runtime"))) {
             fail(ErrorCode::Internal, "JIT: cannot load Halide's runtime for " + target + ": " + message_of(std::move(e)));
         }
-        share_library_runtime(*runtime, target);
-        targets_[target] = {&*runtime};
+        TargetDylibs dylibs{&*runtime};
+        share_library_runtime(*runtime, target, dylibs);
+        targets_[target] = dylibs;
     }
 
     // Each kernel gets a dylib of its own, linked to its target's runtime:
@@ -63,12 +67,14 @@ public:
                                               const std::string &function) {
         llvm::orc::ExecutionSession &session = jit_->getExecutionSession();
         llvm::orc::JITDylib *dylib;
+        TargetDylibs runtime;
         {
             std::lock_guard<std::mutex> lock(mutex_);
             auto it = targets_.find(target);
             if (it == targets_.end()) fail(ErrorCode::Internal, "JIT: no runtime loaded for " + target);
+            runtime = it->second;
             dylib = &session.createBareJITDylib(function + " #" + std::to_string(next_dylib_++));
-            dylib->addToLinkOrder(*it->second.runtime);
+            dylib->addToLinkOrder(*runtime.runtime);
         }
         auto discard = [this, dylib] {
             llvm::consumeError(jit_->getExecutionSession().removeJITDylib(*dylib));
@@ -84,13 +90,18 @@ public:
             fail(ErrorCode::Internal, "JIT: cannot link kernel " + function + ": " + message);
         }
         auto entry = reinterpret_cast<KernelEntry>(static_cast<uintptr_t>(symbol->getAddress()));
-        return std::make_shared<LoadedKernel>(entry, object.size(), discard);
+        auto kernel = std::make_shared<LoadedKernel>(entry, object.size(), discard);
+        kernel->wrap = runtime.wrap;
+        kernel->detach = runtime.detach;
+        return kernel;
     }
 
 private:
     // JIT kernels run on the library's thread pool (one per process) and
-    // report errors through the library's handler.
-    void share_library_runtime(llvm::orc::JITDylib &runtime, const std::string &target) {
+    // report errors through the library's handler. A CUDA runtime takes the
+    // library's context and stream hooks (one primary context per GPU, the
+    // caller's stream), and its buffer functions are kept for calls.
+    void share_library_runtime(llvm::orc::JITDylib &runtime, const std::string &target, TargetDylibs &dylibs) {
         auto find = [&](const char *name) {
             auto symbol = jit_->lookup(runtime, name);
             if (!symbol) fail(ErrorCode::Internal, "JIT: Halide's runtime for " + target + " lacks " + name + ": " +
@@ -105,6 +116,18 @@ private:
             halide_do_par_for, halide_do_task, halide_do_loop_task, halide_do_parallel_tasks, halide_semaphore_init,
             halide_semaphore_try_acquire, halide_semaphore_release);
         reinterpret_cast<SetError>(find("halide_set_error_handler"))(record_kernel_error);
+        if (target.find("-cuda") == std::string::npos) return;
+        cuda::RuntimeSetters setters;
+        setters.set_acquire_context = reinterpret_cast<decltype(setters.set_acquire_context)>(
+            find("halide_set_cuda_acquire_context"));
+        setters.set_release_context = reinterpret_cast<decltype(setters.set_release_context)>(
+            find("halide_set_cuda_release_context"));
+        setters.set_get_stream = reinterpret_cast<decltype(setters.set_get_stream)>(find("halide_set_cuda_get_stream"));
+        setters.reuse_device_allocations = reinterpret_cast<decltype(setters.reuse_device_allocations)>(
+            find("halide_reuse_device_allocations"));
+        cuda::install_hooks(setters);
+        dylibs.wrap = reinterpret_cast<decltype(dylibs.wrap)>(find("halide_cuda_wrap_device_ptr"));
+        dylibs.detach = reinterpret_cast<decltype(dylibs.detach)>(find("halide_cuda_detach_device_ptr"));
     }
 
     std::unique_ptr<llvm::orc::LLJIT> jit_;

@@ -2,9 +2,12 @@
 // linked against it. No LLVM in this header.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
+
+struct halide_buffer_t;
 
 namespace kldiv::runtime::jit {
 
@@ -22,6 +25,11 @@ public:
 
     const KernelEntry entry;
     const size_t code_bytes;
+    // CUDA kernels: their runtime's halide_cuda_wrap_device_ptr and
+    // halide_cuda_detach_device_ptr (buffers must be wrapped by the runtime
+    // the kernel links).
+    int (*wrap)(void *, struct halide_buffer_t *, uint64_t) = nullptr;
+    int (*detach)(void *, struct halide_buffer_t *) = nullptr;
 
 private:
     std::function<void()> release_;

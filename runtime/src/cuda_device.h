@@ -1,0 +1,84 @@
+// CUDA tensors: the driver, the primary context of the tensors' GPU, the
+// caller's stream, and Halide's CUDA runtime hooks. The driver is loaded at
+// run time (libcuda.so.1), so the library needs no CUDA to build or to load,
+// and a machine without a GPU gets an error for a CUDA tensor, not a crash.
+#pragma once
+
+#include <HalideRuntime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "kldiv/kldiv.hpp"
+
+namespace kldiv::runtime::cuda {
+
+// Whether this build carries CUDA kernels.
+bool built_with_cuda();
+
+// The device and primary context of CUDA tensors (those with data).
+struct Placement {
+    int ordinal = -1;
+    void *context = nullptr;  // CUcontext: the device's primary context
+};
+
+// Checks that every named tensor with elements holds device memory of one
+// GPU (throws kldiv::Error with ErrorCode::Device otherwise), and returns that
+// GPU's primary context, retained for the life of the process.
+Placement place(const std::vector<std::pair<const Tensor *, const char *>> &tensors);
+
+// The stream of a call made now on this thread with `runtime_stream` as the
+// runtime's own: the thread's stream when one is set, else the runtime's.
+void *call_stream(void *runtime_stream);
+
+// While alive, Halide's CUDA hooks give kernels run on this thread
+// `placement`'s context and `stream`.
+class Scope {
+public:
+    Scope(const Placement &placement, void *stream);
+    ~Scope();
+    Scope(const Scope &) = delete;
+    Scope &operator=(const Scope &) = delete;
+
+private:
+    void *context_, *stream_;
+    const Scope *previous_;
+    friend struct Hooks;
+};
+
+// A Halide CUDA runtime's entry points for caller memory: the library's own
+// (AOT kernels) or the one the JIT loaded (JIT kernels). A kernel's buffers
+// must be wrapped by the runtime it links.
+struct BufferFunctions {
+    int (*wrap)(void *, halide_buffer_t *, uint64_t) = nullptr;
+    int (*detach)(void *, halide_buffer_t *) = nullptr;
+};
+
+// The library's Halide CUDA runtime (null functions in a build without CUDA).
+BufferFunctions library_buffer_functions();
+
+// Gives a Halide CUDA runtime this file's context and stream hooks and
+// device-allocation reuse, through its setter functions.
+// (The hook types of HalideRuntimeCuda.h, which builds without CUDA lack.)
+using AcquireContext = int (*)(void *, void **, bool);
+using ReleaseContext = int (*)(void *);
+using GetStream = int (*)(void *, void *, void **);
+struct RuntimeSetters {
+    AcquireContext (*set_acquire_context)(AcquireContext) = nullptr;
+    ReleaseContext (*set_release_context)(ReleaseContext) = nullptr;
+    GetStream (*set_get_stream)(GetStream) = nullptr;
+    int (*reuse_device_allocations)(void *, bool) = nullptr;
+};
+void install_hooks(const RuntimeSetters &setters);
+
+// Copies `bytes` host bytes to device memory `dst`, ordered on the scope's
+// stream (results of calls with no elements: one scalar).
+void copy_to_device(void *dst, const void *src, size_t bytes);
+
+// Thread stream for this thread's CUDA calls (kldiv::set_thread_cuda_stream).
+void set_thread_stream(void *stream);
+void clear_thread_stream();
+
+}  // namespace kldiv::runtime::cuda
