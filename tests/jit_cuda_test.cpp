@@ -1,0 +1,49 @@
+// The JIT's CUDA path without a GPU: CUDA kernels compile (PTX inside the
+// host object), link against the JIT's Halide CUDA runtime, and come with that
+// runtime's buffer functions. Running them needs a GPU (cuda_test).
+#include <gtest/gtest.h>
+
+#include "jit/compile.h"
+#include "jit/orc.h"
+#include "kldiv/codegen/kernel_spec.h"
+#include "kldiv/schedules/params.h"
+
+namespace {
+
+using kldiv::codegen::KernelSpec;
+using kldiv::codegen::Pass;
+namespace jit = kldiv::runtime::jit;
+
+TEST(JitCuda, CudaKernelsCompileAndLinkAgainstTheJitsCudaRuntime) {
+    const std::string target = jit::resolve_target(KLDIV_CUDA_JIT_TARGET);
+    ASSERT_NE(target.find("cuda"), std::string::npos) << target;
+    jit::ensure_runtime(target, [&] { return jit::compile_runtime(target); });
+    const kldiv::schedules::Params params = kldiv::schedules::default_params(target);
+    int n = 0;
+    for (const KernelSpec &spec : {KernelSpec{Pass::Forward, kldiv::DType::Float32, false, true, false, false, true},
+                                   KernelSpec{Pass::Fused, kldiv::DType::BFloat16, true, false, true, false, true},
+                                   KernelSpec{Pass::Backward, kldiv::DType::Float64, false, true, true, true, true}}) {
+        const std::string function = "jit_cuda_test_" + std::to_string(n++);
+        const std::string object = jit::compile_kernel(spec, std::nullopt, target, params, function, "",
+                                                       kldiv::codegen::InnerStride::Unit);
+        EXPECT_NE(object.find(".target sm_80"), std::string::npos) << spec.name() << ": no sm_80 PTX in the object";
+        EXPECT_NE(object.find(".entry "), std::string::npos) << spec.name();
+        const auto kernel = jit::load_kernel(target, object, function);
+        EXPECT_NE(kernel->entry, nullptr) << spec.name();
+        EXPECT_NE(kernel->wrap, nullptr) << spec.name();
+        EXPECT_NE(kernel->detach, nullptr) << spec.name();
+    }
+    // A shape-specialised one.
+    const KernelSpec sum{Pass::Forward, kldiv::DType::Float32, false, true, false, false, true};
+    jit::FixedShape shape;
+    shape.extent = {32768, 32, 1, 1};
+    shape.strides = {{1, 32768, 0, 0}, {1, 32768, 0, 0}};
+    const std::string object = jit::compile_kernel(sum, shape, target, params, "jit_cuda_test_fixed");
+    EXPECT_NE(jit::load_kernel(target, object, "jit_cuda_test_fixed")->entry, nullptr);
+}
+
+TEST(JitCuda, OtherGpuApisAreRefused) {
+    EXPECT_ANY_THROW(jit::resolve_target("x86-64-linux-opencl"));
+}
+
+}  // namespace
