@@ -45,35 +45,34 @@ Var schedule_elementwise_gpu(Func f, const dsl::Algorithm &a, const GpuParams &p
     return block;
 }
 
+// Partial sums `lanes`, computed where `consumer` computes `at`: a thread
+// per lane, each walking its steps `unroll` per iteration (as many loads in
+// flight); then their tree, a level at a time, each level in parallel (one
+// thread adding all lanes cost microseconds per block, which small calls
+// wait for).
+void schedule_lanes(Func lanes, const std::vector<Func> &tree, const Func &consumer, const Var &at, const Var &lane,
+                    const Halide::RVar &step, int unroll) {
+    lanes.compute_at(consumer, at).gpu_threads(lane);
+    for (Func level : tree) level.compute_at(consumer, at).gpu_threads(lane);
+    Halide::RVar outer(step.name() + "_outer"), inner(step.name() + "_inner");
+    lanes.update()
+        .reorder(step, lane)
+        .split(step, outer, inner, unroll, TailStrategy::GuardWithIf)
+        .unroll(inner)
+        .gpu_threads(lane);
+}
+
 // First launch: a block per chunk; its threads are the chunk's lanes, each
-// summing every `lanes`-th element, `sum_unroll` steps per iteration (as
-// many loads in flight); the lanes are then added as the tree says, a level
-// at a time. Second launch: one block; thread l adds chunk sums l, l + L, ...
+// summing every `lanes`-th element, and the lanes are added as the tree
+// says. Second launch: one block; thread l adds chunk sums l, l + L, ...
 // and the L lane totals are added the same way before `out` is stored.
 Var schedule_sum_gpu(dsl::Algorithm &a, const GpuParams &p) {
     const auto &[i0, i1, i2, i3] = a.dims;
     Var chunks("chunks");
     a.chunk_sum.compute_root().reorder(a.chunk, i1, i2, i3).fuse(a.chunk, i1, chunks).gpu_blocks(chunks, i2);
-    a.lane_sum.compute_at(a.chunk_sum, chunks).gpu_threads(a.lane);
-    // The lane tree level by level, each in parallel (one thread adding all
-    // lanes cost microseconds per block, which small calls wait for).
-    for (Func level : a.lane_tree) level.compute_at(a.chunk_sum, chunks).gpu_threads(a.lane);
-    Halide::RVar step_outer("step_outer"), step_inner("step_inner");
-    a.lane_sum.update()
-        .reorder(a.step.x, a.lane)
-        .split(a.step.x, step_outer, step_inner, p.sum_unroll, TailStrategy::GuardWithIf)
-        .unroll(step_inner)
-        .gpu_threads(a.lane);
-
+    schedule_lanes(a.lane_sum, a.lane_tree, a.chunk_sum, chunks, a.lane, a.step.x, p.sum_unroll);
     a.out.compute_root().gpu_blocks(i0);
-    a.lane_total.compute_at(a.out, i0).gpu_threads(a.total_lane);
-    for (Func level : a.total_tree) level.compute_at(a.out, i0).gpu_threads(a.total_lane);
-    Halide::RVar total_outer("total_outer"), total_inner("total_inner");
-    a.lane_total.update()
-        .reorder(a.total_step.x, a.total_lane)
-        .split(a.total_step.x, total_outer, total_inner, p.sum_unroll, TailStrategy::GuardWithIf)
-        .unroll(total_inner)
-        .gpu_threads(a.total_lane);
+    schedule_lanes(a.lane_total, a.total_tree, a.out, i0, a.total_lane, a.total_step.x, p.sum_unroll);
     return chunks;
 }
 
