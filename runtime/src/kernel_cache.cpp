@@ -351,7 +351,11 @@ KernelCache::KernelCache(const RuntimeOptions &options) : state_(std::make_uniqu
         s.cuda_jit = value == "on";
     }
     s.target = jit::resolve_target(options.target);
-    s.cuda_target = jit::resolve_target(KLDIV_CUDA_JIT_TARGET);
+    try {
+        s.cuda_target = jit::resolve_target(KLDIV_CUDA_JIT_TARGET);
+    } catch (const Error &) {
+        s.cuda_jit = false;  // another host architecture: CUDA calls run the AOT kernels
+    }
     // The AOT kernels serve this runtime when they run the same code: the host
     // target, or the feature level they dispatch to on this CPU.
     s.host_target = options.target.empty() || options.target == "host" || s.target == jit::resolve_target(cpu_target());
