@@ -34,8 +34,10 @@ needs neither Halide nor LLVM, nor libkldiv, at run time.
                               exactly this shape (at most 4 dimensions);
                               without it the kernel takes any shape
                  e.g. fwd:bf16:batchmean, fused:f32:sum:logt:64x32000
-  --target T     a Halide target string (x86-64-linux-avx2, arm-64-linux, ...)
-                 or 'host' (this machine). Repeatable; default host
+  --target T     a Halide target string (x86-64-linux-avx2, arm-64-linux,
+                 x86-64-linux-cuda-cuda_capability_80, ...) or 'host' (this
+                 machine). Repeatable; default host. CUDA kernels take device
+                 memory and write reduced results there (see their headers)
   --output DIR   where to write; each target gets DIR/<T>/ with
                    lib<NAME>.a          the kernels
                    lib<NAME>_runtime.a  Halide's runtime, once per target
