@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "cuda_support.h"
+#include "kldiv/kldiv.hpp"
 
 using namespace kldiv_test;
 
@@ -40,6 +41,27 @@ TEST(CudaTensors, MixedDevicesAreRefusedBeforeAnyWork) {
         << kldiv_last_error();
     EXPECT_NE(std::strstr(kldiv_last_error(), "cpu (input) and cuda (target)"), nullptr) << kldiv_last_error();
     for (unsigned char b : out.bytes) EXPECT_EQ(b, 0xA5);
+}
+
+// Stream guards nest: each restores what the thread had before it.
+TEST(CudaTensors, StreamGuardsRestoreTheStreamBeforeThem) {
+    int a = 0, b = 0;  // two distinct addresses stand in for streams
+    EXPECT_FALSE(kldiv::thread_cuda_stream().has_value());
+    {
+        kldiv::CudaStreamGuard outer(&a);
+        EXPECT_EQ(kldiv::thread_cuda_stream().value_or(nullptr), &a);
+        {
+            kldiv::CudaStreamGuard inner(&b);
+            EXPECT_EQ(kldiv::thread_cuda_stream().value_or(nullptr), &b);
+        }
+        EXPECT_EQ(kldiv::thread_cuda_stream().value_or(nullptr), &a);
+        std::thread([] { EXPECT_FALSE(kldiv::thread_cuda_stream().has_value()); }).join();  // per thread
+    }
+    EXPECT_FALSE(kldiv::thread_cuda_stream().has_value());
+    kldiv_set_thread_cuda_stream(&a);
+    EXPECT_EQ(kldiv::thread_cuda_stream().value_or(nullptr), &a);
+    kldiv_clear_thread_cuda_stream();
+    EXPECT_FALSE(kldiv::thread_cuda_stream().has_value());
 }
 
 // Host memory marked as CUDA: without a driver the error says so; with one,

@@ -66,6 +66,7 @@ void *Runtime::cuda_stream() const { return cache_->cuda_stream(); }
 bool cuda_available_in_build() { return runtime::cuda::built_with_cuda(); }
 void set_thread_cuda_stream(void *stream) { runtime::cuda::set_thread_stream(stream); }
 void clear_thread_cuda_stream() { runtime::cuda::clear_thread_stream(); }
+std::optional<void *> thread_cuda_stream() { return runtime::cuda::thread_stream(); }
 const std::string &Runtime::target() const { return cache_->target(); }
 const std::string &Runtime::cache_dir() const { return cache_->cache_dir(); }
 

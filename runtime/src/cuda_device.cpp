@@ -207,5 +207,6 @@ void copy_to_device(void *dst, const void *src, size_t bytes) {
 
 void set_thread_stream(void *stream) { t_stream = {true, stream}; }
 void clear_thread_stream() { t_stream = {}; }
+std::optional<void *> thread_stream() { return t_stream.set ? std::optional<void *>(t_stream.stream) : std::nullopt; }
 
 }  // namespace kldiv::runtime::cuda

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -80,5 +81,6 @@ void copy_to_device(void *dst, const void *src, size_t bytes);
 // Thread stream for this thread's CUDA calls (kldiv::set_thread_cuda_stream).
 void set_thread_stream(void *stream);
 void clear_thread_stream();
+std::optional<void *> thread_stream();
 
 }  // namespace kldiv::runtime::cuda

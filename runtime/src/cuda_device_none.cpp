@@ -19,5 +19,6 @@ void install_hooks(const RuntimeSetters &) {}
 void copy_to_device(void *, const void *, size_t) { fail(ErrorCode::Device, "no CUDA in this build"); }
 void set_thread_stream(void *) {}
 void clear_thread_stream() {}
+std::optional<void *> thread_stream() { return std::nullopt; }
 
 }  // namespace kldiv::runtime::cuda

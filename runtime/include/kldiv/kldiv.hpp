@@ -261,15 +261,26 @@ bool cuda_available_in_build();
 void set_thread_cuda_stream(void *stream);
 // Back to the runtime's stream.
 void clear_thread_cuda_stream();
+// The calling thread's stream, when it has set one.
+std::optional<void *> thread_cuda_stream();
 
-// Sets the calling thread's stream for its lifetime, then restores the
-// runtime's.
+// Sets the calling thread's stream for its lifetime, then restores what the
+// thread had before (its own stream, or the runtime's).
 class CudaStreamGuard {
 public:
-    explicit CudaStreamGuard(void *stream) { set_thread_cuda_stream(stream); }
-    ~CudaStreamGuard() { clear_thread_cuda_stream(); }
+    explicit CudaStreamGuard(void *stream) : previous_(thread_cuda_stream()) { set_thread_cuda_stream(stream); }
+    ~CudaStreamGuard() {
+        if (previous_) {
+            set_thread_cuda_stream(*previous_);
+        } else {
+            clear_thread_cuda_stream();
+        }
+    }
     CudaStreamGuard(const CudaStreamGuard &) = delete;
     CudaStreamGuard &operator=(const CudaStreamGuard &) = delete;
+
+private:
+    std::optional<void *> previous_;
 };
 
 }  // namespace kldiv
