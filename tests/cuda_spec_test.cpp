@@ -26,6 +26,9 @@ TEST(CudaSpec, ReductionsFinishOnTheDeviceAndReadTheUpstreamGradientThere) {
     EXPECT_EQ(sum.name(), "kldiv_cuda_fwd_sum_bf16_logt");
     EXPECT_EQ(sum.tuning_name(), "kldiv_fwd_sum_bf16_logt");
     EXPECT_EQ(names(sum), (std::vector<std::string>{"divisor", "input", "target", "out"}));
+    std::vector<int> dims;
+    for (const Argument &a : kldiv::codegen::arguments(sum)) dims.push_back(a.dimensions);
+    EXPECT_EQ(dims, (std::vector<int>{0, 4, 4, 1}));
     sum.cuda = false;
     EXPECT_EQ(names(sum), (std::vector<std::string>{"input", "target", "total"}));
 

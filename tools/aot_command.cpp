@@ -133,10 +133,7 @@ codegen::FixedShape fixed_shape(const AotSpec &a) {
         step *= fixed.extent[d];
     }
     for (const codegen::Argument &arg : codegen::arguments(a.spec)) {
-        if (arg.kind == codegen::Argument::Buffer && arg.name != "total" && arg.name != "out" &&
-            !(arg.name == "grad_output" && a.spec.reduce)) {
-            fixed.strides.push_back(strides);
-        }
+        if (arg.dimensions == 4) fixed.strides.push_back(strides);
     }
     return fixed;
 }

@@ -23,7 +23,7 @@ public:
     void configure() {
         for (const Argument &argument : arguments(spec())) {
             const Halide::Type type = argument_type(spec(), argument);
-            const int dims = argument_dimensions(spec(), argument);
+            const int dims = argument.dimensions;
             if (argument.is_output) {
                 outputs_.push_back(this->template add_output<Halide::Buffer<>>(argument.name, type, dims));
             } else if (argument.kind == Argument::Scalar) {

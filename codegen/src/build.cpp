@@ -26,12 +26,6 @@ Halide::Type argument_type(const KernelSpec &spec, const Argument &argument) {
     return dsl::storage_type(spec.dtype);
 }
 
-int argument_dimensions(const KernelSpec &spec, const Argument &argument) {
-    if (argument.kind == Argument::Scalar || argument.name == "total") return 0;
-    if (argument.name == "out" || (argument.name == "grad_output" && spec.reduce)) return 1;
-    return dsl::kRank;
-}
-
 // Halide 14's host target, less what this CPU cannot run: it reports
 // avx512_sapphirerapids from AVX512-BF16 and AVX-VNNI alone, and LLVM's
 // sapphirerapids then emits AVX512-FP16 instructions, which some CPUs with
@@ -212,7 +206,7 @@ Halide::Module compile_module(const KernelSpec &spec, const std::optional<FixedS
             halide_args.push_back(*scale);
             continue;
         }
-        Halide::ImageParam image(type, argument_dimensions(spec, a), a.name);
+        Halide::ImageParam image(type, a.dimensions, a.name);
         if (image.dimensions() == 4) constrain(image, shape, images.size(), strides_only, inner_stride);
         inputs.buffers[a.name] = image;
         if (image.dimensions() == 4) inputs.inner_strides[a.name] = image.dim(0).stride();

@@ -29,24 +29,27 @@ std::string KernelSpec::tuning_name() const {
 std::vector<Argument> arguments(const KernelSpec &spec) {
     std::vector<Argument> args;
     const bool scalar_grad = spec.reduce && spec.pass != Pass::Forward;
-    if (spec.pass == Pass::Backward && (!spec.reduce || spec.cuda)) {
-        args.push_back({Argument::Buffer, "grad_output", false});
+    if (spec.pass == Pass::Backward && !spec.reduce) args.push_back({Argument::Buffer, "grad_output", false, 4});
+    if (spec.pass == Pass::Backward && spec.reduce && spec.cuda) {
+        args.push_back({Argument::Buffer, "grad_output", false, 1});
     }
     if (spec.cuda && spec.reduce) {
-        args.push_back({Argument::Scalar, "divisor", false});
+        args.push_back({Argument::Scalar, "divisor", false, 0});
     } else if (scalar_grad) {
-        args.push_back({Argument::Scalar, "grad_scale", false});
+        args.push_back({Argument::Scalar, "grad_scale", false, 0});
     }
-    args.push_back({Argument::Buffer, "input", false});
-    args.push_back({Argument::Buffer, "target", false});
-    if (spec.pass != Pass::Backward) {
-        args.push_back({Argument::Buffer, !spec.reduce ? "loss" : spec.cuda ? "out" : "total", true});
+    args.push_back({Argument::Buffer, "input", false, 4});
+    args.push_back({Argument::Buffer, "target", false, 4});
+    if (spec.pass != Pass::Backward && !spec.reduce) args.push_back({Argument::Buffer, "loss", true, 4});
+    if (spec.pass != Pass::Backward && spec.reduce) {
+        args.push_back(spec.cuda ? Argument{Argument::Buffer, "out", true, 1}
+                                 : Argument{Argument::Buffer, "total", true, 0});
     }
     if (spec.pass == Pass::Fused || (spec.pass == Pass::Backward && spec.grad_input)) {
-        args.push_back({Argument::Buffer, "grad_input", true});
+        args.push_back({Argument::Buffer, "grad_input", true, 4});
     }
     if (spec.pass == Pass::Backward && spec.grad_target) {
-        args.push_back({Argument::Buffer, "grad_target", true});
+        args.push_back({Argument::Buffer, "grad_target", true, 4});
     }
     return args;
 }

@@ -70,7 +70,9 @@ const Driver &driver() {
             d.problem = "the CUDA driver (libcuda.so.1) lacks the driver API this library needs";
             return d;
         }
-        if (CUresult r = d.cuInit(0); r != 0) d.problem = "CUDA is not usable here: cuInit failed (" + d.error_name(r) + ")";
+        if (CUresult r = d.cuInit(0); r != 0) {
+            d.problem = "CUDA is not usable here: cuInit failed (" + d.error_name(r) + ")";
+        }
         return d;
     }();
     return d;
@@ -167,7 +169,8 @@ Placement place(const std::vector<std::pair<const Tensor *, const char *>> &tens
         void *values[2] = {&memory_type, &ordinal};
         if (d.cuPointerGetAttributes(2, attributes, values, reinterpret_cast<CUdeviceptr>(tensor->data)) != 0 ||
             (memory_type != kMemoryTypeDevice && memory_type != kMemoryTypeUnified) || ordinal < 0) {
-            fail(ErrorCode::Device, std::string(name) + " is marked as a CUDA tensor but its data is not CUDA device memory");
+            fail(ErrorCode::Device,
+                 std::string(name) + " is marked as a CUDA tensor but its data is not CUDA device memory");
         }
         if (p.ordinal >= 0 && ordinal != p.ordinal) {
             fail(ErrorCode::Device, std::string("Expected all tensors to be on the same device, but found at least two "

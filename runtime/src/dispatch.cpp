@@ -191,12 +191,6 @@ struct DeviceCall {
     cuda::Scope scope;
 };
 
-// Whether a kernel buffer argument holds one element (a CUDA kernel's `out`
-// and scalar `grad_output`) rather than a 4-d view of the call's shape.
-bool one_element(const KernelSpec &spec, const codegen::Argument &a) {
-    return a.name == "out" || (a.name == "grad_output" && spec.reduce);
-}
-
 // Runs `spec` over the broadcast `shape`. `buffers` are the kernel's buffer
 // arguments except `total`, in argument order; `strides` has the strides in
 // `shape` of each 4-d one. Buffer `order_by` (an output, where there is one)
@@ -209,7 +203,7 @@ double run_kernel(KernelCache &cache, const KernelSpec &spec, const std::vector<
     const size_t elem = element_size(spec.dtype);
     std::vector<bool> whole;  // per buffer: one element, not a view of `shape`
     for (const codegen::Argument &a : codegen::arguments(spec)) {
-        if (a.kind == codegen::Argument::Buffer && a.name != "total") whole.push_back(one_element(spec, a));
+        if (a.kind == codegen::Argument::Buffer && a.name != "total") whole.push_back(a.dimensions == 1);
     }
     // CUDA grids hold at most 65535 blocks in y and z: dimensions 1 and 2 of
     // elementwise kernels, dimension 2 of reductions (see gpu_schedule.cpp).

@@ -39,8 +39,7 @@ public:
         size_t k = 0, four_d = 0;
         for (const codegen::Argument &a : codegen::arguments(spec)) {
             if (a.kind != codegen::Argument::Buffer || a.name == "total" || k >= data.size()) continue;
-            const bool one_element = a.name == "out" || (a.name == "grad_output" && spec.reduce);
-            if (one_element) {
+            if (a.dimensions == 1) {
                 dims_[k][0] = halide_dimension_t(0, 1, 1);
                 buffers_[k].dimensions = 1;
             } else {

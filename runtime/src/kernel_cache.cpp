@@ -225,8 +225,7 @@ struct KernelCache::State {
     static size_t buffer_count(const KernelSpec &spec) {
         size_t buffers = 0;
         for (const codegen::Argument &a : codegen::arguments(spec)) {
-            buffers += a.kind == codegen::Argument::Buffer && a.name != "total" && a.name != "out" &&
-                       !(a.name == "grad_output" && spec.reduce);
+            buffers += a.dimensions == 4;
         }
         return buffers;
     }

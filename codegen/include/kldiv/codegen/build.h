@@ -29,7 +29,6 @@ struct PipelineInputs {
 
 // The halide types of a kernel's arguments.
 Halide::Type argument_type(const KernelSpec &spec, const Argument &argument);
-int argument_dimensions(const KernelSpec &spec, const Argument &argument);
 
 // Defines and schedules the pipeline (leaves it unscheduled when `schedule`
 // is false); returns the output Funcs in the order of arguments(spec). Each

@@ -49,6 +49,9 @@ struct Argument {
     enum Kind { Buffer, Scalar } kind;
     std::string name;
     bool is_output;
+    // 4: a view of the call's 4-d shape (strides per call); 1: one element
+    // (a CUDA `out` or scalar `grad_output`); 0: a scalar or `total`.
+    int dimensions;
 };
 
 std::vector<Argument> arguments(const KernelSpec &spec);
