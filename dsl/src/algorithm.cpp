@@ -138,11 +138,17 @@ void define_sum(Algorithm &a, const Inputs &in, const SumTree &tree, DType dtype
     a.step = RDom(0, steps, "step");
     Expr element = a.chunk * chunk_length + a.step * tree.lanes + a.lane;
     // Padding past the end reads the last element and contributes zero.
-    // `likely` lets Halide peel the last chunk, so the others load densely.
+    // `likely` lets Halide peel the last steps, so the others load densely.
     Expr value = a.pointwise(Halide::min(Halide::likely(element), n0 - 1), i1, i2, i3);
     a.lane_sum = Func("lane_sum");
     a.lane_sum(a.lane, a.chunk, i1, i2, i3) = zero_of(type);
-    a.lane_sum(a.lane, a.chunk, i1, i2, i3) += Halide::select(Halide::likely(element < n0), value, zero_of(type));
+    // The test is made for the whole step first (one scalar condition), and
+    // the likely branch is tagged as such (Halide's loop partitioning reads
+    // the tag on a select's value, not on its condition), so that the steady
+    // state has no test; only a step that crosses the end tests each lane.
+    const Expr step_end = a.chunk * chunk_length + (a.step + 1) * tree.lanes;
+    a.lane_sum(a.lane, a.chunk, i1, i2, i3) +=
+        Halide::select(step_end <= n0, Halide::likely(value), Halide::select(element < n0, value, zero_of(type)));
 
     // The lanes are added as a balanced tree.
     Expr sum = tree_levels(a.lane_sum, tree.lanes, a.lane, {a.chunk, i1, i2, i3}, "lane_tree", a.lane_tree);
