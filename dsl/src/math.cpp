@@ -58,12 +58,13 @@ Expr log_of_positive(const Expr &x) {
     const int64_t sqrt_half_bits = f64 ? 0x3fe6a09e667f3bcdLL : 0x3f3504f3LL;
     const int64_t mantissa_mask = (int64_t(1) << mantissa_bits) - 1;
     Expr bits = Halide::reinterpret(ut, scaled) + Halide::cast(ut, Expr(one_bits - sqrt_half_bits));
-    // A denormal's exponent is the scaled one less the shift: taken from the
-    // exponent field, which leaves the mantissa alone (one masked subtract).
-    Expr exponent_bits = Halide::select(
-        denormal, bits - Halide::cast(ut, Expr(int64_t(denormal_shift) << mantissa_bits)), bits);
-    // (An arithmetic shift: a denormal's exponent field goes below zero.)
-    Expr k = (Halide::reinterpret(it, exponent_bits) >> mantissa_bits) - Halide::cast(it, Expr(bias));
+    // k is the exponent field less the bias, and for a denormal less the
+    // shift too: both taken off the field before the shift, which leaves the
+    // mantissa alone (one subtract of a selected constant).
+    Expr exponent_offset = Halide::select(denormal, Halide::cast(ut, Expr((bias + denormal_shift) << mantissa_bits)),
+                                          Halide::cast(ut, Expr(bias << mantissa_bits)));
+    // (An arithmetic shift: the field less the offset may be below zero.)
+    Expr k = Halide::reinterpret(it, bits - exponent_offset) >> mantissa_bits;
     Expr m_bits = (bits & Halide::cast(ut, Expr(mantissa_mask))) + Halide::cast(ut, Expr(sqrt_half_bits));
     Expr m = Halide::reinterpret(ft, m_bits);
 
