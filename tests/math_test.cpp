@@ -130,7 +130,10 @@ TEST(DslMath, Float64LogAndExp) {
     std::vector<double> x;
     std::uniform_real_distribution<double> exponent(-700.0, 700.0);
     for (int i = 0; i < (1 << 18); i++) x.push_back(std::exp(exponent(rng)));
-    x.push_back(4.9e-324);
+    // Denormals across their range (they are made normal by their integer mantissa).
+    for (double denormal : {4.9e-324, 1e-323, 3.3e-320, 7.1e-315, 1.5e-310, 2.2250738585072009e-308}) {
+        x.push_back(denormal);
+    }
     x.push_back(2.2250738585072014e-308);
     Buffer<double> l = evaluate(kldiv::dsl::log, x);
     Buffer<double> e = evaluate(kldiv::dsl::exp, l.data() ? std::vector<double>(l.data(), l.data() + x.size()) : x);
