@@ -3,7 +3,10 @@
 // pass's comparison, over n = 2^16, 2^20, 2^24 elements in rows of 32768, in
 // float32 and bfloat16. Each result carries GB/s under the bytes-moved model
 // (tools/workload.h), its share of the read and copy bandwidth ceilings
-// measured once at start (tools/bandwidth.h), and libtorch's time over ours.
+// (tools/bandwidth.h) measured right after it is timed (the bandwidth a shared
+// machine leaves to a process can change within minutes; --ceiling=start
+// takes the one measured at start for every case), and libtorch's time over
+// ours.
 //
 //   kldiv_bench --benchmark_min_time=0.05 --benchmark_filter='fwd/f32/.*'
 //   kldiv_bench --threads=4     (kernel, torch and ceiling threads; 0 = one per core)
@@ -43,6 +46,12 @@ constexpr std::int64_t kRowLength = 32768;
 constexpr std::int64_t kLargestN = std::int64_t{1} << 24;
 // Seconds of torch calls behind each ratio_vs_torch.
 constexpr double kTorchBudgetSeconds = 0.1;
+// A timing of at least this many seconds gets ceilings measured right after
+// it (median of kAdjacentCeilingRuns); shorter ones are Google Benchmark's
+// trial runs, which it does not report at the default --benchmark_min_time,
+// and keep the ceilings from the start.
+constexpr double kAdjacentCeilingMinSeconds = 0.1;
+constexpr int kAdjacentCeilingRuns = 3;
 
 enum class Operation { Forward, Fused, ForwardThenBackward };
 
@@ -83,7 +92,9 @@ struct Case {
 struct Settings {
     int threads = 0;  // as given: 0 = one per core
     bool malloc_defaults = false;
-    kldiv::tools::BandwidthCeiling ceiling;
+    bool adjacent_ceiling = true;  // --ceiling=adjacent (default) or start
+    std::unique_ptr<kldiv::tools::BandwidthProbe> probe;
+    kldiv::tools::BandwidthCeiling ceiling;  // measured at start
 };
 Settings settings;
 
@@ -185,13 +196,20 @@ void run_case(benchmark::State &state, const Case &c) {
     const double elapsed =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
+    const kldiv::tools::BandwidthCeiling ceiling =
+        settings.adjacent_ceiling && elapsed >= kAdjacentCeilingMinSeconds
+            ? settings.probe->measure(kAdjacentCeilingRuns)
+            : settings.ceiling;
+
     const std::int64_t bytes = c.traffic().total();
     const double seconds = elapsed / (double)state.iterations();
     const double gbps = (double)bytes / seconds / 1e9;
     state.SetBytesProcessed(state.iterations() * bytes);
     state.counters["GB/s"] = gbps;
-    state.counters["pct_of_read_ceiling"] = 100 * gbps / settings.ceiling.read_gbps;
-    state.counters["pct_of_copy_ceiling"] = 100 * gbps / settings.ceiling.copy_gbps;
+    state.counters["read_ceiling"] = ceiling.read_gbps;
+    state.counters["copy_ceiling"] = ceiling.copy_gbps;
+    state.counters["pct_of_read_ceiling"] = 100 * gbps / ceiling.read_gbps;
+    state.counters["pct_of_copy_ceiling"] = 100 * gbps / ceiling.copy_gbps;
     state.counters["ratio_vs_torch"] = baseline.seconds > 0 ? baseline.seconds / seconds : 0.0;
     if (baseline.seconds > 0) {
         char label[64];
@@ -228,9 +246,13 @@ void print_help() {
     std::printf(
         "kldiv_bench: KL-div kernels (forward, fused, forward-then-backward) against the\n"
         "memory-bandwidth ceilings and libtorch. Counters: GB/s (bytes-moved model / time),\n"
-        "pct_of_read_ceiling, pct_of_copy_ceiling, ratio_vs_torch (torch time / ours).\n\n"
+        "read_ceiling and copy_ceiling (GB/s), pct_of_read_ceiling, pct_of_copy_ceiling,\n"
+        "ratio_vs_torch (torch time / ours).\n\n"
         "Own options:\n"
         "  --threads=N        kernel, torch and ceiling threads (0 = one per core, the default)\n"
+        "  --ceiling=WHEN     adjacent: measure the ceilings again right after each timing\n"
+        "                     of at least 0.1 s (the default; shorter ones keep the ceilings\n"
+        "                     from the start); start: the ceilings measured at start only\n"
         "  --malloc_defaults  leave glibc malloc as it is. By default freed memory stays in\n"
         "                     the heap, so that torch's per-call output tensors do not\n"
         "                     page-fault afresh on every call\n\n"
@@ -257,6 +279,12 @@ bool take_own_flags(int *argc, char **argv) {
         const char *arg = argv[i];
         if (std::strcmp(arg, "--malloc_defaults") == 0) {
             settings.malloc_defaults = true;
+        } else if (std::strcmp(arg, "--ceiling=adjacent") == 0 || std::strcmp(arg, "--ceiling=start") == 0) {
+            settings.adjacent_ceiling = std::strcmp(arg, "--ceiling=adjacent") == 0;
+        } else if (std::strncmp(arg, "--ceiling", 9) == 0) {
+            std::fprintf(stderr, "kldiv_bench: invalid value in '%s': expected --ceiling=adjacent or "
+                                 "--ceiling=start\n", arg);
+            return false;
         } else if (std::strncmp(arg, "--threads=", 10) == 0) {
             char *end = nullptr;
             const long threads = std::strtol(arg + 10, &end, 10);
@@ -303,17 +331,22 @@ int main(int argc, char **argv) {
     benchmark::AddCustomContext("torch_baseline", "none (built without libtorch)");
 #endif
     // Arrays of 4x the largest operand (2^24 float32), at least 256 MiB each.
-    settings.ceiling = kldiv::tools::measure_bandwidth(settings.threads, 4 * kLargestN * 4);
+    settings.probe.reset(new kldiv::tools::BandwidthProbe(settings.threads, 4 * kLargestN * 4));
+    settings.ceiling = settings.probe->measure(5);
     char text[64];
     benchmark::AddCustomContext("kldiv_cpu_target", kldiv::cpu_target());
     benchmark::AddCustomContext("kldiv_threads", std::to_string(threads));
     std::snprintf(text, sizeof text, "%.2f GB/s", settings.ceiling.read_gbps);
-    benchmark::AddCustomContext("read_ceiling", text);
+    benchmark::AddCustomContext("read_ceiling_at_start", text);
     std::snprintf(text, sizeof text, "%.2f GB/s", settings.ceiling.copy_gbps);
-    benchmark::AddCustomContext("copy_ceiling", text);
+    benchmark::AddCustomContext("copy_ceiling_at_start", text);
     benchmark::AddCustomContext("ceilings", "DRAM loops over 3 arrays of " +
                                                 std::to_string(settings.ceiling.array_bytes >> 20) +
-                                                " MiB; sizes that stay in cache can exceed 100%");
+                                                " MiB; sizes that stay in cache can exceed 100%; " +
+                                                (settings.adjacent_ceiling
+                                                     ? "measured again right after each timing of at "
+                                                       "least 0.1 s (median of 3)"
+                                                     : "the ones measured at start (median of 5)"));
     benchmark::AddCustomContext("ratio_vs_torch", "torch median time / ours (0: no baseline)");
     benchmark::AddCustomContext("malloc", settings.malloc_defaults
                                               ? "glibc defaults (--malloc_defaults)"

@@ -66,37 +66,50 @@ double run_split(int threads, std::size_t words,
 
 }  // namespace
 
-BandwidthCeiling measure_bandwidth(int threads, std::size_t min_array_bytes, int runs) {
-    BandwidthCeiling ceiling;
-    ceiling.threads = resolve_threads(threads);
-    ceiling.runs = std::max(1, runs);
-    const std::size_t words =
-        (std::max(kMinCeilingArrayBytes, min_array_bytes) + sizeof(Word) - 1) / sizeof(Word);
-    ceiling.array_bytes = words * sizeof(Word);
+struct BandwidthProbe::Arrays {
+    std::size_t words = 0;
+    Array a, b, c;
+};
 
-    Array a = allocate(words), b = allocate(words), c = allocate(words);
+BandwidthProbe::BandwidthProbe(int threads, std::size_t min_array_bytes)
+    : arrays_(new Arrays), threads_(resolve_threads(threads)) {
+    Arrays &arrays = *arrays_;
+    arrays.words = (std::max(kMinCeilingArrayBytes, min_array_bytes) + sizeof(Word) - 1) / sizeof(Word);
+    arrays.a = allocate(arrays.words);
+    arrays.b = allocate(arrays.words);
+    arrays.c = allocate(arrays.words);
     // First touch by the thread that later reads each part, so pages sit near it.
-    run_split(ceiling.threads, words, [&](std::size_t begin, std::size_t end) {
+    run_split(threads_, arrays.words, [&](std::size_t begin, std::size_t end) {
         for (std::size_t i = begin; i < end; ++i) {
-            a[i] = i;
-            b[i] = 3 * i + 1;
-            c[i] = 0;
+            arrays.a[i] = i;
+            arrays.b[i] = 3 * i + 1;
+            arrays.c[i] = 0;
         }
     });
+}
+
+BandwidthProbe::~BandwidthProbe() = default;
+
+BandwidthCeiling BandwidthProbe::measure(int runs) const {
+    const Arrays &arrays = *arrays_;
+    BandwidthCeiling ceiling;
+    ceiling.threads = threads_;
+    ceiling.runs = std::max(1, runs);
+    ceiling.array_bytes = arrays.words * sizeof(Word);
 
     std::atomic<Word> sink{0};  // the sums are observable, so the read loop stays
     auto read = [&](std::size_t begin, std::size_t end) {
-        sink.fetch_add(sum_two(a.get() + begin, b.get() + begin, end - begin),
+        sink.fetch_add(sum_two(arrays.a.get() + begin, arrays.b.get() + begin, end - begin),
                        std::memory_order_relaxed);
     };
     auto copy = [&](std::size_t begin, std::size_t end) {
-        add_two(a.get() + begin, b.get() + begin, c.get() + begin, end - begin);
+        add_two(arrays.a.get() + begin, arrays.b.get() + begin, arrays.c.get() + begin, end - begin);
     };
 
     std::vector<double> read_seconds, copy_seconds;
     for (int run = 0; run <= ceiling.runs; ++run) {  // run 0 warms up
-        const double r = run_split(ceiling.threads, words, read);
-        const double w = run_split(ceiling.threads, words, copy);
+        const double r = run_split(threads_, arrays.words, read);
+        const double w = run_split(threads_, arrays.words, copy);
         if (run == 0) continue;
         read_seconds.push_back(r);
         copy_seconds.push_back(w);
@@ -105,6 +118,10 @@ BandwidthCeiling measure_bandwidth(int threads, std::size_t min_array_bytes, int
     ceiling.read_gbps = 2 * bytes / median(read_seconds) / 1e9;
     ceiling.copy_gbps = 3 * bytes / median(copy_seconds) / 1e9;
     return ceiling;
+}
+
+BandwidthCeiling measure_bandwidth(int threads, std::size_t min_array_bytes, int runs) {
+    return BandwidthProbe(threads, min_array_bytes).measure(runs);
 }
 
 }  // namespace kldiv::tools

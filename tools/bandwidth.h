@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
 
 namespace kldiv::tools {
 
@@ -18,9 +19,29 @@ struct BandwidthCeiling {
     int runs = 0;
 };
 
-// Median GB/s (1e9 bytes/s) over `runs` timed runs after one warm-up, each
-// array max(kMinCeilingArrayBytes, min_array_bytes), split evenly over
-// `threads` std::threads (0: one per core); each thread first-touches its part.
+// The three arrays of a ceiling measurement, allocated and first-touched
+// once, so that a benchmark can measure the ceiling again next to each kernel
+// it times (on a shared machine the bandwidth left to a process can change
+// within minutes). Each array is max(kMinCeilingArrayBytes, min_array_bytes),
+// split evenly over `threads` std::threads (0: one per core); each thread
+// first-touches its part.
+class BandwidthProbe {
+public:
+    BandwidthProbe(int threads, std::size_t min_array_bytes = 0);
+    ~BandwidthProbe();
+    BandwidthProbe(const BandwidthProbe &) = delete;
+    BandwidthProbe &operator=(const BandwidthProbe &) = delete;
+
+    // Median GB/s (1e9 bytes/s) over `runs` timed runs after one warm-up.
+    BandwidthCeiling measure(int runs) const;
+
+private:
+    struct Arrays;
+    std::unique_ptr<Arrays> arrays_;
+    int threads_;
+};
+
+// BandwidthProbe(threads, min_array_bytes).measure(runs).
 BandwidthCeiling measure_bandwidth(int threads, std::size_t min_array_bytes = 0, int runs = 5);
 
 // The thread count `threads` stands for (0: one per core).
