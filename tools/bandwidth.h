@@ -27,7 +27,7 @@ struct BandwidthCeiling {
 // first-touches its part.
 class BandwidthProbe {
 public:
-    BandwidthProbe(int threads, std::size_t min_array_bytes = 0);
+    explicit BandwidthProbe(int threads, std::size_t min_array_bytes = 0);
     ~BandwidthProbe();
     BandwidthProbe(const BandwidthProbe &) = delete;
     BandwidthProbe &operator=(const BandwidthProbe &) = delete;

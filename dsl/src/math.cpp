@@ -44,9 +44,10 @@ Expr log_of_positive(const Expr &x) {
     const uint64_t bias = f64 ? 1023 : 127;
     auto bits_of = [&](uint64_t v) { return Halide::Internal::make_const(ut, v); };
 
-    // Denormals (and zero) are made normal without a multiply: with the
-    // exponent of 2^mantissa_bits put in, their bits read 2^mantissa_bits + M
-    // (M the mantissa as an integer), so one subtract leaves M = x * 2^shift.
+    // Denormals are made normal without a multiply: with the exponent of
+    // 2^mantissa_bits put in, their bits read 2^mantissa_bits + M (M the
+    // mantissa as an integer), so one subtract leaves M = x * 2^shift. (Zero
+    // takes the same path and stays zero: its log is finite garbage.)
     const uint64_t shift = bias + mantissa_bits - 1;
     const Expr x_bits = Halide::reinterpret(ut, x);
     const Expr denormal = x_bits < bits_of(uint64_t(1) << mantissa_bits);  // for x >= 0
