@@ -17,9 +17,10 @@ Runs the Google Benchmark binary kldiv_bench with the options given: the
 forward pass (none, sum, mean, batchmean), the fused pass (none, batchmean)
 and forward-then-backward (grad_input only, the fused pass's comparison) for
 n = 2^16, 2^20, 2^24 elements (rows of 32768) in f32 and bf16. Each result has
-bytes_per_second, GB/s, pct_of_read_ceiling and pct_of_copy_ceiling (against
-bandwidth loops measured once at start) and ratio_vs_torch (libtorch's time
-for the same operation on the same data over ours; 0 without a baseline).
+bytes_per_second, GB/s, read_ceiling and copy_ceiling (bandwidth loops measured
+right after the timing), pct_of_read_ceiling and pct_of_copy_ceiling against
+them, and ratio_vs_torch (libtorch's time for the same operation on the same
+data over ours; 0 without a baseline).
 
 Common options:
   --benchmark_filter=REGEX      e.g. 'fwd/f32/.*/512x32768'
@@ -27,6 +28,8 @@ Common options:
   --benchmark_repetitions=N
   --benchmark_format=console|json|csv, --benchmark_out=FILE
   --threads=N                   kernel, torch and ceiling threads (0 = one per core)
+  --ceiling=adjacent|start      ceilings measured after each timing (default) or
+                                once at start
   --malloc_defaults             keep glibc's malloc settings (by default freed memory
                                 stays in the heap, so torch's per-call outputs do not
                                 page-fault on every call)
