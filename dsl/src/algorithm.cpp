@@ -45,18 +45,34 @@ Expr negate(const Expr &a) {
     return Halide::reinterpret(a.type(), Halide::reinterpret(bits, a) ^ sign);
 }
 
-// The balanced tree of f(0..width-1, rest...) as Funcs, one per level, when
-// width is a power of two (tree_sum's pairs exactly); `levels` receives them.
-// Returns the root as an Expr at lane 0, or an empty Expr for other widths.
-Expr tree_levels(const Func &f, int width, const Var &lane, const std::vector<Var> &rest, const std::string &name,
-                 std::vector<Func> &levels) {
-    if (width < 2 || (width & (width - 1)) != 0) return Expr();
+// Balanced tree of `leaves` (left to right).
+Expr tree_sum(std::vector<Expr> leaves) {
+    while (leaves.size() > 1) {
+        std::vector<Expr> next;
+        for (size_t j = 0; j + 1 < leaves.size(); j += 2) next.push_back(leaves[j] + leaves[j + 1]);
+        if (leaves.size() % 2) next.push_back(leaves.back());
+        leaves.swap(next);
+    }
+    return leaves[0];
+}
+
+// The balanced tree of f(0..width-1, rest...) (tree_sum's pairs), as its root
+// at lane 0. When width is a power of two the tree is built as Funcs, one per
+// level, which `levels` receives (a schedule may compute each level in
+// parallel); otherwise as one expression.
+Expr lane_tree_sum(const Func &f, int width, const Var &lane, const std::vector<Var> &rest, const std::string &name,
+                   std::vector<Func> &levels) {
     std::vector<Expr> args_rest(rest.begin(), rest.end());
     auto at = [&](const Func &g, const Expr &i) {
         std::vector<Expr> args = {i};
         args.insert(args.end(), args_rest.begin(), args_rest.end());
         return g(args);
     };
+    if (width < 2 || (width & (width - 1)) != 0) {
+        std::vector<Expr> leaves;
+        for (int l = 0; l < width; l++) leaves.push_back(at(f, l));
+        return tree_sum(leaves);
+    }
     std::vector<Var> vars = {lane};
     vars.insert(vars.end(), rest.begin(), rest.end());
     Func previous = f;
@@ -76,17 +92,6 @@ Algorithm named_dims(const Inputs &in) {
     a.lane = Var("lane");
     a.chunk = Var("chunk");
     return a;
-}
-
-// Balanced tree of `leaves` (left to right).
-Expr tree_sum(std::vector<Expr> leaves) {
-    while (leaves.size() > 1) {
-        std::vector<Expr> next;
-        for (size_t j = 0; j + 1 < leaves.size(); j += 2) next.push_back(leaves[j] + leaves[j + 1]);
-        if (leaves.size() % 2) next.push_back(leaves.back());
-        leaves.swap(next);
-    }
-    return leaves[0];
 }
 
 // CUDA: the chunk sums are added on the device, in a fixed order: lane l of
@@ -113,12 +118,7 @@ void define_device_total(Algorithm &a, const Inputs &in, const Expr &chunks, DTy
     a.lane_total(a.total_lane) = Halide::cast(Halide::Float(64), Expr(0.0));
     a.lane_total(a.total_lane) += Halide::select(valid, Halide::cast<double>(value), Expr(0.0));
 
-    Expr total = tree_levels(a.lane_total, lanes, a.total_lane, {}, "total_tree", a.total_tree);
-    if (!total.defined()) {
-        std::vector<Expr> partial;
-        for (int lane = 0; lane < lanes; lane++) partial.push_back(a.lane_total(lane));
-        total = tree_sum(partial);
-    }
+    const Expr total = lane_tree_sum(a.lane_total, lanes, a.total_lane, {}, "total_tree", a.total_tree);
     a.out = Func("out");
     a.out(i0) = narrow(Halide::cast(compute_type(dtype), total / in.divisor), dtype);
 }
@@ -151,14 +151,9 @@ void define_sum(Algorithm &a, const Inputs &in, const SumTree &tree, DType dtype
         Halide::select(step_end <= n0, Halide::likely(value), Halide::select(element < n0, value, zero_of(type)));
 
     // The lanes are added as a balanced tree.
-    Expr sum = tree_levels(a.lane_sum, tree.lanes, a.lane, {a.chunk, i1, i2, i3}, "lane_tree", a.lane_tree);
-    if (!sum.defined()) {
-        std::vector<Expr> partial;
-        for (int lane = 0; lane < tree.lanes; lane++) partial.push_back(a.lane_sum(lane, a.chunk, i1, i2, i3));
-        sum = tree_sum(partial);
-    }
     a.chunk_sum = Func("chunk_sum");
-    a.chunk_sum(a.chunk, i1, i2, i3) = sum;
+    a.chunk_sum(a.chunk, i1, i2, i3) =
+        lane_tree_sum(a.lane_sum, tree.lanes, a.lane, {a.chunk, i1, i2, i3}, "lane_tree", a.lane_tree);
     if (in.divisor.defined()) return define_device_total(a, in, chunks, dtype);
 
     RDom all(0, chunks, 0, in.extent[1], 0, in.extent[2], 0, in.extent[3], "all");
