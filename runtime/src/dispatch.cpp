@@ -529,11 +529,11 @@ void backward(KernelCache &cache, const Tensor &grad_output, const Tensor &input
     check_outputs(outputs, {{&input, "input"}, {&target, "target"}, {&grad_output, "grad_output"}});
     Named all = {{&grad_output, "grad_output"}, {&input, "input"}, {&target, "target"}};
     all.insert(all.end(), outputs.begin(), outputs.end());
-    if (common_device(all) == Device::CUDA) {
-        if (!grad_input && !grad_target) return;
+    const Device device = common_device(all);
+    if (!grad_input && !grad_target) return;
+    if (device == Device::CUDA) {
         return backward_cuda(cache, grad_output, input, target, reduction, log_target, grad_input, grad_target, shape);
     }
-    if (!grad_input && !grad_target) return;
 
     const int64_t numel = numel_of(shape);
     if (numel == 0) {  // only a broadcast operand can still have elements: its gradient is a sum of nothing
