@@ -30,8 +30,8 @@ TEST(JitCuda, CudaKernelsCompileAndLinkAgainstTheJitsCudaRuntime) {
         EXPECT_NE(object.find(".entry "), std::string::npos) << spec.name();
         const auto kernel = jit::load_kernel(target, object, function);
         EXPECT_NE(kernel->entry, nullptr) << spec.name();
-        EXPECT_NE(kernel->wrap, nullptr) << spec.name();
-        EXPECT_NE(kernel->detach, nullptr) << spec.name();
+        EXPECT_NE(kernel->buffers.wrap, nullptr) << spec.name();
+        EXPECT_NE(kernel->buffers.detach, nullptr) << spec.name();
     }
     // A shape-specialised one.
     const KernelSpec sum{Pass::Forward, kldiv::DType::Float32, false, true, false, false, true};

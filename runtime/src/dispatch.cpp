@@ -230,9 +230,8 @@ double run_kernel(KernelCache &cache, const KernelSpec &spec, const std::vector<
                                : static_cast<uint8_t *>(buffers[k]->data) + piece.offset[j++] * (int64_t)elem;
         }
         const KernelCall kernel = cache.kernel(spec, piece);
-        KernelArguments arguments(spec, data, piece.extent, piece.stride, device ? kernel.wrap : nullptr,
-                                  device ? kernel.detach : nullptr);
-        if (device && (kernel.wrap == nullptr || arguments.wrap_failed())) {
+        KernelArguments arguments(spec, data, piece.extent, piece.stride, device ? &kernel.buffers : nullptr);
+        if (device && (kernel.buffers.wrap == nullptr || arguments.wrap_failed())) {
             fail(ErrorCode::Internal, "kernel " + spec.name() + ": CUDA pointers could not be given to its runtime");
         }
         arguments.grad_scale = grad_scale;

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "cuda_device.h"
 #include "kldiv/codegen/kernel_spec.h"
 
 namespace kldiv::runtime {
@@ -28,14 +29,14 @@ public:
     // `data`: the kernel's buffer arguments except `total`, in argument order;
     // 4-d buffers span `extent` from 0 with `strides` (one entry per 4-d
     // buffer), 1-d ones (a CUDA kernel's `out` and scalar `grad_output`) hold
-    // one element. With `wrap`, the data is CUDA device memory, wrapped for
-    // the kernel's Halide CUDA runtime (returns nonzero on failure) and
-    // handed back by `detach` when the arguments go.
-    using Wrap = int (*)(void *, halide_buffer_t *, uint64_t);
-    using Detach = int (*)(void *, halide_buffer_t *);
+    // one element. With `device`, the data is CUDA device memory, wrapped by
+    // the kernel's Halide CUDA runtime (see wrap_failed()) and detached when
+    // the arguments go.
     KernelArguments(const codegen::KernelSpec &spec, const std::vector<void *> &data, const int32_t *extent,
-                    const std::vector<std::array<int32_t, 4>> &strides, Wrap wrap = nullptr, Detach detach = nullptr)
-        : spec_(spec), buffers_(data.size()), dims_(data.size()), detach_(detach) {
+                    const std::vector<std::array<int32_t, 4>> &strides,
+                    const cuda::BufferFunctions *device = nullptr)
+        : spec_(spec), buffers_(data.size()), dims_(data.size()), detach_(device ? device->detach : nullptr) {
+        const auto wrap = device ? device->wrap : nullptr;
         size_t k = 0, four_d = 0;
         for (const codegen::Argument &a : codegen::arguments(spec)) {
             if (a.kind != codegen::Argument::Buffer || a.name == "total" || k >= data.size()) continue;
@@ -99,7 +100,7 @@ private:
     codegen::KernelSpec spec_;
     std::vector<halide_buffer_t> buffers_;  // value-initialised: no device, no flags
     std::vector<std::array<halide_dimension_t, 4>> dims_;
-    Detach detach_;
+    int (*detach_)(void *, halide_buffer_t *);
     bool wrap_failed_ = false;
     halide_buffer_t total_buffer_{};
     float grad_scale_f_ = 1.0f;

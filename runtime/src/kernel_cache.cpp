@@ -380,19 +380,12 @@ KernelCall KernelCache::kernel(const KernelSpec &spec, const Piece &piece) {
         if (aot_kernel == nullptr) fail(ErrorCode::Internal, "no kernel " + spec.name() + " in this build");
         remember_kernel(spec, key.fixed, key.dims.data(), KernelOrigin::Aot, seconds_since(start), "default (AOT)");
         KernelCall call{aot_kernel, false, nullptr};
-        if (spec.cuda) {
-            const cuda::BufferFunctions functions = cuda::library_buffer_functions();
-            call.wrap = functions.wrap;
-            call.detach = functions.detach;
-        }
+        if (spec.cuda) call.buffers = cuda::library_buffer_functions();
         return call;
     };
     // A JIT kernel, with its runtime's buffer functions for CUDA.
     auto jit_call = [&](const std::shared_ptr<jit::LoadedKernel> &code) {
-        KernelCall call{code->entry, true, code};
-        call.wrap = code->wrap;
-        call.detach = code->detach;
-        return call;
+        return KernelCall{code->entry, true, code, code->buffers};
     };
     const bool aot_available = (s.host_target || spec.cuda) && aot_kernel != nullptr;
     if (!s.options.jit || (spec.cuda && !s.cuda_jit)) {

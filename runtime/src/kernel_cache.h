@@ -3,13 +3,12 @@
 // on-disk cache. One per kldiv::Runtime.
 #pragma once
 
-#include <HalideRuntime.h>
-
 #include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
 
+#include "cuda_device.h"
 #include "kldiv/codegen/kernel_spec.h"
 #include "kldiv/kldiv.hpp"
 #include "layout.h"
@@ -27,8 +26,7 @@ struct KernelCall {
     bool user_context = false;
     std::shared_ptr<jit::LoadedKernel> code;
     // CUDA kernels: the buffer functions of the Halide runtime they link.
-    int (*wrap)(void *, halide_buffer_t *, uint64_t) = nullptr;
-    int (*detach)(void *, halide_buffer_t *) = nullptr;
+    cuda::BufferFunctions buffers;
 };
 
 // Records the calling thread's kernel for kldiv::last_kernel(); `extent`

@@ -29,11 +29,7 @@ KernelCache::~KernelCache() = default;
 KernelCall KernelCache::kernel(const codegen::KernelSpec &spec, const Piece &piece) {
     KernelCall call{aot_entry(spec), false, nullptr};
     if (call.entry == nullptr) fail(ErrorCode::Internal, "no kernel " + spec.name() + " in this build");
-    if (spec.cuda) {
-        const cuda::BufferFunctions functions = cuda::library_buffer_functions();
-        call.wrap = functions.wrap;
-        call.detach = functions.detach;
-    }
+    if (spec.cuda) call.buffers = cuda::library_buffer_functions();
     {
         std::lock_guard<std::mutex> lock(state_->mutex);
         state_->stats.aot_calls++;

@@ -23,8 +23,7 @@ std::string message_of(llvm::Error error) { return llvm::toString(std::move(erro
 // Per target: Halide's runtime, which every kernel's dylib links.
 struct TargetDylibs {
     llvm::orc::JITDylib *runtime = nullptr;
-    int (*wrap)(void *, halide_buffer_t *, uint64_t) = nullptr;  // CUDA targets
-    int (*detach)(void *, halide_buffer_t *) = nullptr;
+    cuda::BufferFunctions buffers;  // CUDA targets
 };
 
 class Engine {
@@ -91,8 +90,7 @@ public:
         }
         auto entry = reinterpret_cast<KernelEntry>(static_cast<uintptr_t>(symbol->getAddress()));
         auto kernel = std::make_shared<LoadedKernel>(entry, object.size(), discard);
-        kernel->wrap = runtime.wrap;
-        kernel->detach = runtime.detach;
+        kernel->buffers = runtime.buffers;
         return kernel;
     }
 
@@ -126,8 +124,9 @@ private:
         setters.reuse_device_allocations = reinterpret_cast<decltype(setters.reuse_device_allocations)>(
             find("halide_reuse_device_allocations"));
         cuda::install_hooks(setters);
-        dylibs.wrap = reinterpret_cast<decltype(dylibs.wrap)>(find("halide_cuda_wrap_device_ptr"));
-        dylibs.detach = reinterpret_cast<decltype(dylibs.detach)>(find("halide_cuda_detach_device_ptr"));
+        cuda::BufferFunctions &buffers = dylibs.buffers;
+        buffers.wrap = reinterpret_cast<decltype(buffers.wrap)>(find("halide_cuda_wrap_device_ptr"));
+        buffers.detach = reinterpret_cast<decltype(buffers.detach)>(find("halide_cuda_detach_device_ptr"));
     }
 
     std::unique_ptr<llvm::orc::LLJIT> jit_;

@@ -2,12 +2,11 @@
 // linked against it. No LLVM in this header.
 #pragma once
 
-#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
 
-struct halide_buffer_t;
+#include "cuda_device.h"
 
 namespace kldiv::runtime::jit {
 
@@ -25,11 +24,9 @@ public:
 
     const KernelEntry entry;
     const size_t code_bytes;
-    // CUDA kernels: their runtime's halide_cuda_wrap_device_ptr and
-    // halide_cuda_detach_device_ptr (buffers must be wrapped by the runtime
-    // the kernel links).
-    int (*wrap)(void *, struct halide_buffer_t *, uint64_t) = nullptr;
-    int (*detach)(void *, struct halide_buffer_t *) = nullptr;
+    // CUDA kernels: their runtime's buffer functions (buffers must be
+    // wrapped by the runtime the kernel links).
+    cuda::BufferFunctions buffers;
 
 private:
     std::function<void()> release_;
