@@ -15,7 +15,7 @@ using kldiv::codegen::Pass;
 namespace jit = kldiv::runtime::jit;
 
 TEST(JitCuda, CudaKernelsCompileAndLinkAgainstTheJitsCudaRuntime) {
-    const std::string target = jit::resolve_target(KLDIV_CUDA_JIT_TARGET);
+    const std::string target = jit::resolve_target(KLDIV_CUDA_JIT_TARGET, "", true);
     ASSERT_NE(target.find("cuda"), std::string::npos) << target;
     jit::ensure_runtime(target, [&] { return jit::compile_runtime(target); });
     const kldiv::schedules::Params params = kldiv::schedules::default_params(target);
@@ -43,7 +43,9 @@ TEST(JitCuda, CudaKernelsCompileAndLinkAgainstTheJitsCudaRuntime) {
 }
 
 TEST(JitCuda, OtherGpuApisAreRefused) {
-    EXPECT_ANY_THROW(jit::resolve_target("x86-64-linux-opencl"));
+    EXPECT_ANY_THROW(jit::resolve_target("x86-64-linux-opencl", "", true));
+    // And no GPU target is a runtime's CPU target.
+    EXPECT_ANY_THROW(jit::resolve_target(KLDIV_CUDA_JIT_TARGET));
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -190,6 +191,7 @@ TEST(Jit, AutoSpecialisesAShapeOnceItRepeats) {
     RuntimeOptions o = jit_options(Specialize::Auto);
     o.generic_from_aot = true;
     o.specialize_after = 3;
+    o.specialize_work = 0;  // calls alone decide
     Runtime runtime(o), aot(aot_only());
     Problem p(DType::Float32, false, 8, 500, 1);
     const std::vector<uint8_t> want = run_variant(aot, p, 1);
@@ -208,6 +210,34 @@ TEST(Jit, AutoSpecialisesAShapeOnceItRepeats) {
     EXPECT_EQ(s.compiles, 1u);
     EXPECT_EQ(s.hits, 2u);
     EXPECT_EQ(s.aot_calls, 3u);
+}
+
+// By default `auto` also waits until a shape's calls have covered enough
+// elements to repay a compile: small shapes are never compiled for, however
+// often they come; a large shape is, once its calls add up.
+TEST(Jit, AutoSpecialisesOnlyWhereTheWorkRepaysACompile) {
+    RuntimeOptions o = jit_options(Specialize::Auto);
+    o.generic_from_aot = true;
+    Runtime runtime(o), aot(aot_only());
+    EXPECT_EQ(o.specialize_work, uint64_t(1) << 32);
+    Problem small(DType::Float32, false, 8, 500, 1);
+    const std::vector<uint8_t> want = run_variant(aot, small, 1);
+    for (int call = 0; call < 20; call++) {
+        EXPECT_TRUE(run_variant(runtime, small, 1) == want);
+        EXPECT_EQ(last_kernel().origin, KernelOrigin::Aot) << "call " << call;
+    }
+    EXPECT_EQ(runtime.stats().compiles, 0u);
+
+    // 4000 elements a call: with a budget of 5 calls' worth, the fifth call
+    // compiles (the third would by count alone).
+    o.specialize_work = 5 * 8 * 500;
+    Runtime counted(o);
+    for (int call = 1; call <= 6; call++) {
+        EXPECT_TRUE(run_variant(counted, small, 1) == want);
+        const KernelOrigin expected = call < 5 ? KernelOrigin::Aot : call == 5 ? KernelOrigin::Compiled : KernelOrigin::Memory;
+        EXPECT_EQ(last_kernel().origin, expected) << "call " << call << ": " << origin_name(last_kernel().origin);
+    }
+    EXPECT_EQ(counted.stats().compiles, 1u);
 }
 
 TEST(Jit, NeverPolicyAndEnvironment) {
@@ -414,11 +444,65 @@ TEST(Jit, BadTargetsAreErrorsNotCrashes) {
         EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
         EXPECT_NE(std::string(e.what()).find("unknown target 'no-such-target'"), std::string::npos) << e.what();
     }
-    // Kernels for another machine come from `kldiv aot`, not the JIT.
-    for (const char *other : {"arm-64-linux", "x86-32-linux", "host-cuda"}) {
+    // Kernels for another machine come from `kldiv aot`, not the JIT: on
+    // every host, whatever its CPU.
+    for (const char *other : {"arm-64-linux", "x86-32-linux", "host-cuda", "host-cuda-cuda_capability_80",
+                              "x86-64-linux-cuda", "x86-64-linux-sse41-opencl"}) {
         RuntimeOptions o = jit_options(Specialize::Always);
         o.target = other;
-        EXPECT_THROW({ Runtime runtime(o); }, Error) << other;
+        try {
+            Runtime runtime(o);
+            ADD_FAILURE() << other << " was accepted";
+        } catch (const Error &e) {
+            EXPECT_EQ(e.code(), ErrorCode::InvalidArgument) << other;
+        }
+    }
+    RuntimeOptions cuda = jit_options(Specialize::Always);
+    cuda.target = "host-cuda";
+    try {
+        Runtime runtime(cuda);
+    } catch (const Error &e) {
+        EXPECT_NE(std::string(e.what()).find("has a GPU feature"), std::string::npos) << e.what();
+    }
+    RuntimeOptions level = jit_options(Specialize::Always);
+    level.cpu_target = "avx3";
+    EXPECT_THROW({ Runtime runtime(level); }, Error);
+}
+
+// cpu_target caps the level of "host" JIT kernels, so one machine can run
+// every level its CPU has; a level above the CPU's is the CPU's. Each level's
+// kernels compute the same loss.
+TEST(Jit, CpuTargetCapsTheHostLevel) {
+    __builtin_cpu_init();
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+    Runtime aot(aot_only());
+    Problem p(DType::Float32, false, 3, 1000, 5);
+    const std::vector<uint8_t> want = run_variant(aot, p, 0);
+    for (const char *cap : {"sse41", "avx2", "avx512"}) {
+        RuntimeOptions o = jit_options(Specialize::Never);
+        o.target = "host";
+        o.cpu_target = cap;
+        Runtime runtime(o);
+        const std::string t = runtime.target();
+        const std::string wanted = cap;
+        const std::string level = wanted == "sse41" || !avx2 ? "sse41" : wanted == "avx2" || !avx512 ? "avx2" : "avx512";
+        SCOPED_TRACE(std::string(cap) + ": " + t);
+        EXPECT_NE(t.find("sse41"), std::string::npos);
+        EXPECT_EQ(t.find("avx2") != std::string::npos, level != "sse41");
+        EXPECT_EQ(t.find("avx512") != std::string::npos, level == "avx512");
+        const std::vector<uint8_t> got = run_variant(runtime, p, 0);
+        EXPECT_EQ(last_kernel().origin, KernelOrigin::Compiled);
+        // The same loss as the AOT kernels' at every level (the same
+        // formulas; a fused multiply-add may move the last bit).
+        ASSERT_EQ(got.size(), want.size());
+        for (size_t i = 0; i + 4 <= p.input.size(); i += 4) {
+            float a, b;
+            std::memcpy(&a, got.data() + i, 4);
+            std::memcpy(&b, want.data() + i, 4);
+            ASSERT_NEAR(a, b, 4e-7 * std::fabs(b) + 1e-30) << "element " << i / 4;
+        }
     }
 }
 
@@ -502,7 +586,7 @@ TEST(Jit, FourProcessesShareOneCacheDirectory) {
 
 // A tuning record that changes a reduction's summation order (partial sums,
 // chunk) must not make a shape's result change from call to call: under
-// `auto` the shape is specialised on its first call; generic kernels and
+// `always` every call of the shape gets it; `auto`, generic kernels and
 // non-blocking runtimes (where AOT kernels serve some calls) keep the default
 // order and agree with the AOT kernels bit for bit.
 TEST(Jit, TunedSummationOrderIsTheSameOnEveryCallOfAShape) {
@@ -522,7 +606,7 @@ TEST(Jit, TunedSummationOrderIsTheSameOnEveryCallOfAShape) {
     Problem p(DType::Float64, false, rows, cols, 11);  // float64 output: a new order shows in its bits
     const std::vector<uint8_t> default_order = run_variant(aot, p, 1);
 
-    RuntimeOptions o = jit_options(Specialize::Auto);
+    RuntimeOptions o = jit_options(Specialize::Always);
     o.generic_from_aot = true;
     o.tuning_db = db;
     Runtime tuned(o);
@@ -540,8 +624,17 @@ TEST(Jit, TunedSummationOrderIsTheSameOnEveryCallOfAShape) {
     EXPECT_TRUE(run_variant(generic, p, 1) == default_order);
     EXPECT_NE(last_kernel().schedule.find("default summation order"), std::string::npos) << last_kernel().schedule;
 
+    // Auto: AOT kernels serve the first calls, so the default order is kept.
+    RuntimeOptions a = o;
+    a.specialize = Specialize::Auto;
+    a.specialize_work = 0;
+    Runtime automatic(a);
+    for (int call = 0; call < 4; call++) EXPECT_TRUE(run_variant(automatic, p, 1) == default_order) << "call " << call;
+    EXPECT_TRUE(last_kernel().specialised);
+    EXPECT_NE(last_kernel().schedule.find("default summation order"), std::string::npos) << last_kernel().schedule;
+
     // Non-blocking: AOT kernels serve until the compile is done; both agree.
-    RuntimeOptions nb = o;
+    RuntimeOptions nb = a;
     nb.blocking = false;
     Runtime background(nb);
     bool compiled = false;

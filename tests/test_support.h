@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -17,6 +18,27 @@
 namespace kldiv_test {
 
 using Shape = std::vector<int64_t>;
+
+// The test command runs some suites once per x86 feature level, with
+// KLDIV_CPU_TARGET naming it. Empty when the level asked for is the one in
+// force, else a "[SKIP] ..." line saying that this CPU lacks it (printed
+// once, so that ctest counts the test as skipped).
+inline std::string cpu_level_unavailable() {
+    const char *wanted = std::getenv("KLDIV_CPU_TARGET");
+    if (wanted == nullptr || *wanted == '\0') return "";
+    const std::string running = kldiv_cpu_target();
+    const std::string level = running.find("avx512") != std::string::npos ? "avx512"
+                              : running.find("avx2") != std::string::npos ? "avx2"
+                              : running.find("sse41") != std::string::npos ? "sse41"
+                                                                           : running;
+    if (level == wanted) return "";
+    const std::string why = "[SKIP] this CPU cannot run the " + std::string(wanted) +
+                            " kernels (KLDIV_CPU_TARGET): its best level is " + level;
+    static bool said = false;
+    if (!said) std::printf("%s\n", why.c_str());
+    said = true;
+    return why;
+}
 
 inline int64_t numel(const Shape &shape) {
     int64_t n = 1;

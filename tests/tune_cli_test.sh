@@ -19,7 +19,8 @@ expect_in() {  # expect_in FILE TEXT
 # Usage errors: exit status 2, nothing written.
 for args in "" "--spec fwd:f32:sum --budget 5x" "--spec fwd:f32:sum --strategy annealing" \
             "--spec fwd:f32:sum --baselines Nobody2030" "--spec fwd:f99:sum" \
-            "--spec fwd:f32:sum --size 0" "--spec fwd:f32:sum --target host-cuda"; do
+            "--spec fwd:f32:sum --size 0" "--spec fwd:f32:sum --target arm-64-linux" \
+            "--spec fwd:f32:sum --target x86-32-linux" "--spec fwd:f32:sum --target host-cuda"; do
     set +e
     # shellcheck disable=SC2086
     "$tool" tune $args --db "$db" > "$work/usage.out" 2>&1
@@ -77,7 +78,7 @@ expect_in "$work/run4.out" "schedule        tuned ("
 
 # `kldiv aot` takes it too.
 KLDIV_TUNING_DB=$db "$tool" aot --spec fwd:f32:sum:65536 --output "$work/aot" > "$work/aot.out" 2> "$work/aot.err"
-expect_in "$work/aot.out" "tuned schedule from $db (2^16 elements)"
+expect_in "$work/aot.out" "tuned schedule from $db (2^16 elements; record for its exact target)"
 "$tool" aot --spec fwd:f32:sum:65536 --output "$work/aot-off" --tuning-db off > "$work/aot-off.out" 2>&1
 if grep -qF "tuned schedule from $db" "$work/aot-off.out"; then fail "--tuning-db off still used $db"; fi
 

@@ -40,6 +40,21 @@ double true_seconds(const Space &space, const Params &p) {
     return t;
 }
 
+// The search strategies are tried on a larger space than a real kernel's:
+// the CPU space of a reduction plus the chunk size and the partial sums
+// (which kldiv tune leaves alone: they change the order of the adds).
+Space model_space() {
+    Space space = cpu_space(forward_sum());
+    using kldiv::schedules::Params;
+    space.dims.insert(space.dims.begin() + 2,
+                      Dimension{"slf", {1, 2, 4, 8}, [](const Params &p) { return p.cpu.sum_lanes_factor; },
+                                [](Params &p, int v) { p.cpu.sum_lanes_factor = v; }});
+    space.dims.insert(space.dims.begin() + 3,
+                      Dimension{"chunk", {512, 1024, 2048, 4096, 8192, 16384}, [](const Params &p) { return p.cpu.sum_chunk; },
+                                [](Params &p, int v) { p.cpu.sum_chunk = v; }});
+    return space;
+}
+
 class ModelEvaluator : public Evaluator {
 public:
     ModelEvaluator(const Space &space, uint64_t seed) : space_(space), noise_(seed) {}
@@ -77,7 +92,7 @@ private:
 };
 
 SearchResult run(Strategy strategy, uint64_t seed, double budget, ModelEvaluator *evaluator = nullptr) {
-    const Space space = cpu_space(forward_sum());
+    static const Space space = model_space();
     ModelEvaluator local(space, seed);
     ModelEvaluator &e = evaluator ? *evaluator : local;
     SearchOptions options;
@@ -104,9 +119,9 @@ TEST(tuner, spaces_hold_what_each_kind_of_pass_tunes) {
         for (const Dimension &d : s.dims) n.push_back(d.name);
         return n;
     };
-    EXPECT_EQ(names(reduced), (std::vector<std::string>{"vf", "unroll", "slf", "chunk", "cpt", "fast", "par"}));
+    EXPECT_EQ(names(reduced), (std::vector<std::string>{"vf", "unroll", "cpt", "fast", "par"}));
     EXPECT_EQ(names(elementwise), (std::vector<std::string>{"vf", "unroll", "ept", "fast", "par"}));
-    EXPECT_EQ(reduced.size(), 3u * 3 * 4 * 6 * 6 * 2 * 2);
+    EXPECT_EQ(reduced.size(), 3u * 3 * 6 * 2 * 2);
     // ... of which the valid ones keep at most four native vectors per iteration.
     Params wide;
     wide.cpu.vector_factor = 4;
@@ -126,11 +141,14 @@ TEST(tuner, spaces_hold_what_each_kind_of_pass_tunes) {
             }
         }
     }
-    Params fewer_sums_than_a_vector;
-    fewer_sums_than_a_vector.cpu.vector_factor = 4;
-    fewer_sums_than_a_vector.cpu.sum_lanes_factor = 2;
-    EXPECT_FALSE(reduced.valid(fewer_sums_than_a_vector));
-    EXPECT_TRUE(elementwise.valid(fewer_sums_than_a_vector));
+    // No point of the space sums in another order than the default schedule.
+    for (const Dimension &d : reduced.dims) {
+        for (int v : d.values) {
+            Params p;
+            d.set(p, v);
+            EXPECT_TRUE(kldiv::schedules::same_summation_order(p, Params())) << d.name << "=" << v;
+        }
+    }
 }
 
 TEST(tuner, a_seed_gives_the_same_search) {
@@ -143,7 +161,7 @@ TEST(tuner, a_seed_gives_the_same_search) {
 }
 
 TEST(tuner, the_default_comes_first_and_failures_are_pruned) {
-    const Space space = cpu_space(forward_sum());
+    const Space space = model_space();
     ModelEvaluator evaluator(space, 3);
     const SearchResult r = run(Strategy::Halving, 3, 60, &evaluator);
     ASSERT_FALSE(r.candidates.empty());
@@ -172,7 +190,7 @@ TEST(tuner, the_default_comes_first_and_failures_are_pruned) {
 }
 
 TEST(tuner, halving_beats_a_plain_grid_on_the_same_budget) {
-    const Space space = cpu_space(forward_sum());
+    const Space space = model_space();
     int better = 0;
     double halving_total = 0, grid_total = 0;
     for (uint64_t seed = 1; seed <= 10; seed++) {

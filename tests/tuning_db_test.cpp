@@ -47,6 +47,7 @@ TuningRecord record(const std::string &target, const std::string &spec, int buck
     r.ceiling_copy_gbps = 45;
     r.date = "2026-11-25T00:00:00Z";
     r.version = "0.1.0";
+    r.cpu = "Test CPU 9000";
     return r;
 }
 
@@ -123,6 +124,7 @@ TEST(tuning_db, record_round_trips_through_a_json_line) {
     EXPECT_DOUBLE_EQ(back->speedup(), 1.25);
     EXPECT_EQ(back->date, r.date);
     EXPECT_EQ(back->version, r.version);
+    EXPECT_EQ(back->cpu, r.cpu);
 }
 
 TEST(tuning_db, malformed_and_foreign_lines_are_skipped_with_a_warning) {
@@ -156,7 +158,7 @@ TEST(tuning_db, malformed_and_foreign_lines_are_skipped_with_a_warning) {
     EXPECT_NE(warnings.seen[5].find("vf"), std::string::npos) << warnings.seen[5];
 }
 
-TEST(tuning_db, lookup_wants_the_exact_target_and_takes_the_nearest_bucket) {
+TEST(tuning_db, lookup_takes_the_nearest_compatible_target_and_the_nearest_bucket) {
     TuningDb db;
     std::string text;
     for (const TuningRecord &r : {record(kX86, "kldiv_fwd_sum_f32", 16, 1.1, 1), record(kX86, "kldiv_fwd_sum_f32", 20, 1.2, 2),
@@ -176,11 +178,56 @@ TEST(tuning_db, lookup_wants_the_exact_target_and_takes_the_nearest_bucket) {
     EXPECT_EQ(vf(kX86, "kldiv_fwd_sum_f32", 10), 1);
     EXPECT_EQ(vf(kArm, "kldiv_fwd_sum_f32", 12), 16);
     EXPECT_EQ(vf(kX86, "kldiv_fwd_sum_bf16", 20), -1);             // another kernel
-    EXPECT_EQ(vf("x86-64-linux-avx-avx2-sse41", "kldiv_fwd_sum_f32", 20), -1);  // another feature set
+    EXPECT_EQ(vf("x86-64-linux-avx-avx2-sse41", "kldiv_fwd_sum_f32", 20), -1);  // records need fma, the CPU lacks it
+    EXPECT_EQ(vf("x86-64-linux-avx-avx2-f16c-fma-sse41", "kldiv_fwd_sum_f32", 20), 8);  // a compatible target
     EXPECT_EQ(size_bucket(1), 0);
     EXPECT_EQ(size_bucket(1 << 20), 20);
     EXPECT_EQ(size_bucket((1 << 20) + (1 << 18)), 20);
     EXPECT_EQ(size_bucket(3 << 19), 21);
+}
+
+// A record applies beyond its exact target string: the same architecture and
+// class of vector instructions, no feature the CPU lacks. The exact target
+// wins, then the compatible one with the most features.
+TEST(tuning_db, records_travel_to_compatible_targets) {
+    using kldiv::schedules::compatible_target;
+    const std::string zen3 = "x86-64-linux-avx-avx2-f16c-fma-sse41";
+    const std::string haswell_record = "x86-64-linux-avx-avx2-fma-sse41";
+    const std::string skylake = "x86-64-linux-avx-avx2-avx512-avx512_skylake-f16c-fma-sse41";
+    const std::string zen4 = "x86-64-linux-avx-avx2-avx512-avx512_cannonlake-avx512_skylake-f16c-fma-sse41";
+    EXPECT_EQ(compatible_target(zen3, zen3), "its exact target");
+    EXPECT_TRUE(compatible_target(haswell_record, zen3));   // a subset of the CPU's features
+    EXPECT_FALSE(compatible_target(zen3, haswell_record));  // f16c: the CPU lacks it
+    EXPECT_TRUE(compatible_target(skylake, zen4));
+    EXPECT_FALSE(compatible_target(zen4, skylake));         // avx512_cannonlake
+    EXPECT_FALSE(compatible_target(zen3, zen4));            // avx2 kernels on an avx512 CPU: another class
+    EXPECT_FALSE(compatible_target(zen4, zen3));
+    EXPECT_FALSE(compatible_target("x86-64-linux-sse41", zen3));
+    EXPECT_FALSE(compatible_target("x86-64-linux-sse41", "x86-64-linux-sse41-avx512_skylake"));
+    EXPECT_FALSE(compatible_target("arm-64-linux", zen3));
+    EXPECT_TRUE(compatible_target("arm-64-linux", "arm-64-linux-arm_dot_prod"));
+    EXPECT_FALSE(compatible_target("x86-64-linux-cuda-cuda_capability_80", "x86-64-linux-cuda-cuda_capability_86"));
+    EXPECT_TRUE(compatible_target("x86-64-linux-cuda-cuda_capability_80",
+                                  "x86-64-linux-avx-avx2-f16c-fma-sse41-cuda-cuda_capability_80"));
+
+    TuningDb db;
+    db.add_text(kldiv::schedules::to_json_line(record(haswell_record, "kldiv_fwd_sum_f32", 24, 1.1, 1)) + "\n" +
+                    kldiv::schedules::to_json_line(record(skylake, "kldiv_fwd_sum_f32", 24, 1.1, 2)) + "\n" +
+                    kldiv::schedules::to_json_line(record("x86-64-linux-avx-avx2-avx512-avx512_skylake-fma-sse41",
+                                                          "kldiv_fwd_sum_f32", 20, 1.3, 4)),
+                "shipped", nullptr);
+    auto m = db.find(zen3, "kldiv_fwd_sum_f32", 24);
+    ASSERT_TRUE(m);
+    EXPECT_EQ(m->record.params.cpu.vector_factor, 1);
+    EXPECT_NE(m->why.find("nearest compatible target, " + haswell_record), std::string::npos) << m->why;
+    m = db.find(zen4, "kldiv_fwd_sum_f32", 20);
+    ASSERT_TRUE(m);
+    EXPECT_EQ(m->record.params.cpu.vector_factor, 2);  // more features in common beats the nearer bucket
+    m = db.find(skylake, "kldiv_fwd_sum_f32", 20);
+    ASSERT_TRUE(m);
+    EXPECT_EQ(m->record.params.cpu.vector_factor, 2);
+    EXPECT_EQ(m->why, "its exact target");
+    EXPECT_FALSE(db.find("x86-64-linux-sse41", "kldiv_fwd_sum_f32", 24));
 }
 
 TEST(tuning_db, the_first_database_with_the_kernel_takes_precedence) {

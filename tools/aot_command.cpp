@@ -141,19 +141,12 @@ codegen::FixedShape fixed_shape(const AotSpec &a) {
 namespace {
 
 Halide::Target parse_target(const std::string &name) {
-    if (!Halide::Target::validate_target_string(name)) {
+    try {
+        return codegen::named_target(name);
+    } catch (const std::invalid_argument &) {
         throw UsageError("unknown target '" + name + "' (a Halide target string such as x86-64-linux-avx2, "
                          "arm-64-linux or host-cuda, or 'host')");
     }
-    if (name != "host" && name.rfind("host-", 0) != 0) return Halide::Target(name);
-    // "host..." is this machine (codegen::host_target) plus the features named after it.
-    const Halide::Target named(name), plain_host = Halide::get_host_target();
-    Halide::Target target = codegen::host_target();
-    for (int f = 0; f < (int)Halide::Target::FeatureEnd; f++) {
-        const auto feature = (Halide::Target::Feature)f;
-        if (named.has_feature(feature) && !plain_host.has_feature(feature)) target = target.with_feature(feature);
-    }
-    return target;
 }
 
 std::string buffer_doc(const KernelSpec &spec, const codegen::Argument &arg, const std::string &storage) {
@@ -316,8 +309,9 @@ int generate(const Options &o) {
             schedules::Params params = schedules::default_params(base.to_string());
             if (auto match = tuning.find(base.to_string(), a.spec.tuning_name(), bucket)) {
                 params = match->record.params;
-                std::printf("kldiv aot: %s: %s: tuned schedule from %s (2^%d elements)\n", name.c_str(),
-                            a.function.c_str(), match->source.c_str(), match->record.bucket);
+                std::printf("kldiv aot: %s: %s: tuned schedule from %s (2^%d elements; record for %s)\n",
+                            name.c_str(), a.function.c_str(), match->source.c_str(), match->record.bucket,
+                            match->why.c_str());
             }
             const Halide::Module module = codegen::compile_module(a.spec, shape, params, target, a.function);
             const std::string object = (scratch / (a.function + ".o")).string();

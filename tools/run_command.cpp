@@ -9,6 +9,8 @@
 
 #include "bandwidth.h"
 #include "command_line.h"
+#include "cpu_level.h"
+#include "jit/compile.h"
 #include "kldiv/kldiv.hpp"
 #include "reference.h"
 #include "timing.h"
@@ -271,7 +273,10 @@ int run(const RunOptions &options) {
                 pass_name(options.pass), format_shape(options.shape).c_str(), numel,
                 short_name(options.dtype), reduction_name(options.reduction),
                 options.log_target ? ", log_target" : "");
-    std::printf("%-15s %s\n", "cpu target", cpu_target().c_str());
+    const std::string &cap = runtime::cpu_level_cap();
+    std::printf("%-15s %s (AOT kernels %s; %s)\n", "cpu level",
+                runtime::jit::cpu_level(runtime::jit::resolve_target(cpu_target())).c_str(), cpu_target().c_str(),
+                cap.empty() ? "the best this CPU has" : ("KLDIV_CPU_TARGET=" + cap).c_str());
     std::printf("%-15s %d%s\n", "threads", threads, options.threads == 0 ? " (one per core)" : "");
     std::fflush(stdout);
     RuntimeOptions runtime_options = options.runtime;

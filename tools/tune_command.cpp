@@ -19,6 +19,7 @@
 #include "aot_command.h"
 #include "bandwidth.h"
 #include "command_line.h"
+#include "cpu_level.h"
 #include "disk_cache.h"
 #include "errors.h"
 #include "jit/compile.h"
@@ -456,11 +457,26 @@ void write_plot(const std::string &path, const tune::SearchResult &result, const
     }
 }
 
+// The CPU's model name (/proc/cpuinfo), with the feature level in force when
+// KLDIV_CPU_TARGET caps it: what a record was measured on.
+std::string cpu_model() {
+    std::ifstream in("/proc/cpuinfo");
+    std::string line, model = "unknown CPU";
+    while (std::getline(in, line)) {
+        if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos) {
+            model = line.substr(line.find(':') + 2);
+            break;
+        }
+    }
+    if (!runtime::cpu_level_cap().empty()) model += " (KLDIV_CPU_TARGET=" + runtime::cpu_level_cap() + ")";
+    return model;
+}
+
 int run_tune(const Options &o) {
     const AotSpec &a = *o.spec;
     std::string target;
     try {
-        target = runtime::jit::resolve_target(o.target);
+        target = runtime::jit::resolve_target(o.target, runtime::cpu_level_cap());
     } catch (const Error &e) {
         throw UsageError(std::string(e.what()) +
                          (o.target.find("cuda") != std::string::npos
@@ -564,6 +580,7 @@ int run_tune(const Options &o) {
     record.ceiling_copy_gbps = ceiling.copy_gbps;
     record.date = utc_now();
     record.version = KLDIV_VERSION;
+    record.cpu = cpu_model();
 
     std::printf("kldiv tune: %s, %s elements, %s\n", a.spec.name().c_str(), format_shape(a.shape).c_str(),
                 target.c_str());

@@ -37,8 +37,8 @@ Space cpu_space(const codegen::KernelSpec &spec) {
     space.dims.push_back(cpu_int("unroll", {1, 2, 4}, &CpuParams::unroll));
     const bool reduction = spec.reduce && spec.pass != codegen::Pass::Backward;
     if (reduction) {
-        space.dims.push_back(cpu_int("slf", {1, 2, 4, 8}, &CpuParams::sum_lanes_factor));
-        space.dims.push_back(cpu_int("chunk", {512, 1024, 2048, 4096, 8192, 16384}, &CpuParams::sum_chunk));
+        // Not the partial sums or the chunk (slf, chunk): they set the order
+        // of the adds, and a tuned schedule must give the default's results.
         space.dims.push_back(cpu_int("cpt", {2, 4, 8, 16, 32, 64}, &CpuParams::chunks_per_task));
     } else {
         space.dims.push_back(
@@ -46,9 +46,7 @@ Space cpu_space(const codegen::KernelSpec &spec) {
     }
     space.dims.push_back(cpu_flag("fast", &CpuParams::unit_stride_fast_path));
     space.dims.push_back(cpu_flag("par", &CpuParams::parallel));
-    space.valid = [reduction](const Params &p) {
-        // A chunk's partial sums are whole vectors, and a chunk whole steps of them.
-        if (reduction && p.cpu.sum_lanes_factor < p.cpu.vector_factor) return false;
+    space.valid = [](const Params &p) {
         // At most four native vectors per loop iteration: wider bodies ran no
         // faster (2-core Zen 4, 2^20 f32 forward sum: 8 vectors 0.228 ms, 2
         // vectors 0.238 ms, within noise) and take twice as long to JIT-compile.

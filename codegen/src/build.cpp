@@ -42,6 +42,46 @@ Halide::Target host_target() {
     return host;
 }
 
+Halide::Target named_target(const std::string &name) {
+    if (!Halide::Target::validate_target_string(name)) throw std::invalid_argument("unknown target '" + name + "'");
+    if (name != "host" && name.rfind("host-", 0) != 0) return Halide::Target(name);
+    const Halide::Target named(name), plain_host = Halide::get_host_target();
+    Halide::Target target = host_target();
+    for (int f = 0; f < (int)Halide::Target::FeatureEnd; f++) {
+        const auto feature = (Halide::Target::Feature)f;
+        if (named.has_feature(feature) && !plain_host.has_feature(feature)) target = target.with_feature(feature);
+    }
+    return target;
+}
+
+Halide::Target cap_x86_level(Halide::Target target, const std::string &level) {
+    using F = Halide::Target::Feature;
+    if (target.arch != Halide::Target::X86) return target;
+    if (level != "avx512") {
+        target = target.without_feature(F::AVX512)
+                     .without_feature(F::AVX512_KNL)
+                     .without_feature(F::AVX512_Skylake)
+                     .without_feature(F::AVX512_Cannonlake)
+                     .without_feature(F::AVX512_SapphireRapids);
+    }
+    if (level == "sse41") {
+        target = target.without_feature(F::AVX).without_feature(F::AVX2).without_feature(F::FMA).without_feature(
+            F::F16C);
+    }
+    return target;
+}
+
+std::string x86_level(const Halide::Target &target) {
+    using F = Halide::Target::Feature;
+    if (target.arch != Halide::Target::X86) {
+        const std::string name = target.to_string();  // "arm-64-linux-..."
+        return name.substr(0, name.find('-', name.find('-') + 1));
+    }
+    if (target.has_feature(F::AVX512_Skylake)) return "avx512";
+    if (target.has_feature(F::AVX2) && target.has_feature(F::FMA)) return "avx2";
+    if (target.has_feature(F::SSE41)) return "sse41";
+    return "x86-" + std::to_string(target.bits);
+}
 
 // PTX adds and multiplies without a rounding modifier may be contracted into
 // fused multiply-adds by ptxas; LLVM's NVPTX back end writes them with .rn

@@ -116,39 +116,50 @@ void define_device_total(Algorithm &a, const Inputs &in, const Expr &chunks, DTy
                                    Halide::clamp(row / (in.extent[1] * in.extent[2]), 0, in.extent[3] - 1));
     a.lane_total = Func("lane_total");
     a.lane_total(a.total_lane) = Halide::cast(Halide::Float(64), Expr(0.0));
-    a.lane_total(a.total_lane) += Halide::select(valid, Halide::cast<double>(value), Expr(0.0));
+    a.lane_total(a.total_lane) += Halide::select(valid, value, Expr(0.0));
 
     const Expr total = lane_tree_sum(a.lane_total, lanes, a.total_lane, {}, "total_tree", a.total_tree);
     a.out = Func("out");
     a.out(i0) = narrow(Halide::cast(compute_type(dtype), total / in.divisor), dtype);
 }
 
-// Defines pointwise, lane_sum, chunk_sum and total over the summation tree.
+// Defines block_sum, lane_sum, chunk_sum and total over the summation tree.
 void define_sum(Algorithm &a, const Inputs &in, const SumTree &tree, DType dtype) {
     const Halide::Type type = compute_type(dtype);
+    const Halide::Type f64 = Halide::Float(64);
     const auto &[i0, i1, i2, i3] = a.dims;
     a.tree = tree;
     const Expr n0 = in.extent[0];
-    // A short dimension 0 gets short chunks, so no work is spent on padding.
+    // A short dimension 0 gets short chunks (and blocks), so no work is spent
+    // on padding.
     const Expr steps = (Halide::min(tree.chunk, n0) + tree.lanes - 1) / tree.lanes;
-    const Expr chunk_length = steps * tree.lanes;
+    const Expr block_steps = Halide::min(kSumBlockSteps, steps);
+    const Expr blocks = (steps + block_steps - 1) / block_steps;
+    const Expr block_length = block_steps * tree.lanes;
+    const Expr chunk_length = blocks * block_length;
     a.chunk_length = chunk_length;
     const Expr chunks = (n0 + chunk_length - 1) / chunk_length;
 
-    a.step = RDom(0, steps, "step");
-    Expr element = a.chunk * chunk_length + a.step * tree.lanes + a.lane;
+    a.block = Var("block");
+    a.step = RDom(0, block_steps, "step");
+    a.blocks = RDom(0, blocks, "blocks");
+    const Expr block_start = a.chunk * chunk_length + a.block * block_length;
+    Expr element = block_start + a.step * tree.lanes + a.lane;
     // Padding past the end reads the last element and contributes zero.
-    // `likely` lets Halide peel the last steps, so the others load densely.
     Expr value = a.pointwise(Halide::min(Halide::likely(element), n0 - 1), i1, i2, i3);
-    a.lane_sum = Func("lane_sum");
-    a.lane_sum(a.lane, a.chunk, i1, i2, i3) = zero_of(type);
-    // The test is made for the whole step first (one scalar condition), and
+    a.block_sum = Func("block_sum");
+    a.block_sum(a.lane, a.block, a.chunk, i1, i2, i3) = zero_of(type);
+    // The test is made for the whole block first (one scalar condition), and
     // the likely branch is tagged as such (Halide's loop partitioning reads
     // the tag on a select's value, not on its condition), so that the steady
-    // state has no test; only a step that crosses the end tests each lane.
-    const Expr step_end = a.chunk * chunk_length + (a.step + 1) * tree.lanes;
-    a.lane_sum(a.lane, a.chunk, i1, i2, i3) +=
-        Halide::select(step_end <= n0, Halide::likely(value), Halide::select(element < n0, value, zero_of(type)));
+    // state has no test; only a block that crosses the end tests each lane.
+    a.block_sum(a.lane, a.block, a.chunk, i1, i2, i3) +=
+        Halide::select(block_start + block_length <= n0, Halide::likely(value),
+                       Halide::select(element < n0, value, zero_of(type)));
+
+    a.lane_sum = Func("lane_sum");
+    a.lane_sum(a.lane, a.chunk, i1, i2, i3) = zero_of(f64);
+    a.lane_sum(a.lane, a.chunk, i1, i2, i3) += Halide::cast(f64, a.block_sum(a.lane, a.blocks, a.chunk, i1, i2, i3));
 
     // The lanes are added as a balanced tree.
     a.chunk_sum = Func("chunk_sum");
@@ -158,8 +169,8 @@ void define_sum(Algorithm &a, const Inputs &in, const SumTree &tree, DType dtype
 
     RDom all(0, chunks, 0, in.extent[1], 0, in.extent[2], 0, in.extent[3], "all");
     a.total = Func("total");
-    a.total() = Halide::cast(Halide::Float(64), Expr(0.0));
-    a.total() += Halide::cast<double>(a.chunk_sum(all.x, all.y, all.z, all.w));
+    a.total() = zero_of(f64);
+    a.total() += a.chunk_sum(all.x, all.y, all.z, all.w);
 }
 
 // xlogy(t, t) but for the sign of zero: t * log_of_positive(t) is already

@@ -4,6 +4,7 @@
 #include <unordered_map>
 
 #include "aot_registry.h"
+#include "cpu_level.h"
 #include "errors.h"
 
 namespace kldiv::runtime {
@@ -21,6 +22,7 @@ int (*aot_entry(const codegen::KernelSpec &spec))(void **) {
 void install_aot_error_handler() {
     static const bool installed = [] {
         halide_set_error_handler(record_kernel_error);
+        cpu_level_cap();  // before any AOT kernel dispatches
         return true;
     }();
     (void)installed;

@@ -96,10 +96,12 @@ RuntimeOptions to_options(const kldiv_runtime_options &c) {
     }
     if (c.specialize_after < 0) runtime::fail(ErrorCode::InvalidArgument, "specialize_after is negative");
     if (c.specialize_after) o.specialize_after = c.specialize_after;
+    if (c.specialize_work) o.specialize_work = c.specialize_work;
     o.jit = c.aot_only == 0;
     o.generic_from_aot = c.jit_generic == 0;
     o.blocking = c.no_blocking == 0;
     if (c.target) o.target = c.target;
+    if (c.cpu_target) o.cpu_target = c.cpu_target;
     if (c.threads < 0) runtime::fail(ErrorCode::InvalidArgument, "threads is negative");
     o.threads = c.threads;
     o.cuda_stream = c.cuda_stream;

@@ -13,6 +13,7 @@
 
 #include "aot_registry.h"
 #include "codegen_fingerprint.h"
+#include "cpu_level.h"
 #include "cuda_device.h"
 #include "disk_cache.h"
 #include "errors.h"
@@ -166,7 +167,11 @@ struct KernelCache::State {
     std::condition_variable changed;
     std::unordered_map<Key, std::shared_ptr<Slot>, KeyHash> slots;
     std::list<Key> lru;  // most recently used first; Ready slots only
-    std::unordered_map<Key, int, KeyHash> seen;  // calls per shape, for Specialize::Auto
+    struct Seen {
+        int calls = 0;
+        uint64_t elements = 0;
+    };
+    std::unordered_map<Key, Seen, KeyHash> seen;  // per shape, for Specialize::Auto
     CacheStats stats;
     std::vector<std::thread> background;
 
@@ -186,13 +191,13 @@ struct KernelCache::State {
         bool reorders = false;  // sums in another order than the default (and the AOT kernels)
     };
 
-    // The tuned parameters for the kernel (exact target, nearest size bucket),
-    // else the defaults. Every call of a shape must get the same result, so a
-    // record's summation order applies only to kernels that serve all of a
-    // shape's calls: specialised ones, in blocking mode (kernel() then
-    // specialises such a shape on its first call). Generic kernels and
-    // non-blocking runtimes, where AOT kernels serve some calls, keep the
-    // default order and take the rest of the record.
+    // The tuned parameters for the kernel (nearest compatible target, nearest
+    // size bucket), else the defaults. Every call of a shape must get the same
+    // result, so a record's summation order applies only where specialised
+    // kernels serve all of a shape's calls: Specialize::Always, in blocking
+    // mode. Elsewhere (generic kernels, `auto`, non-blocking runtimes) AOT or
+    // generic kernels serve some calls, so the default order is kept and the
+    // rest of the record taken. (`kldiv tune` does not change the order.)
     Schedule schedule_for(const KernelSpec &spec, const std::optional<jit::FixedShape> &shape) const {
         const std::string &target = target_for(spec);
         const schedules::Params defaults = schedules::default_params(target);
@@ -207,7 +212,7 @@ struct KernelCache::State {
         const bool reduces = spec.reduce && spec.pass != codegen::Pass::Backward;
         std::string kept;
         if (reduces && !schedules::same_summation_order(s.params, defaults)) {
-            if (shape && options.blocking) {
+            if (shape && options.blocking && specialize == Specialize::Always) {
                 s.reorders = true;
             } else {
                 s.params = schedules::with_summation_order(s.params, defaults);
@@ -217,7 +222,7 @@ struct KernelCache::State {
         char speedup[32];
         std::snprintf(speedup, sizeof speedup, "%.2fx", match->record.speedup());
         s.source = "tuned (" + match->source + ", 2^" + std::to_string(match->record.bucket) + " elements, " +
-                   speedup + " the default there" + kept + ")";
+                   speedup + " the default there" + kept + "; record for " + match->why + ")";
         return s;
     }
 
@@ -349,15 +354,23 @@ KernelCache::KernelCache(const RuntimeOptions &options) : state_(std::make_uniqu
         if (value != "on" && value != "off") s.warn("KLDIV_CUDA_JIT: '" + value + "' is not on or off; using off");
         s.cuda_jit = value == "on";
     }
-    s.target = jit::resolve_target(options.target);
+    if (!options.cpu_target.empty() && !is_cpu_level(options.cpu_target)) {
+        fail(ErrorCode::InvalidArgument,
+             "cpu_target '" + options.cpu_target + "' is not one of sse41, avx2, avx512 (or empty)");
+    }
+    if (std::string problem = cpu_level_cap_problem(); !problem.empty()) s.warn(problem);
+    const std::string cpu_level = options.cpu_target.empty() ? cpu_level_cap() : options.cpu_target;
+    s.target = jit::resolve_target(options.target, cpu_level);
     try {
-        s.cuda_target = jit::resolve_target(KLDIV_CUDA_JIT_TARGET);
+        s.cuda_target = jit::resolve_target(KLDIV_CUDA_JIT_TARGET, "", true);
     } catch (const Error &) {
         s.cuda_jit = false;  // another host architecture: CUDA calls run the AOT kernels
     }
     // The AOT kernels serve this runtime when they run the same code: the host
-    // target, or the feature level they dispatch to on this CPU.
-    s.host_target = options.target.empty() || options.target == "host" || s.target == jit::resolve_target(cpu_target());
+    // target at the level they dispatch to, or that level's own target.
+    const bool host = options.target.empty() || options.target == "host";
+    const std::string aot_target = jit::resolve_target(cpu_target());
+    s.host_target = host ? jit::cpu_level(s.target) == jit::cpu_level(aot_target) : s.target == aot_target;
     s.version = std::string("kldiv ") + KLDIV_VERSION + " codegen " + std::string(KLDIV_CODEGEN_FINGERPRINT).substr(0, 16) +
                 " " + jit::toolchain_version();
     s.disk = std::make_unique<cache::DiskCache>(cache::resolve_cache_dir(options.cache_dir), options.disk_cache_bytes,
@@ -404,9 +417,14 @@ KernelCall KernelCache::kernel(const KernelSpec &spec, const Piece &piece) {
             if (found != s.slots.end()) {
                 specialise = true;
             } else {
+                // A compile (0.1-0.3 s) pays only where the shape's calls have
+                // already taken several times as long: specialise once they
+                // have covered specialize_work elements in all.
                 if (s.seen.size() > 4096) s.seen.clear();
-                specialise = ++s.seen[fixed] >= s.options.specialize_after ||
-                             s.schedule_for(spec, shape_of(fixed, State::buffer_count(spec))).reorders;
+                State::Seen &seen = s.seen[fixed];
+                seen.calls++;
+                seen.elements += (uint64_t)piece.extent[0] * piece.extent[1] * piece.extent[2] * piece.extent[3];
+                specialise = seen.calls >= s.options.specialize_after && seen.elements >= s.options.specialize_work;
             }
         }
         if (specialise) key = fixed;

@@ -1,5 +1,7 @@
 #include "kldiv/schedules/cpu_schedule.h"
 
+#include <algorithm>
+
 #include "kldiv/dsl/math.h"
 
 namespace kldiv::schedules {
@@ -8,15 +10,16 @@ using Halide::Func;
 using Halide::TailStrategy;
 using Halide::Var;
 
-dsl::SumTree sum_tree(const Halide::Target &target, DType dtype, const Params &params) {
+dsl::SumTree sum_tree(const Halide::Target &target, DType, const Params &params) {
     dsl::SumTree tree;
     if (target.has_gpu_feature()) {
         tree.lanes = params.gpu.sum_lanes;
         tree.chunk = params.gpu.sum_chunk;
         return tree;
     }
-    const int native = target.natural_vector_size(dsl::compute_type(dtype));
-    tree.lanes = native * params.cpu.sum_lanes_factor;
+    // Not the target's vector width: the same parameters sum in the same
+    // order on every feature level.
+    tree.lanes = kSumLanesUnit * params.cpu.sum_lanes_factor;
     tree.chunk = params.cpu.sum_chunk;
     return tree;
 }
@@ -61,12 +64,24 @@ Var schedule_elementwise(Func f, const dsl::Algorithm &a, int vector_size, const
 }
 
 // A chunk's partial sums, computed where `chunk_sum` computes that chunk:
-// one fixed set of vectors (bound_extent lets them live in registers even
-// where bounds inference cannot see a single chunk, as under compute_with).
+// one fixed set of float64 vectors, and a block's float32 sums a vector of
+// lanes at a time through the block's steps (bound_extent lets them live in
+// registers even where bounds inference cannot see a single chunk, as under
+// compute_with).
 void schedule_partial_sums(dsl::Algorithm &a, const Var &in_task, int vector_size, const CpuParams &p) {
-    a.lane_sum.compute_at(a.chunk_sum, in_task).bound_extent(a.chunk, 1).vectorize(a.lane, vector_size);
-    a.lane_sum.update().reorder(a.lane, a.step.x).vectorize(a.lane, vector_size);
-    if (p.unroll > 1) a.lane_sum.update().unroll(a.step.x, p.unroll, TailStrategy::GuardWithIf);
+    const int width = std::min(vector_size, a.tree.lanes);
+    a.lane_sum.compute_at(a.chunk_sum, in_task).bound_extent(a.chunk, 1).vectorize(a.lane, width);
+    a.lane_sum.update().reorder(a.lane, a.blocks.x).vectorize(a.lane, width);
+    Var vectors("vectors"), lanes("lanes");
+    a.block_sum.compute_at(a.lane_sum, a.blocks.x)
+        .bound_extent(a.block, 1)
+        .bound_extent(a.chunk, 1)
+        .vectorize(a.lane, width);
+    a.block_sum.update()
+        .split(a.lane, vectors, lanes, width, TailStrategy::GuardWithIf)
+        .reorder(lanes, a.step.x, vectors)
+        .vectorize(lanes);
+    if (p.unroll > 1) a.block_sum.update().unroll(a.step.x, p.unroll, TailStrategy::GuardWithIf);
 }
 
 // Fused forward+backward, `none`: both outputs in one loop nest, so each

@@ -14,6 +14,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <tuple>
@@ -44,6 +45,7 @@ std::string to_json_line(const TuningRecord &r) {
         {"ceiling_copy_gbps", r.ceiling_copy_gbps},
         {"date", r.date},
         {"version", r.version},
+        {"cpu", r.cpu},
     };
     return j.dump();
 }
@@ -97,6 +99,13 @@ std::optional<TuningRecord> parse_record(const std::string &line, std::string *w
         *why = "empty target or spec, or a bucket out of range";
         return std::nullopt;
     }
+    if (const auto cpu = j.find("cpu"); cpu != j.end()) {
+        if (!cpu->is_string()) {
+            *why = "field 'cpu' is not a string";
+            return std::nullopt;
+        }
+        r.cpu = cpu->get<std::string>();
+    }
     r.params = default_params(r.target);
     if (!parse_params(schedule, &r.params, why)) return std::nullopt;
     return r;
@@ -132,18 +141,80 @@ void TuningDb::add_file(const std::string &path, const TuningWarning &warn) {
     add_text(text.str(), path, warn);
 }
 
+namespace {
+
+// A Halide target string taken apart: "arch-bits-os" and its features.
+struct TargetParts {
+    std::string base;
+    std::set<std::string> features;
+};
+
+TargetParts split_target(const std::string &target) {
+    TargetParts parts;
+    std::istringstream in(target);
+    std::string token;
+    for (int i = 0; std::getline(in, token, '-'); i++) {
+        if (i < 3) {
+            parts.base += (i ? "-" : "") + token;
+        } else {
+            parts.features.insert(token);
+        }
+    }
+    return parts;
+}
+
+// The class of vector instructions a target's kernels use: the GPU's (CUDA
+// and its compute capability), else the x86 level, else the architecture's
+// own (NEON on arm-64).
+std::string isa_class(const TargetParts &t) {
+    if (t.features.count("cuda")) {
+        std::string capability;
+        for (const std::string &f : t.features) {
+            if (f.rfind("cuda_capability", 0) == 0) capability = f;
+        }
+        return "cuda " + capability;
+    }
+    if (t.base.rfind("x86", 0) != 0) return t.base;
+    for (const std::string &f : t.features) {
+        if (f.rfind("avx512", 0) == 0) return "avx512";
+    }
+    return t.features.count("avx2") ? "avx2" : "sse41";
+}
+
+}  // namespace
+
+std::optional<std::string> compatible_target(const std::string &record_target, const std::string &target) {
+    if (record_target == target) return std::string("its exact target");
+    const TargetParts record = split_target(record_target), wanted = split_target(target);
+    if (record.base != wanted.base || isa_class(record) != isa_class(wanted)) return std::nullopt;
+    for (const std::string &f : record.features) {
+        if (!wanted.features.count(f)) return std::nullopt;
+    }
+    return "the nearest compatible target, " + record_target + " (" + isa_class(record) +
+           ", features this one has)";
+}
+
 std::optional<TuningDb::Match> TuningDb::find(const std::string &target, const std::string &spec, int bucket) const {
     for (size_t layer = 0; layer < sources_.size(); layer++) {
         const Entry *best = nullptr;
+        std::string best_why;
         auto rank = [&](const Entry &e) {
-            // nearer bucket, then the larger one, then the better speed-up
-            return std::make_tuple(-std::abs(e.record.bucket - bucket), e.record.bucket, e.record.speedup());
+            // the exact target, else the most features in common; then the
+            // nearer bucket, the larger one, the better speed-up
+            const size_t shared = split_target(e.record.target).features.size();
+            return std::make_tuple(e.record.target == target, shared, -std::abs(e.record.bucket - bucket),
+                                   e.record.bucket, e.record.speedup());
         };
         for (const Entry &e : records_) {
-            if (e.layer != layer || e.record.target != target || e.record.spec != spec) continue;
-            if (best == nullptr || rank(e) > rank(*best)) best = &e;
+            if (e.layer != layer || e.record.spec != spec) continue;
+            const std::optional<std::string> why = compatible_target(e.record.target, target);
+            if (!why) continue;
+            if (best == nullptr || rank(e) > rank(*best)) {
+                best = &e;
+                best_why = *why;
+            }
         }
-        if (best) return Match{best->record, sources_[layer]};
+        if (best) return Match{best->record, sources_[layer], best_why};
     }
     return std::nullopt;
 }

@@ -75,7 +75,8 @@ void kldiv_set_warning_handler(kldiv_warning_handler handler, void *user_data);
 /* Threads used by the CPU kernels (0: one per core). */
 void kldiv_set_num_threads(int threads);
 
-/* Name of the x86 feature level the AOT kernels run with on this CPU. */
+/* Name of the x86 feature level the AOT kernels run with on this CPU: the
+ * best it has, capped by KLDIV_CPU_TARGET (sse41 | avx2 | avx512). */
 const char *kldiv_cpu_target(void);
 
 /* ---- Runtimes: JIT-compiled kernels and kernel caches ----------------------
@@ -93,7 +94,7 @@ typedef enum {
     KLDIV_SPECIALIZE_DEFAULT = 0, /* KLDIV_SPECIALIZE, else AUTO */
     KLDIV_SPECIALIZE_NEVER,       /* shape-generic kernels only */
     KLDIV_SPECIALIZE_ALWAYS,      /* a shape-specialised kernel for every new shape */
-    KLDIV_SPECIALIZE_AUTO         /* once a shape has been seen a few times */
+    KLDIV_SPECIALIZE_AUTO         /* once a shape has been seen a few times over many elements */
 } kldiv_specialize;
 
 /* Zero-initialise, then set what differs from the defaults. */
@@ -113,6 +114,8 @@ typedef struct {
     void *warning_user_data;
     void *cuda_stream;             /* CUstream / cudaStream_t of CUDA calls; NULL: the legacy default stream */
     int32_t cuda_jit;              /* 0: KLDIV_CUDA_JIT, else off; 1: CUDA kernels from the JIT too; -1: AOT only */
+    const char *cpu_target;        /* NULL: KLDIV_CPU_TARGET; "sse41", "avx2", "avx512": highest x86 level of "host" */
+    uint64_t specialize_work;      /* 0: 2^32; AUTO also waits until a shape's calls cover this many elements */
 } kldiv_runtime_options;
 
 /* NULL options: the defaults. Returns NULL on error (see kldiv_last_error). */

@@ -123,7 +123,7 @@ void set_num_threads(int threads);
 enum class Specialize {
     Never,   // shape-generic kernels only
     Always,  // a shape-specialised kernel for every new shape
-    Auto     // once a shape has been seen `specialize_after` times
+    Auto     // once a shape's calls reach `specialize_after` and `specialize_work`
 };
 // "never" | "always" | "auto"; anything else throws InvalidArgument.
 Specialize parse_specialize(const std::string &name);
@@ -140,7 +140,12 @@ struct RuntimeOptions {
     uint64_t memory_cache_bytes = uint64_t(256) << 20;  // object code bytes
     // Unset: $KLDIV_SPECIALIZE ("never" | "always" | "auto"), else Auto.
     std::optional<Specialize> specialize;
+    // Auto specialises a shape once it has been seen specialize_after times
+    // and its calls have covered specialize_work elements in all (2^32: about
+    // a second of calls on two cores, five times a compile), so that no
+    // workload pays more for a compile than it can gain.
     int specialize_after = 3;
+    uint64_t specialize_work = uint64_t(1) << 32;
     // false: AOT kernels only, nothing is compiled.
     bool jit = true;
     // Shape-generic calls use the library's AOT kernels when it has them for
@@ -151,6 +156,10 @@ struct RuntimeOptions {
     bool blocking = true;
     // Halide target string of JIT kernels, or "host" (this CPU).
     std::string target = "host";
+    // The highest x86 feature level of "host" JIT kernels: "sse41", "avx2" or
+    // "avx512" (a level above the CPU's is the CPU's); "": $KLDIV_CPU_TARGET,
+    // which caps the AOT kernels' dispatch too, else no cap.
+    std::string cpu_target;
     // Threads of the process's kernel thread pool (0: leave it as it is).
     int threads = 0;
     // Tuning database (JSON lines from `kldiv tune`) consulted before the one
@@ -239,7 +248,8 @@ private:
     std::unique_ptr<runtime::KernelCache> cache_;
 };
 
-// The x86 feature level the AOT kernels run with on this CPU.
+// The x86 feature level the AOT kernels run with on this CPU: the best the
+// CPU has, capped by $KLDIV_CPU_TARGET (sse41 | avx2 | avx512), read once.
 std::string cpu_target();
 
 // ---- CUDA tensors ----------------------------------------------------------

@@ -43,13 +43,16 @@ std::string read_and_remove(const std::string &path) {
 
 }  // namespace
 
-std::string resolve_target(const std::string &name) {
+std::string resolve_target(const std::string &name, const std::string &cpu_level, bool gpu) {
     const Halide::Target host = codegen::host_target();
-    if (name.empty() || name == "host") return resolve_target(host.to_string());
-    if (!Halide::Target::validate_target_string(name)) {
+    const bool is_host = name.empty() || name == "host";
+    Halide::Target target;
+    try {
+        target = codegen::named_target(is_host ? "host" : name);
+    } catch (const std::invalid_argument &) {
         fail(ErrorCode::InvalidArgument, "unknown target '" + name + "' (a Halide target string, or 'host')");
     }
-    const Halide::Target target(name);
+    if (is_host && !cpu_level.empty()) target = codegen::cap_x86_level(target, cpu_level);
     // JIT kernels run in this process: same architecture, no instruction the
     // CPU lacks. Other machines get kernels from `kldiv aot`.
     const std::string cannot = "target '" + name + "' cannot run in this process (this machine is " +
@@ -63,11 +66,19 @@ std::string resolve_target(const std::string &name) {
                   F::SVE2, F::ARMv81a, F::VSX, F::POWER_ARCH_2_07, F::RVV}) {
         if (target.has_feature(isa) && !host.has_feature(isa)) fail(ErrorCode::InvalidArgument, cannot);
     }
+    if (target.has_gpu_feature() && !gpu) {
+        fail(ErrorCode::InvalidArgument,
+             "target '" + name + "' has a GPU feature: the JIT's target is for this CPU's kernels (CUDA kernels "
+             "are compiled when RuntimeOptions::cuda_jit or KLDIV_CUDA_JIT=on asks for them); build kernels for "
+             "other devices with 'kldiv aot'");
+    }
     if (target.has_gpu_feature() && !target.has_feature(Halide::Target::CUDA)) {
         fail(ErrorCode::InvalidArgument, "target '" + name + "': the JIT compiles CPU and CUDA kernels only");
     }
     return target.without_feature(Halide::Target::NoRuntime).without_feature(Halide::Target::UserContext).to_string();
 }
+
+std::string cpu_level(const std::string &target) { return codegen::x86_level(Halide::Target(target)); }
 
 std::string compile_kernel(const KernelSpec &spec, const std::optional<FixedShape> &shape,
                            const std::string &target_name, const schedules::Params &params, const std::string &function,

@@ -16,10 +16,17 @@ namespace kldiv::runtime::jit {
 
 using codegen::FixedShape;
 
-// The Halide target the JIT compiles for: "host" is this CPU's; any other
+// The Halide target the JIT compiles for: "" or "host" is this CPU's, at
+// most `cpu_level` ("sse41", "avx2", "avx512"; "" for no cap); any other
 // Halide target string is checked and normalised. Throws kldiv::Error
-// (InvalidArgument) for an unknown target.
-std::string resolve_target(const std::string &name);
+// (InvalidArgument) for an unknown target or one this process cannot run:
+// another architecture or OS, instructions the CPU lacks, or a GPU feature
+// (only the CUDA JIT's own target, `gpu`, has one).
+std::string resolve_target(const std::string &name, const std::string &cpu_level = "", bool gpu = false);
+
+// The feature level of a resolved target ("sse41", "avx2", "avx512"), else
+// its architecture ("arm-64").
+std::string cpu_level(const std::string &target);
 
 // Compiles `spec` for `target` (a resolved target) to an ELF object whose
 // entry point is `<function>_argv`, taking a user context first. Throws

@@ -55,6 +55,20 @@ Halide::Module compile_module(const KernelSpec &spec, const std::optional<FixedS
 // build.cpp). `kldiv aot` and the JIT use it for "host".
 Halide::Target host_target();
 
+// A Halide target string, where "host" is host_target() and "host-F1-F2"
+// host_target() plus the features named after it. std::invalid_argument for
+// a string that is not a target.
+Halide::Target named_target(const std::string &name);
+
+// `target` without the x86 features above `level`, one of the levels the AOT
+// library dispatches between: "sse41", "avx2" (with FMA and F16C), "avx512"
+// (Skylake's set and any later one). Other architectures as they are.
+Halide::Target cap_x86_level(Halide::Target target, const std::string &level);
+
+// The feature level of an x86 target ("sse41", "avx2", "avx512"), else its
+// architecture ("arm-64", ...).
+std::string x86_level(const Halide::Target &target);
+
 // Feature flags every kernel is compiled with (IEEE semantics for the edge
 // values in SPEC.md), added to a target.
 Halide::Target with_kernel_features(Halide::Target target);

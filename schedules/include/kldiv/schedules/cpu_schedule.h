@@ -10,8 +10,9 @@
 
 namespace kldiv::schedules {
 
-// The summation tree a reduction uses on `target` (lanes = native vector
-// width of the compute type times the parameter's factor).
+// The summation tree a reduction uses on `target`: on CPUs, lanes =
+// kSumLanesUnit times the parameter's factor, the same on every feature
+// level and architecture, so a schedule sums in one order everywhere.
 dsl::SumTree sum_tree(const Halide::Target &target, DType dtype, const Params &params);
 
 // Schedules every Func `algorithm` defines. `unit_stride` holds the conditions

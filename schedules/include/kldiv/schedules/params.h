@@ -6,10 +6,15 @@
 
 namespace kldiv::schedules {
 
+// CPU reductions keep sum_lanes_factor * kSumLanesUnit partial sums, on any
+// vector width (not a multiple of the target's, so that the order of the
+// adds, and so the result, is the same on every feature level).
+constexpr int kSumLanesUnit = 16;
+
 struct CpuParams {
     int vector_factor = 2;       // vector width as a multiple of the target's native one
     int unroll = 1;              // vectors per iteration of the innermost loop
-    int sum_lanes_factor = 2;    // partial sums per chunk, as a multiple of the native width
+    int sum_lanes_factor = 2;    // partial sums per chunk, as a multiple of kSumLanesUnit
     int sum_chunk = 2048;        // elements per chunk of the summation tree
     int chunks_per_task = 16;    // chunks in one parallel task of a reduction
     int elements_per_task = 16384;  // elements in one parallel task of an elementwise pass

@@ -4,8 +4,8 @@
 //
 // A record's class is (target, spec, size bucket): the full Halide target
 // string (CPU features or GPU architecture), the kernel's KernelSpec name and
-// round(log2(elements)). Lookups want the exact target and take the nearest
-// bucket.
+// round(log2(elements)). Lookups take the nearest compatible target (the
+// exact one first) and the nearest bucket.
 #pragma once
 
 #include <cstdint>
@@ -40,12 +40,19 @@ struct TuningRecord {
     double ceiling_read_gbps = 0, ceiling_copy_gbps = 0;  // same run
     std::string date;     // UTC, ISO 8601
     std::string version;  // kldiv version that measured it
+    std::string cpu;      // the machine's CPU model ("" in records of older versions)
 
     // Speed-up over the default schedule measured in the same run: what
     // records of one class are ranked by (figures of different runs are not
     // comparable on a shared machine).
     double speedup() const { return default_gbps > 0 ? gbps / default_gbps : 0; }
 };
+
+// Whether a record tuned on `record_target` applies to `target`, and why: the
+// same target, or the same architecture and OS, the same class of vector
+// instructions (x86: sse41, avx2 or avx512; CUDA: the compute capability) and
+// no feature `target` lacks. Nothing when it does not apply.
+std::optional<std::string> compatible_target(const std::string &record_target, const std::string &target);
 
 // One JSON object, no newline.
 std::string to_json_line(const TuningRecord &record);
@@ -62,6 +69,7 @@ public:
     struct Match {
         TuningRecord record;
         std::string source;  // which database it came from
+        std::string why;     // why its target applies (compatible_target)
     };
 
     // Adds the records in `text` (JSON lines) under the name `source`. A
@@ -72,9 +80,11 @@ public:
     // an unreadable one warns.
     void add_file(const std::string &path, const TuningWarning &warn);
 
-    // The first database with records for (target, spec) gives the one of
-    // the nearest bucket (the larger on a tie), the best speed-up among
-    // those. Nothing when no database has the exact target.
+    // The first database with records for `spec` on a target compatible with
+    // `target` gives the one of the exact target, else of the compatible
+    // target with the most features; then of the nearest bucket (the larger
+    // on a tie), the best speed-up among those. Nothing when no database has
+    // a compatible target.
     std::optional<Match> find(const std::string &target, const std::string &spec, int bucket) const;
 
     size_t size() const { return records_.size(); }
