@@ -123,43 +123,42 @@ void define_device_total(Algorithm &a, const Inputs &in, const Expr &chunks, DTy
     a.out(i0) = narrow(Halide::cast(compute_type(dtype), total / in.divisor), dtype);
 }
 
-// Defines block_sum, lane_sum, chunk_sum and total over the summation tree.
+// Defines lane_sum, chunk_sum and total over the summation tree.
 void define_sum(Algorithm &a, const Inputs &in, const SumTree &tree, DType dtype) {
     const Halide::Type type = compute_type(dtype);
     const Halide::Type f64 = Halide::Float(64);
     const auto &[i0, i1, i2, i3] = a.dims;
     a.tree = tree;
     const Expr n0 = in.extent[0];
-    // A short dimension 0 gets short chunks (and blocks), so no work is spent
-    // on padding.
-    const Expr steps = (Halide::min(tree.chunk, n0) + tree.lanes - 1) / tree.lanes;
-    const Expr block_steps = Halide::min(kSumBlockSteps, steps);
-    const Expr blocks = (steps + block_steps - 1) / block_steps;
-    const Expr block_length = block_steps * tree.lanes;
+    const int block_length = kSumBlockSteps * tree.lanes;
+    // A short dimension 0 gets short chunks, so little work is spent on padding.
+    const Expr blocks = (Halide::min(tree.chunk, n0) + block_length - 1) / block_length;
     const Expr chunk_length = blocks * block_length;
     a.chunk_length = chunk_length;
     const Expr chunks = (n0 + chunk_length - 1) / chunk_length;
 
-    a.block = Var("block");
-    a.step = RDom(0, block_steps, "step");
+    // A block's steps are added as a tree in the compute type, then to the
+    // lane's float64 sum: one loop over blocks, with no float32 accumulator
+    // carried from one iteration to the next.
     a.blocks = RDom(0, blocks, "blocks");
-    const Expr block_start = a.chunk * chunk_length + a.block * block_length;
-    Expr element = block_start + a.step * tree.lanes + a.lane;
-    // Padding past the end reads the last element and contributes zero.
-    Expr value = a.pointwise(Halide::min(Halide::likely(element), n0 - 1), i1, i2, i3);
-    a.block_sum = Func("block_sum");
-    a.block_sum(a.lane, a.block, a.chunk, i1, i2, i3) = zero_of(type);
+    const Expr block_start = a.chunk * chunk_length + a.blocks * block_length;
+    std::vector<Expr> dense, guarded;
+    for (int s = 0; s < kSumBlockSteps; s++) {
+        const Expr element = block_start + s * tree.lanes + a.lane;
+        // Padding past the end reads the last element and contributes zero.
+        const Expr value = a.pointwise(Halide::min(Halide::likely(element), n0 - 1), i1, i2, i3);
+        dense.push_back(value);
+        guarded.push_back(Halide::select(element < n0, value, zero_of(type)));
+    }
     // The test is made for the whole block first (one scalar condition), and
     // the likely branch is tagged as such (Halide's loop partitioning reads
     // the tag on a select's value, not on its condition), so that the steady
     // state has no test; only a block that crosses the end tests each lane.
-    a.block_sum(a.lane, a.block, a.chunk, i1, i2, i3) +=
-        Halide::select(block_start + block_length <= n0, Halide::likely(value),
-                       Halide::select(element < n0, value, zero_of(type)));
-
+    const Expr block = Halide::select(block_start + block_length <= n0, Halide::likely(tree_sum(dense)),
+                                      tree_sum(guarded));
     a.lane_sum = Func("lane_sum");
     a.lane_sum(a.lane, a.chunk, i1, i2, i3) = zero_of(f64);
-    a.lane_sum(a.lane, a.chunk, i1, i2, i3) += Halide::cast(f64, a.block_sum(a.lane, a.blocks, a.chunk, i1, i2, i3));
+    a.lane_sum(a.lane, a.chunk, i1, i2, i3) += Halide::cast(f64, block);
 
     // The lanes are added as a balanced tree.
     a.chunk_sum = Func("chunk_sum");

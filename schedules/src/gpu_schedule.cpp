@@ -51,9 +51,9 @@ Var schedule_elementwise_gpu(Func f, const dsl::Algorithm &a, const GpuParams &p
 // per lane, each walking its steps `unroll` per iteration (as many loads in
 // flight); then their tree, a level at a time, each level in parallel (one
 // thread adding all lanes cost microseconds per block, which small calls
-// wait for). Returns the unrolled steps.
-Halide::RVar schedule_lanes(Func lanes, const std::vector<Func> &tree, const Func &consumer, const Var &at,
-                            const Var &lane, const Halide::RVar &step, int unroll) {
+// wait for).
+void schedule_lanes(Func lanes, const std::vector<Func> &tree, const Func &consumer, const Var &at, const Var &lane,
+                    const Halide::RVar &step, int unroll) {
     lanes.compute_at(consumer, at).gpu_threads(lane);
     for (Func level : tree) level.compute_at(consumer, at).gpu_threads(lane);
     Halide::RVar outer(step.name() + "_outer"), inner(step.name() + "_inner");
@@ -62,23 +62,20 @@ Halide::RVar schedule_lanes(Func lanes, const std::vector<Func> &tree, const Fun
         .split(step, outer, inner, unroll, TailStrategy::GuardWithIf)
         .unroll(inner)
         .gpu_threads(lane);
-    return inner;
 }
 
 // First launch: a block per chunk; its threads are the chunk's lanes, each
-// summing every `lanes`-th element (a block of steps in float32 in its
-// registers, added to its float64 sum), and the lanes are added as the tree
+// summing every `lanes`-th element (a block of steps in float32, added to
+// its float64 sum), and the lanes are added as the tree
 // says. Second launch: one block; thread l adds chunk sums l, l + L, ...
 // and the L lane totals are added the same way before `out` is stored.
 Var schedule_sum_gpu(dsl::Algorithm &a, const GpuParams &p) {
     const auto &[i0, i1, i2, i3] = a.dims;
     Var chunks("chunks");
     a.chunk_sum.compute_root().reorder(a.chunk, i1, i2, i3).fuse(a.chunk, i1, chunks).gpu_blocks(chunks, i2);
+    // A block already holds kSumBlockSteps loads per lane.
     const int block_unroll = std::max(1, p.sum_unroll / dsl::kSumBlockSteps);
-    const Halide::RVar blocks =
-        schedule_lanes(a.lane_sum, a.lane_tree, a.chunk_sum, chunks, a.lane, a.blocks.x, block_unroll);
-    a.block_sum.compute_at(a.lane_sum, blocks);
-    a.block_sum.update().unroll(a.step.x, std::min(p.sum_unroll, dsl::kSumBlockSteps), TailStrategy::GuardWithIf);
+    schedule_lanes(a.lane_sum, a.lane_tree, a.chunk_sum, chunks, a.lane, a.blocks.x, block_unroll);
     a.out.compute_root().gpu_blocks(i0);
     schedule_lanes(a.lane_total, a.total_tree, a.out, i0, a.total_lane, a.total_step.x, p.sum_unroll);
     return chunks;

@@ -19,13 +19,14 @@ constexpr int kRank = 4;
 // The summation tree of a reduction: along dimension 0 the elements are cut
 // into chunks of at most `chunk` elements, each summed in `lanes` interleaved
 // partial sums. A partial sum adds its elements in blocks of
-// kSumBlockSteps steps: a block is summed in the compute type (float32 for
-// float32 and 16-bit data), then added to the lane's float64 sum; the lanes
-// are added as a tree, and the chunk sums in float64. So no float32 sum
-// takes more than kSumBlockSteps sequential adds, whatever the vector width
-// or schedule: the error stays below a float32 pairwise sum's (constant data
-// included, where a pairwise sum is exact). Part of the numerics, so it
-// lives here; `lanes` and `chunk` change only the order of float64 adds.
+// kSumBlockSteps steps: a block is summed as a tree in the compute type
+// (float32 for float32 and 16-bit data), then added to the lane's float64
+// sum; the lanes are added as a tree, and the chunk sums in float64. So no
+// float32 sum is deeper than log2(kSumBlockSteps) adds, whatever the vector
+// width or schedule: the error stays at a float32 pairwise sum's or below
+// (constant data included, where a pairwise sum is exact). Part of the
+// numerics, so it lives here; `lanes` and `chunk` change only the order of
+// float64 adds.
 constexpr int kSumBlockSteps = 4;
 
 struct SumTree {
@@ -64,15 +65,10 @@ struct Algorithm {
     Halide::Var lane;
     Halide::Var chunk;
     SumTree tree;
-    Halide::Var block;
-    Halide::RDom step;         // steps within a block (block_sum's update)
-    Halide::RDom blocks;       // blocks within a chunk (lane_sum's update)
-    Halide::Expr chunk_length; // elements per chunk (a multiple of tree.lanes)
+    Halide::RDom blocks;       // blocks of kSumBlockSteps steps within a chunk (lane_sum's update)
+    Halide::Expr chunk_length; // elements per chunk (a multiple of kSumBlockSteps * tree.lanes)
 
     Halide::Func pointwise;    // loss per element, compute type (see pointwise_loss)
-    // (lane, block, chunk, i1, i2, i3): a lane's sum over one block of steps,
-    // compute type (at most kSumBlockSteps adds)
-    Halide::Func block_sum;
     Halide::Func lane_sum;     // (lane, chunk, i1, i2, i3): float64 partial sums of a chunk
     // The lane tree when lanes are a power of two, level by level: level k
     // adds neighbours of level k-1 (level 0 adds lane_sum's), so a schedule
