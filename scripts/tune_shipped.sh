@@ -15,8 +15,7 @@ for level in ${LEVELS:-${KLDIV_CPU_TARGET:-best}}; do
     for spec in fwd:f32:sum fwd:bf16:sum fused:f32:sum fused:bf16:sum; do
         for size in 20 24; do
             name=${spec//:/_}_2e${size}_$level
-            [ "$level" = best ] || export KLDIV_CPU_TARGET=$level
-            ./build/tools/kldiv tune --spec "$spec" --size "2^$size" --budget "$budget" --seed 1 \
+            KLDIV_CPU_TARGET=${level#best} ./build/tools/kldiv tune --spec "$spec" --size "2^$size" --budget "$budget" --seed 1 \
                 --db schedules/tuned.jsonl --json "$out/$name.json" --plot "$out/$name.png" \
                 > "$out/$name.txt" 2> "$out/$name.log"
             cat "$out/$name.txt"

@@ -195,6 +195,12 @@ TEST(tuning_db, records_travel_to_compatible_targets) {
     const std::string haswell_record = "x86-64-linux-avx-avx2-fma-sse41";
     const std::string skylake = "x86-64-linux-avx-avx2-avx512-avx512_skylake-f16c-fma-sse41";
     const std::string zen4 = "x86-64-linux-avx-avx2-avx512-avx512_cannonlake-avx512_skylake-f16c-fma-sse41";
+    EXPECT_EQ(kldiv::schedules::isa_class(zen3), "avx2");
+    EXPECT_EQ(kldiv::schedules::isa_class(zen4), "avx512");
+    EXPECT_EQ(kldiv::schedules::isa_class("x86-64-linux-avx512_skylake"), "avx512");
+    EXPECT_EQ(kldiv::schedules::isa_class("x86-64-linux-sse41"), "sse41");
+    EXPECT_EQ(kldiv::schedules::isa_class("arm-64-linux"), "arm-64-linux");
+    EXPECT_EQ(kldiv::schedules::isa_class("x86-64-linux-cuda-cuda_capability_80"), "cuda cuda_capability_80");
     EXPECT_EQ(compatible_target(zen3, zen3), "its exact target");
     EXPECT_TRUE(compatible_target(haswell_record, zen3));   // a subset of the CPU's features
     EXPECT_FALSE(compatible_target(zen3, haswell_record));  // f16c: the CPU lacks it

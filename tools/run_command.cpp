@@ -10,8 +10,8 @@
 #include "bandwidth.h"
 #include "command_line.h"
 #include "cpu_level.h"
-#include "jit/compile.h"
 #include "kldiv/kldiv.hpp"
+#include "kldiv/schedules/tuning_db.h"
 #include "reference.h"
 #include "timing.h"
 #include "workload.h"
@@ -275,7 +275,7 @@ int run(const RunOptions &options) {
                 options.log_target ? ", log_target" : "");
     const std::string &cap = runtime::cpu_level_cap();
     std::printf("%-15s %s (AOT kernels %s; %s)\n", "cpu level",
-                runtime::jit::cpu_level(runtime::jit::resolve_target(cpu_target())).c_str(), cpu_target().c_str(),
+                schedules::isa_class(cpu_target()).c_str(), cpu_target().c_str(),
                 cap.empty() ? "the best this CPU has" : ("KLDIV_CPU_TARGET=" + cap).c_str());
     std::printf("%-15s %d%s\n", "threads", threads, options.threads == 0 ? " (one per core)" : "");
     std::fflush(stdout);

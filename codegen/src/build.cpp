@@ -71,18 +71,6 @@ Halide::Target cap_x86_level(Halide::Target target, const std::string &level) {
     return target;
 }
 
-std::string x86_level(const Halide::Target &target) {
-    using F = Halide::Target::Feature;
-    if (target.arch != Halide::Target::X86) {
-        const std::string name = target.to_string();  // "arm-64-linux-..."
-        return name.substr(0, name.find('-', name.find('-') + 1));
-    }
-    if (target.has_feature(F::AVX512_Skylake)) return "avx512";
-    if (target.has_feature(F::AVX2) && target.has_feature(F::FMA)) return "avx2";
-    if (target.has_feature(F::SSE41)) return "sse41";
-    return "x86-" + std::to_string(target.bits);
-}
-
 // PTX adds and multiplies without a rounding modifier may be contracted into
 // fused multiply-adds by ptxas; LLVM's NVPTX back end writes them with .rn
 // (no contraction) at -nvptx-fma-level=0. The products the loss must round

@@ -28,7 +28,7 @@ bool uses(int count, const uint64_t *features, halide_target_feature_t feature) 
 // Halide's multi-target dispatch asks this of each feature level, best
 // first: a level above the cap is refused as if the CPU lacked it.
 int capped_can_use_target_features(int count, const uint64_t *features) {
-    const int cap = level_rank(cpu_level_cap());
+    static const int cap = level_rank(cpu_level_cap());
     if (cap != 0 && cap < 3) {
         for (halide_target_feature_t f : {halide_target_feature_avx512, halide_target_feature_avx512_knl,
                                           halide_target_feature_avx512_skylake, halide_target_feature_avx512_cannonlake,

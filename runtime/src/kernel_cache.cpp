@@ -370,7 +370,7 @@ KernelCache::KernelCache(const RuntimeOptions &options) : state_(std::make_uniqu
     // target at the level they dispatch to, or that level's own target.
     const bool host = options.target.empty() || options.target == "host";
     const std::string aot_target = jit::resolve_target(cpu_target());
-    s.host_target = host ? jit::cpu_level(s.target) == jit::cpu_level(aot_target) : s.target == aot_target;
+    s.host_target = host ? schedules::isa_class(s.target) == schedules::isa_class(aot_target) : s.target == aot_target;
     s.version = std::string("kldiv ") + KLDIV_VERSION + " codegen " + std::string(KLDIV_CODEGEN_FINGERPRINT).substr(0, 16) +
                 " " + jit::toolchain_version();
     s.disk = std::make_unique<cache::DiskCache>(cache::resolve_cache_dir(options.cache_dir), options.disk_cache_bytes,

@@ -163,9 +163,6 @@ TargetParts split_target(const std::string &target) {
     return parts;
 }
 
-// The class of vector instructions a target's kernels use: the GPU's (CUDA
-// and its compute capability), else the x86 level, else the architecture's
-// own (NEON on arm-64).
 std::string isa_class(const TargetParts &t) {
     if (t.features.count("cuda")) {
         std::string capability;
@@ -182,6 +179,8 @@ std::string isa_class(const TargetParts &t) {
 }
 
 }  // namespace
+
+std::string isa_class(const std::string &target) { return isa_class(split_target(target)); }
 
 std::optional<std::string> compatible_target(const std::string &record_target, const std::string &target) {
     if (record_target == target) return std::string("its exact target");

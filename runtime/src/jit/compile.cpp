@@ -78,8 +78,6 @@ std::string resolve_target(const std::string &name, const std::string &cpu_level
     return target.without_feature(Halide::Target::NoRuntime).without_feature(Halide::Target::UserContext).to_string();
 }
 
-std::string cpu_level(const std::string &target) { return codegen::x86_level(Halide::Target(target)); }
-
 std::string compile_kernel(const KernelSpec &spec, const std::optional<FixedShape> &shape,
                            const std::string &target_name, const schedules::Params &params, const std::string &function,
                            const std::string &autoscheduler, codegen::InnerStride inner_stride) {

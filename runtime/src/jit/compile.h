@@ -24,10 +24,6 @@ using codegen::FixedShape;
 // (only the CUDA JIT's own target, `gpu`, has one).
 std::string resolve_target(const std::string &name, const std::string &cpu_level = "", bool gpu = false);
 
-// The feature level of a resolved target ("sse41", "avx2", "avx512"), else
-// its architecture ("arm-64").
-std::string cpu_level(const std::string &target);
-
 // Compiles `spec` for `target` (a resolved target) to an ELF object whose
 // entry point is `<function>_argv`, taking a user context first. Throws
 // kldiv::Error (Internal) with the spec's name when Halide or LLVM fails.

@@ -65,10 +65,6 @@ Halide::Target named_target(const std::string &name);
 // (Skylake's set and any later one). Other architectures as they are.
 Halide::Target cap_x86_level(Halide::Target target, const std::string &level);
 
-// The feature level of an x86 target ("sse41", "avx2", "avx512"), else its
-// architecture ("arm-64", ...).
-std::string x86_level(const Halide::Target &target);
-
 // Feature flags every kernel is compiled with (IEEE semantics for the edge
 // values in SPEC.md), added to a target.
 Halide::Target with_kernel_features(Halide::Target target);

@@ -48,6 +48,11 @@ struct TuningRecord {
     double speedup() const { return default_gbps > 0 ? gbps / default_gbps : 0; }
 };
 
+// The class of vector instructions a Halide target's kernels use: "cuda
+// cuda_capability_NN" for CUDA, else the x86 level ("sse41", "avx2",
+// "avx512"), else the architecture ("arm-64-linux": NEON).
+std::string isa_class(const std::string &target);
+
 // Whether a record tuned on `record_target` applies to `target`, and why: the
 // same target, or the same architecture and OS, the same class of vector
 // instructions (x86: sse41, avx2 or avx512; CUDA: the compute capability) and
