@@ -5,6 +5,7 @@
 #include <Halide.h>
 
 #include "kldiv/codegen/build.h"
+#include "kldiv/codegen/math_code.h"
 #include "kldiv/dsl/math.h"
 #include "kldiv/schedules/params.h"
 
@@ -52,7 +53,11 @@ public:
 
         const std::string target_name = this->get_target().to_string();
         const schedules::Params params = schedules::default_params(target_name);
-        std::vector<Halide::Func> funcs = build(kernel, params, with_kernel_features(this->get_target()), inputs);
+        const Halide::Target target = with_kernel_features(this->get_target());
+        std::vector<Halide::Func> funcs = build(kernel, params, target, inputs);
+        for (const Halide::ExternalCode &code : math_code(kernel, target)) {
+            this->get_externs_map()->emplace(code.name(), code);
+        }
         for (size_t i = 0; i < funcs.size(); i++) {
             *outputs_[i] = funcs[i];
             if (outputs_[i]->dims() == 4) outputs_[i]->dim(0).set_stride(Halide::Expr());

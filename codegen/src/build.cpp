@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "kldiv/dsl/algorithm.h"
+#include "kldiv/codegen/math_code.h"
 #include "kldiv/dsl/math.h"
 #include "kldiv/schedules/cpu_schedule.h"
 
@@ -121,7 +122,9 @@ std::vector<Halide::Func> build(const KernelSpec &spec, const schedules::Params 
 
     const bool cuda = target.has_feature(Halide::Target::CUDA);
     if (cuda) keep_ptx_roundings();
-    const dsl::LossOptions options{spec.dtype, spec.log_target, cuda};
+    dsl::LossOptions options{spec.dtype, spec.log_target, cuda};
+    options.math = math_options(target);
+    options.lookup = uses_lookup(spec, target);
     const dsl::SumTree tree = schedules::sum_tree(target, spec.dtype, params);
     dsl::Algorithm algorithm;
     switch (spec.pass) {
@@ -215,7 +218,7 @@ const std::vector<std::string> &autoscheduler_names() {
 Halide::Module compile_module(const KernelSpec &spec, const std::optional<FixedShape> &shape,
                               const schedules::Params &params, const Halide::Target &target,
                               const std::string &function, const std::string &autoscheduler,
-                              InnerStride inner_stride) {
+                              InnerStride inner_stride, Tables tables) {
     // Halide 14 miscompiles the fused `none` schedule (compute_with over fused
     // loops) when every extent is a constant: it writes before the buffer. Its
     // fixed kernels know the strides only.
@@ -274,7 +277,9 @@ Halide::Module compile_module(const KernelSpec &spec, const std::optional<FixedS
         const int cores = std::max(1, (int)std::thread::hardware_concurrency());
         pipeline.auto_schedule(autoscheduler, target, Halide::MachineParams(cores, 32u << 20, 40));
     }
-    return pipeline.compile_to_module(halide_args, function, target);
+    Halide::Module module = pipeline.compile_to_module(halide_args, function, target);
+    for (const Halide::ExternalCode &code : math_code(spec, target, tables)) module.append(code);
+    return module;
 }
 
 }  // namespace kldiv::codegen

@@ -32,7 +32,7 @@ Expr mul(const Expr &a, const Expr &b, const LossOptions &options) {
 
 // xlogy(a, b) as torch defines it: NaN if b is NaN, else 0 if a == 0, else a * log(b).
 Expr xlogy(const Expr &a, const Expr &b, const LossOptions &options) {
-    const Expr log_b = options.cuda ? dsl::device_log(b) : dsl::log(b);
+    const Expr log_b = options.cuda ? dsl::device_log(b) : dsl::log(b, options.math);
     Expr value = Halide::select(a == zero_of(a.type()), zero_of(a.type()), mul(a, log_b, options));
     return Halide::select(Halide::is_nan(b), nan_of(b.type()), value);
 }
@@ -180,7 +180,7 @@ Expr xlogx_any_zero_sign(const Expr &t, const LossOptions &options) {
     // device_log(0) is -inf: log 1 instead gives the zero.
     const Expr log_t = options.cuda
                            ? dsl::device_log(Halide::select(t == zero_of(t.type()), Halide::cast(t.type(), 1), t))
-                           : dsl::log_of_positive(t);
+                           : dsl::log_of_positive(t, options.math);
     return Halide::select(t < zero_of(t.type()), nan_of(t.type()), mul(t, log_t, options));
 }
 
@@ -191,18 +191,25 @@ Expr exact_zero_sign(const Expr &loss, const LossOptions &options) {
     return options.log_target ? loss : loss + zero_of(loss.type());
 }
 
+// exp(t) of the target, t its widened value: from the table or computed.
+Expr exp_of_target(const Expr &t_stored, const Expr &t, const LossOptions &options) {
+    return options.lookup ? lookup16(Lookup::Exp, t_stored, options.dtype) : dsl::exp(t, options.math);
+}
+
 }  // namespace
 
 Expr pointwise_loss(const Expr &x_stored, const Expr &t_stored, const LossOptions &options) {
     Expr x = widen(x_stored, options.dtype);
     Expr t = widen(t_stored, options.dtype);
-    if (options.log_target) return mul(dsl::exp(t), t - x, options);
-    return xlogx_any_zero_sign(t, options) - mul(t, x, options);
+    if (options.log_target) return mul(exp_of_target(t_stored, t, options), t - x, options);
+    const Expr xlogx = options.lookup ? lookup16(Lookup::XLogX, t_stored, options.dtype)
+                                      : xlogx_any_zero_sign(t, options);
+    return xlogx - mul(t, x, options);
 }
 
 Expr grad_input_expr(const Expr &g, const Expr &, const Expr &t_stored, const LossOptions &options) {
     Expr t = widen(t_stored, options.dtype);
-    if (options.log_target) return negate(g * dsl::exp(t));
+    if (options.log_target) return negate(g * exp_of_target(t_stored, t, options));
     return negate(g) * t;
 }
 
@@ -211,7 +218,7 @@ Expr grad_target_expr(const Expr &g, const Expr &x_stored, const Expr &t_stored,
     Expr x = widen(x_stored, options.dtype);
     Expr t = widen(t_stored, options.dtype);
     if (options.log_target) {
-        Expr e = dsl::exp(t);
+        Expr e = exp_of_target(t_stored, t, options);
         return mul(mul(g, t - x, options), e, options) + mul(g, e, options);
     }
     // d xlogy(t, t) = xlogy(g, t) (0 where t == 0) + g * t / t; d(-t x) = -g x.

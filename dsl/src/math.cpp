@@ -24,18 +24,36 @@ Expr nan_of(Type t) { return constant(t, std::numeric_limits<double>::quiet_NaN(
 Expr inf_of(Type t) { return constant(t, std::numeric_limits<double>::infinity()); }
 
 // Horner evaluation of sum(coefficients[i] * z^i).
-Expr horner(const Expr &z, const std::vector<double> &coefficients) {
+Expr horner(const Expr &z, const std::vector<double> &coefficients, const MathOptions &options) {
     Type t = z.type();
     Expr acc = constant(t, coefficients.back());
     for (int i = (int)coefficients.size() - 2; i >= 0; i--) {
-        acc = acc * z + constant(t, coefficients[i]);
+        acc = multiply_add(acc, z, constant(t, coefficients[i]), options);
     }
     return acc;
 }
 
 }  // namespace
 
-Expr log_of_positive(const Expr &x) {
+std::string fma_name(const Type &type) { return type.bits() == 64 ? "kldiv_fma_f64" : "kldiv_fma_f32"; }
+
+Expr multiply_add(const Expr &a, const Expr &b, const Expr &c, const MathOptions &options) {
+    if (!options.fma) return a * b + c;
+    return Halide::Internal::Call::make(a.type(), fma_name(a.type()), {a, b, c}, Halide::Internal::Call::PureExtern);
+}
+
+std::string lookup_name(Lookup lookup, DType dtype) {
+    return std::string(lookup == Lookup::XLogX ? "kldiv_xlogx_" : "kldiv_exp_") +
+           (dtype == DType::BFloat16 ? "bf16" : "f16");
+}
+
+Expr lookup16(Lookup lookup, const Expr &stored, DType dtype) {
+    return Halide::Internal::Call::make(Halide::Float(32), lookup_name(lookup, dtype),
+                                        {Halide::cast(Halide::UInt(32), stored)},
+                                        Halide::Internal::Call::PureExtern);
+}
+
+Expr log_of_positive(const Expr &x, const MathOptions &options) {
     const Type ft = x.type();
     const bool f64 = ft.bits() == 64;
     const Type it = Halide::Int(ft.bits());
@@ -90,10 +108,12 @@ Expr log_of_positive(const Expr &x) {
     } else {
         coefficients = {0.66666817665100098, 0.39973604679107666, 0.29961264133453369};
     }
-    const Expr r = z * horner(z, coefficients);
+    const Expr r = z * horner(z, coefficients, options);
     const Expr hfsq = constant(ft, 0.5) * f * f;
     const Expr kf = Halide::cast(ft, k);
-    return s * (hfsq + r) + kf * constant(ft, ln2_lo(f64)) - hfsq + f + kf * constant(ft, ln2_hi(f64));
+    // (k * ln2_hi is exact, so fusing its add rounds the same.)
+    const Expr low = multiply_add(s, hfsq + r, kf * constant(ft, ln2_lo(f64)), options);
+    return multiply_add(kf, constant(ft, ln2_hi(f64)), low - hfsq + f, options);
 }
 
 Expr device_log(const Expr &x) {
@@ -107,15 +127,15 @@ Expr device_log(const Expr &x) {
     return Halide::log(scaled) - Halide::select(denormal, constant(ft, shift * std::log(2.0)), constant(ft, 0.0));
 }
 
-Expr log(const Expr &x) {
+Expr log(const Expr &x, const MathOptions &options) {
     const Type ft = x.type();
-    Expr result = Halide::select(x == inf_of(ft), inf_of(ft), log_of_positive(x));
+    Expr result = Halide::select(x == inf_of(ft), inf_of(ft), log_of_positive(x, options));
     // x > 0 is false for NaN: zero gives -inf, negatives and NaN give NaN.
     return Halide::select(x > constant(ft, 0.0), result,
                           Halide::select(x == constant(ft, 0.0), -inf_of(ft), nan_of(ft)));
 }
 
-Expr exp(const Expr &x) {
+Expr exp(const Expr &x, const MathOptions &options) {
     const Type ft = x.type();
     const bool f64 = ft.bits() == 64;
     const Type it = Halide::Int(ft.bits());
@@ -127,7 +147,8 @@ Expr exp(const Expr &x) {
     const double hi = f64 ? 710.0 : 90.0;
     Expr xc = Halide::clamp(x, constant(ft, lo), constant(ft, hi));
     Expr kf = Halide::floor(xc * constant(ft, M_LOG2E) + constant(ft, 0.5));
-    Expr r = (xc - kf * constant(ft, ln2_hi(f64))) - kf * constant(ft, ln2_lo(f64));
+    // (kf * ln2_hi is exact, and so is its subtraction, fused or not.)
+    Expr r = multiply_add(-kf, constant(ft, ln2_lo(f64)), xc - kf * constant(ft, ln2_hi(f64)), options);
 
     // Taylor series of exp(r); truncation error < 1e-17 (f64, 13 terms) and
     // 5e-9 (f32, 7 terms) relative.
@@ -138,7 +159,7 @@ Expr exp(const Expr &x) {
         if (j > 0) factorial *= j;
         coefficients.push_back(1.0 / factorial);
     }
-    Expr p = horner(r, coefficients);
+    Expr p = horner(r, coefficients, options);
 
     // 2^k as two normal powers of two: the first product is exact, so a
     // denormal result is rounded once, by the second.

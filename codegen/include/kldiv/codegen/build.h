@@ -46,10 +46,11 @@ const std::vector<std::string> &autoscheduler_names();  // Mullapudi2016, Adams2
 // With an `autoscheduler` (one of autoscheduler_names()) the project's
 // schedule is replaced by that autoscheduler's, given estimates from `shape`
 // (or 2^20 elements) and this machine's cores: a baseline for `kldiv tune`.
+// `tables`: where its 16-bit lookup tables are (math_code.h).
 Halide::Module compile_module(const KernelSpec &spec, const std::optional<FixedShape> &shape,
                               const schedules::Params &params, const Halide::Target &target,
                               const std::string &function, const std::string &autoscheduler = "",
-                              InnerStride inner_stride = InnerStride::Any);
+                              InnerStride inner_stride = InnerStride::Any, Tables tables = Tables::Embedded);
 
 // This CPU's Halide target, without features Halide 14 reports wrongly (see
 // build.cpp). `kldiv aot` and the JIT use it for "host".

@@ -71,6 +71,12 @@ struct FixedShape {
 // loop nest, which halves a compile.
 enum class InnerStride { Any, Unit, Strided };
 
+// Where a CPU kernel of a 16-bit dtype finds its lookup tables (256 KiB
+// each): in its own object (`Embedded`: AOT kernels, which run anywhere), or
+// as symbols of the process that loads it (`Process`: JIT kernels, whose
+// loader defines them once; a smaller and faster compile).
+enum class Tables { Embedded, Process };
+
 // Every spec the AOT library is built with (each dtype, log_target, pass
 // variant), for the CPU or for CUDA.
 std::vector<KernelSpec> aot_specs(bool cuda = false);

@@ -9,6 +9,7 @@
 #include <Halide.h>
 
 #include "kldiv/dsl/dtype.h"
+#include "kldiv/dsl/math.h"
 
 namespace kldiv::dsl {
 
@@ -41,6 +42,11 @@ struct LossOptions {
     // own, as PyTorch rounds them (the back end would fuse them into
     // multiply-adds), and log is dsl::device_log.
     bool cuda = false;
+    // CPU kernels: fused multiply-adds in log's and exp's polynomials.
+    MathOptions math;
+    // CPU kernels of 16-bit dtypes: xlogy(t, t) and exp(t) read from a table
+    // of the 65,536 values (dsl::lookup16) instead of computed.
+    bool lookup = false;
 };
 
 // A kernel's inputs. `input`, `target` and `grad_output` return storage-type
