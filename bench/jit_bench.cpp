@@ -355,21 +355,38 @@ struct Operands {
     }
 };
 
-// Milliseconds the last call spent on its kernel, which it must have compiled.
-double compiled_ms(const std::string &what, bool specialised) {
+// One kernel's compile: in all and by phase, in milliseconds.
+struct Compile {
+    double total = 0;
+    kldiv::CompileTimes phases;
+};
+
+// What the last call spent on its kernel, which it must have compiled.
+Compile compiled(const std::string &what, bool specialised) {
     const kldiv::KernelInfo kernel = kldiv::last_kernel();
     if (kernel.origin != KernelOrigin::Compiled || kernel.specialised != specialised) {
         fail(what + ": expected a newly compiled " + (specialised ? "specialised" : "generic") + " kernel, got '" +
              kldiv::origin_name(kernel.origin) + "' " + kernel.name);
     }
-    return kernel.seconds * 1e3;
+    return {kernel.seconds * 1e3, kernel.compile};
 }
 
-void report_compiles(const std::string &what, const std::vector<double> &ms) {
-    const double value = median(ms);
-    std::printf("  %-34s %s   bar <= 250 ms: %s\n", what.c_str(), figure(value, "ms", ms.size()).c_str(),
+// The median compile and, under it, the median of each phase.
+void report_compiles(const std::string &what, const std::vector<Compile> &compiles) {
+    auto median_of = [&](double (*field)(const Compile &)) {
+        std::vector<double> ms;
+        for (const Compile &c : compiles) ms.push_back(field(c));
+        return median(ms);
+    };
+    const double value = median_of([](const Compile &c) { return c.total; });
+    std::printf("  %-34s %s   bar <= 250 ms: %s\n", what.c_str(), figure(value, "ms", compiles.size()).c_str(),
                 value <= kCompileBarMs ? "PASS" : "MISS");
-    add_bar("compile, " + what + " <= 250 ms", figure(value, "ms", ms.size()), value <= kCompileBarMs);
+    std::printf("    %-32s lower %.1f, LLVM IR and passes %.1f, machine code %.1f, load %.1f ms\n", "phases:",
+                median_of([](const Compile &c) { return c.phases.lower * 1e3; }),
+                median_of([](const Compile &c) { return c.phases.llvm_ir * 1e3; }),
+                median_of([](const Compile &c) { return c.phases.machine_code * 1e3; }),
+                median_of([](const Compile &c) { return c.phases.load * 1e3; }));
+    add_bar("compile, " + what + " <= 250 ms", figure(value, "ms", compiles.size()), value <= kCompileBarMs);
 }
 
 void compile_time(const Plan &plan) {
@@ -383,17 +400,23 @@ void compile_time(const Plan &plan) {
         Operands operands(DType::Float32, rows * widest, false);
         operands.run(runtime, false, Reduction::Sum, false, rows, 1000);  // Halide's runtime, LLVM
 
-        std::vector<double> forward_ms, fused_ms;
+        Operands bf16_operands(DType::BFloat16, rows * widest, false);
+        std::vector<Compile> forward, fused, bf16_forward;
         for (int i = 0; i < plan.specialised_compiles; ++i) {
             operands.run(runtime, false, Reduction::Sum, false, rows, 1001 + 8 * i);
-            forward_ms.push_back(compiled_ms("specialised forward sum", true));
+            forward.push_back(compiled("specialised forward sum", true));
         }
         for (int i = 0; i < plan.specialised_compiles; ++i) {
             operands.run(runtime, true, Reduction::BatchMean, false, rows, 2001 + 8 * i);
-            fused_ms.push_back(compiled_ms("specialised fused batchmean", true));
+            fused.push_back(compiled("specialised fused batchmean", true));
         }
-        report_compiles("specialised f32 forward sum", forward_ms);
-        report_compiles("specialised f32 fused batchmean", fused_ms);
+        for (int i = 0; i < plan.specialised_compiles; ++i) {
+            bf16_operands.run(runtime, false, Reduction::Sum, false, rows, 1001 + 8 * i);
+            bf16_forward.push_back(compiled("specialised bf16 forward sum", true));
+        }
+        report_compiles("specialised f32 forward sum", forward);
+        report_compiles("specialised f32 fused batchmean", fused);
+        report_compiles("specialised bf16 forward sum", bf16_forward);
     }
     {
         RuntimeOptions options;
@@ -417,14 +440,14 @@ void compile_time(const Plan &plan) {
                               {DType::Float16, false, Reduction::None, false},
                               {DType::BFloat16, true, Reduction::BatchMean, false},
                               {DType::Float32, true, Reduction::None, false}};
-        std::vector<double> generic_ms;
+        std::vector<Compile> generic;
         for (int i = 0; i < plan.generic_compiles && i < (int)std::size(specs); ++i) {
             const Spec &spec = specs[i];
             Operands(spec.dtype, rows * columns, spec.log_target)
                 .run(runtime, spec.fused, spec.reduction, spec.log_target, rows, columns);
-            generic_ms.push_back(compiled_ms("generic kernel", false));
+            generic.push_back(compiled("generic kernel", false));
         }
-        report_compiles("generic (dtype, pass, log_target)", generic_ms);
+        report_compiles("generic (dtype, pass, log_target)", generic);
     }
     std::fflush(stdout);
 }

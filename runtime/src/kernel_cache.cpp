@@ -149,6 +149,7 @@ struct KernelCache::State {
         Status status = Status::Compiling;
         std::shared_ptr<jit::LoadedKernel> code;
         std::string schedule;  // where its schedule parameters came from
+        CompileTimes compile;  // when this slot compiled it
         std::string error;
         std::list<Key>::iterator lru;
     };
@@ -253,7 +254,7 @@ struct KernelCache::State {
 
     // Loads the kernel for `key` from the disk cache, or compiles and stores it.
     std::shared_ptr<jit::LoadedKernel> produce(const KernelSpec &spec, const Key &key, KernelOrigin &origin,
-                                               std::string &schedule) {
+                                               std::string &schedule, CompileTimes &compile) {
         const std::optional<jit::FixedShape> shape = shape_of(key, buffer_count(spec));
         const std::string &target = target_for(spec);
         load_runtime(target);
@@ -279,7 +280,7 @@ struct KernelCache::State {
         std::string object;
         {
             std::lock_guard<std::mutex> lock(compile_mutex());
-            object = jit::compile_kernel(spec, shape, target, params, function, "", key.inner);
+            object = jit::compile_kernel(spec, shape, target, params, function, "", key.inner, &compile);
         }
         {
             std::lock_guard<std::mutex> lock(mutex);
@@ -287,7 +288,10 @@ struct KernelCache::State {
             stats.compile_seconds += seconds_since(start);
         }
         disk->store(text, object, description(spec, shape, key.inner));
-        return jit::load_kernel(target, object, function);
+        const auto load_start = Clock::now();
+        std::shared_ptr<jit::LoadedKernel> code = jit::load_kernel(target, object, function);
+        compile.load = seconds_since(load_start);
+        return code;
     }
 
     // Under `lock`: the slot for `key` is done; evicts beyond the bounds.
@@ -321,10 +325,12 @@ struct KernelCache::State {
     void fill(const KernelSpec &spec, const Key &key, const std::shared_ptr<Slot> &slot, KernelOrigin &origin) {
         try {
             std::string schedule;
-            std::shared_ptr<jit::LoadedKernel> code = produce(spec, key, origin, schedule);
+            CompileTimes compile;
+            std::shared_ptr<jit::LoadedKernel> code = produce(spec, key, origin, schedule, compile);
             std::lock_guard<std::mutex> lock(mutex);
             slot->code = std::move(code);
             slot->schedule = std::move(schedule);
+            slot->compile = compile;
             finish(key, *slot);
         } catch (const Error &e) {
             std::lock_guard<std::mutex> lock(mutex);
@@ -469,7 +475,8 @@ KernelCall KernelCache::kernel(const KernelSpec &spec, const Piece &piece) {
     lock.unlock();
     KernelOrigin origin = KernelOrigin::Compiled;
     s.fill(spec, key, slot, origin);
-    remember_kernel(spec, key.fixed, key.dims.data(), origin, seconds_since(start), slot->schedule);
+    remember_kernel(spec, key.fixed, key.dims.data(), origin, seconds_since(start), slot->schedule,
+                    origin == KernelOrigin::Compiled ? slot->compile : CompileTimes{});
     return jit_call(slot->code);
 }
 

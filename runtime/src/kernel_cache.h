@@ -32,7 +32,7 @@ struct KernelCall {
 // Records the calling thread's kernel for kldiv::last_kernel(); `extent`
 // holds 4 values; `schedule` says where its schedule parameters came from.
 void remember_kernel(const codegen::KernelSpec &spec, bool fixed, const int32_t *extent, KernelOrigin origin,
-                     double seconds, const std::string &schedule);
+                     double seconds, const std::string &schedule, const CompileTimes &compile = {});
 
 class KernelCache {
 public:

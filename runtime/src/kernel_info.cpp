@@ -16,6 +16,7 @@ struct LastKernel {
     KernelOrigin origin = KernelOrigin::Aot;
     double seconds = 0;
     std::string schedule;
+    CompileTimes compile;
     bool valid = false;
 };
 thread_local LastKernel last;
@@ -23,13 +24,14 @@ thread_local LastKernel last;
 }  // namespace
 
 void remember_kernel(const codegen::KernelSpec &spec, bool fixed, const int32_t *extent, KernelOrigin origin,
-                     double seconds, const std::string &schedule) {
+                     double seconds, const std::string &schedule, const CompileTimes &compile) {
     last.spec = spec;
     last.fixed = fixed;
     std::copy(extent, extent + 4, last.extent.begin());
     last.origin = origin;
     last.seconds = seconds;
     last.schedule = schedule;
+    last.compile = compile;
     last.valid = true;
 }
 
@@ -51,6 +53,7 @@ KernelInfo last_kernel() {
     info.specialised = last.fixed;
     info.seconds = last.seconds;
     info.schedule = last.schedule;
+    info.compile = last.compile;
     return info;
 }
 

@@ -197,6 +197,14 @@ struct CacheStats {
 enum class KernelOrigin { Aot, Memory, Disk, Compiled };
 const char *origin_name(KernelOrigin origin);
 
+// Where a compiled kernel's time went, in seconds.
+struct CompileTimes {
+    double lower = 0;         // Halide: the pipeline and its schedule to lowered statements
+    double llvm_ir = 0;       // Halide's LLVM IR, with LLVM's optimisation passes
+    double machine_code = 0;  // LLVM's code generation to an object
+    double load = 0;          // linking the object into this process
+};
+
 struct KernelInfo {
     std::string name;          // KernelSpec name, with the shape when specialised
     KernelOrigin origin = KernelOrigin::Aot;
@@ -205,6 +213,8 @@ struct KernelInfo {
     // Where its schedule parameters came from: "default", "default (AOT)" or
     // "tuned (<database>, 2^<bucket> elements, <speed-up> the default there)".
     std::string schedule;
+    // Its compile by phase, when this call compiled it (origin Compiled).
+    CompileTimes compile;
 };
 
 // The calling thread's most recent kernel (its first piece, for calls cut

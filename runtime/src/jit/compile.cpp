@@ -2,9 +2,13 @@
 
 #include <Halide.h>
 #include <llvm/Config/llvm-config.h>
+#include <llvm/IR/LLVMContext.h>
+#include <llvm/IR/Module.h>
+#include <llvm/Support/raw_ostream.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -13,6 +17,7 @@
 
 #include "errors.h"
 #include "kldiv/codegen/build.h"
+#include "kldiv/codegen/math_code.h"
 
 namespace kldiv::runtime::jit {
 
@@ -21,7 +26,8 @@ using codegen::KernelSpec;
 
 namespace {
 
-// Halide writes objects to files: a private directory for them, made once.
+// Halide writes its standalone runtime to a file: a private directory for
+// such files, made once.
 std::string scratch_file(const std::string &stem) {
     static const std::string dir = [] {
         std::string pattern = (std::filesystem::temp_directory_path() / "kldiv-jit-XXXXXX").string();
@@ -80,19 +86,42 @@ std::string resolve_target(const std::string &name, const std::string &cpu_level
 
 std::string compile_kernel(const KernelSpec &spec, const std::optional<FixedShape> &shape,
                            const std::string &target_name, const schedules::Params &params, const std::string &function,
-                           const std::string &autoscheduler, codegen::InnerStride inner_stride) {
+                           const std::string &autoscheduler, codegen::InnerStride inner_stride, CompileTimes *times) {
     try {
         // The runtime never asks a kernel for bounds (every buffer it passes
-        // has memory), so JIT kernels leave that code out: a smaller compile.
+        // has memory), and it is a JIT kernel's only caller: it checks
+        // dtypes, shapes, strides and sizes before a call and picks the
+        // kernel by them (layout.cpp, kernel_cache.cpp). So JIT kernels leave
+        // out the bounds query and Halide's argument checks, which are a
+        // third of their code and of their compile time. AOT kernels, which
+        // programs may call directly, keep their checks.
         const Halide::Target target = codegen::with_kernel_features(Halide::Target(target_name))
                                           .with_feature(Halide::Target::NoRuntime)
                                           .with_feature(Halide::Target::UserContext)
-                                          .with_feature(Halide::Target::NoBoundsQuery);
+                                          .with_feature(Halide::Target::NoBoundsQuery)
+                                          .with_feature(Halide::Target::NoAsserts);
+        using Clock = std::chrono::steady_clock;
+        auto since = [](Clock::time_point start) {
+            return std::chrono::duration<double>(Clock::now() - start).count();
+        };
+        CompileTimes phases;
+        auto start = Clock::now();
         const Halide::Module module = codegen::compile_module(spec, shape, params, target, function, autoscheduler,
-                                                                    inner_stride);
-        const std::string path = scratch_file(function);
-        module.compile({{Halide::OutputFileType::object, path}});
-        return read_and_remove(path);
+                                                              inner_stride, codegen::Tables::Process);
+        phases.lower = since(start);
+        // What Module::compile does for an object file, in two timed steps
+        // and into memory.
+        start = Clock::now();
+        llvm::LLVMContext context;
+        std::unique_ptr<llvm::Module> llvm_module = Halide::compile_module_to_llvm_module(module, context);
+        phases.llvm_ir = since(start);
+        start = Clock::now();
+        llvm::SmallVector<char, 0> object;
+        llvm::raw_svector_ostream stream(object);
+        Halide::compile_llvm_module_to_object(*llvm_module, stream);
+        phases.machine_code = since(start);
+        if (times) *times = phases;
+        return std::string(object.begin(), object.end());
     } catch (const Error &) {
         throw;
     } catch (const Halide::Error &e) {
@@ -102,6 +131,14 @@ std::string compile_kernel(const KernelSpec &spec, const std::optional<FixedShap
     } catch (const std::exception &e) {
         fail(ErrorCode::Internal, "compiling kernel " + spec.name() + " for " + target_name + " failed: " + e.what());
     }
+}
+
+std::vector<std::pair<std::string, const void *>> lookup_tables() {
+    std::vector<std::pair<std::string, const void *>> tables;
+    for (const auto &[lookup, dtype] : codegen::all_lookup_tables()) {
+        tables.emplace_back(codegen::lookup_table_symbol(lookup, dtype), codegen::lookup_table(lookup, dtype).data());
+    }
+    return tables;
 }
 
 std::string compile_runtime(const std::string &target_name) {

@@ -7,9 +7,11 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kldiv/codegen/kernel_spec.h"
+#include "kldiv/kldiv.hpp"
 #include "kldiv/schedules/params.h"
 
 namespace kldiv::runtime::jit {
@@ -29,11 +31,17 @@ std::string resolve_target(const std::string &name, const std::string &cpu_level
 // kldiv::Error (Internal) with the spec's name when Halide or LLVM fails.
 // `autoscheduler` (see codegen::compile_module) replaces the project's
 // schedule with one of Halide's: baselines for `kldiv tune`. `inner_stride`:
-// what a kernel without a fixed shape assumes of dimension 0.
+// what a kernel without a fixed shape assumes of dimension 0. `times`, when
+// given, receives the time of each phase but loading.
 std::string compile_kernel(const codegen::KernelSpec &spec, const std::optional<FixedShape> &shape,
                            const std::string &target, const schedules::Params &params, const std::string &function,
                            const std::string &autoscheduler = "",
-                           codegen::InnerStride inner_stride = codegen::InnerStride::Any);
+                           codegen::InnerStride inner_stride = codegen::InnerStride::Any,
+                           CompileTimes *times = nullptr);
+
+// The 16-bit lookup tables that compiled kernels refer to (they are compiled
+// with codegen::Tables::Process), by symbol: the loader defines them.
+std::vector<std::pair<std::string, const void *>> lookup_tables();
 
 // Halide's runtime for `target` as an ELF object (one per target and process).
 std::string compile_runtime(const std::string &target);

@@ -11,6 +11,7 @@
 #include <new>
 #include <mutex>
 
+#include "compile.h"
 #include "cuda_device.h"
 #include "errors.h"
 
@@ -49,6 +50,15 @@ public:
         auto runtime = session.createJITDylib("kldiv-runtime " + target);
         if (!runtime) fail(ErrorCode::Internal, "JIT: " + message_of(runtime.takeError()));
         runtime->addGenerator(std::move(*process));
+        // The 16-bit lookup tables that kernels declare (codegen::Tables::Process).
+        llvm::orc::SymbolMap tables;
+        for (const auto &[name, address] : lookup_tables()) {
+            tables[jit_->mangleAndIntern(name)] =
+                llvm::JITEvaluatedSymbol(llvm::pointerToJITTargetAddress(address), llvm::JITSymbolFlags::Exported);
+        }
+        if (llvm::Error e = runtime->define(llvm::orc::absoluteSymbols(std::move(tables)))) {
+            fail(ErrorCode::Internal, "JIT: " + message_of(std::move(e)));
+        }
 
         std::string object = runtime_object();
         if (llvm::Error e = jit_->addObjectFile(*runtime, llvm::MemoryBuffer::getMemBufferCopy(object, "halide_runtime"))) {
