@@ -29,19 +29,22 @@ constexpr int kLookupEntries = 1 << 16;
 // Vector forms Halide may ask for: it splits wider vectors into these.
 constexpr int kLanes[] = {2, 4, 8, 16, 32};
 
+float from_bits(uint32_t bits) {
+    float value;
+    std::memcpy(&value, &bits, 4);
+    return value;
+}
+
+// As dsl::widen: exact, NaN payloads kept.
 float widen16(uint16_t bits, DType dtype) {
-    if (dtype == DType::BFloat16) {
-        const uint32_t wide = uint32_t(bits) << 16;
-        float value;
-        std::memcpy(&value, &wide, 4);
-        return value;
-    }
-    const float sign = (bits & 0x8000) ? -1.0f : 1.0f;
+    if (dtype == DType::BFloat16) return from_bits(uint32_t(bits) << 16);
+    const uint32_t sign = uint32_t(bits & 0x8000) << 16;
     const int exponent = (bits >> 10) & 0x1f;
     const int mantissa = bits & 0x3ff;
-    if (exponent == 0x1f) return mantissa ? std::numeric_limits<float>::quiet_NaN() : sign * INFINITY;
-    if (exponent == 0) return sign * std::ldexp((float)mantissa, -24);
-    return sign * std::ldexp(float(1024 + mantissa), exponent - 25);
+    if (exponent == 0x1f) return from_bits(sign | 0x7f800000u | uint32_t(mantissa) << 13);
+    const float magnitude = exponent == 0 ? std::ldexp((float)mantissa, -24)
+                                          : std::ldexp(float(1024 + mantissa), exponent - 25);
+    return sign ? -magnitude : magnitude;
 }
 
 // In long double (x87's 64-bit significand on x86), so that rounding to
