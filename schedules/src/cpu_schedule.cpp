@@ -89,7 +89,7 @@ void schedule_fused_none(dsl::Algorithm &a, int vector_size, const CpuParams &p,
 
 // Fused forward+backward, reduced: grad_input is cut into the same chunks as
 // the sum and computed with each chunk, while the chunk is in L1.
-// Measured: 2-core AMD EPYC (AVX-512), 2^24 f32 sum, 4.43 ms (tuned, cpt=64: 3.74 ms; read ceiling 62 GB/s).
+// Measured: 2-core AMD EPYC (Zen 5, AVX-512), 2^24 f32 sum, 4.82 ms (tuned, cpt=64: 4.31 ms; read ceiling 56 GB/s).
 void schedule_fused_sum(dsl::Algorithm &a, int vector_size, const CpuParams &p, const Halide::Expr &unit_stride) {
     const auto &[i0, i1, i2, i3] = a.dims;
     Var tasks("tasks"), in_task("in_task"), chunk("chunk"), in_chunk("in_chunk"), step("step"), lane("lane");
@@ -111,8 +111,8 @@ void schedule_fused_sum(dsl::Algorithm &a, int vector_size, const CpuParams &p, 
     specialize_unit_stride(a.chunk_sum, p, unit_stride);
 }
 
-// Measured: 2-core AMD EPYC (AVX-512), 2^24 f32 forward sum, 3.89 ms, 34.5 GB/s (76% of a
-// 45 GB/s read ceiling; tuned, cpt=64: 3.31 ms, 89%).
+// Measured: 2-core AMD EPYC (Zen 5, AVX-512), 2^24 f32 forward sum, 3.17 ms, 42.3 GB/s (73% of a
+// 58 GB/s read ceiling; tuned, cpt=64: 2.58 ms, 90%).
 void schedule_sum(dsl::Algorithm &a, int vector_size, const CpuParams &p,
                   const Halide::Expr &unit_stride) {
     const auto &[i0, i1, i2, i3] = a.dims;
