@@ -49,6 +49,13 @@ Buffer<T> evaluate(MathFn fn, const std::vector<T> &values, kldiv::dsl::MathOpti
     return pipeline.realize({(int)values.size()}, jit_target());
 }
 
+std::string read_text(const std::string &path) {
+    std::ifstream file(path);
+    std::stringstream text;
+    text << file.rdbuf();
+    return text.str();
+}
+
 const kldiv::dsl::MathOptions kBothForms[] = {{false}, {true}};
 
 const char *form_name(const kldiv::dsl::MathOptions &options) { return options.fma ? "fused" : "unfused"; }
@@ -289,10 +296,7 @@ TEST(DslMath, FusedMultiplyAddsAndLookupsAreInlined) {
                 spec, std::nullopt, kldiv::schedules::default_params(target.to_string()), target, "kernel");
             const std::string path = ::testing::TempDir() + "/kldiv_math_kernel.s";
             module.compile({{Halide::OutputFileType::assembly, path}});
-            std::ifstream file(path);
-            std::stringstream text;
-            text << file.rdbuf();
-            const std::string assembly = text.str();
+            const std::string assembly = read_text(path);
             EXPECT_FALSE(std::regex_search(assembly, std::regex("(call|jmp)[a-z]*\\s+kldiv_")));
             const bool looks_up = dtype == kldiv::DType::BFloat16;
             // The table's symbol; the float32 kernels compute, with FMAs.
@@ -314,10 +318,7 @@ TEST(DslMath, StaysVectorised) {
     const std::string path = ::testing::TempDir() + "/kldiv_math_asm.s";
     Halide::Target target("x86-64-linux-avx2-fma-f16c-sse41");
     f.compile_to_assembly(path, {in}, "f", kldiv::codegen::with_kernel_features(target));
-    std::ifstream file(path);
-    std::stringstream text;
-    text << file.rdbuf();
-    const std::string assembly = text.str();
+    const std::string assembly = read_text(path);
     EXPECT_EQ(assembly.find("logf"), std::string::npos);
     EXPECT_EQ(assembly.find("expf"), std::string::npos);
     EXPECT_NE(assembly.find("vmulps"), std::string::npos) << "expected vector float code";

@@ -26,8 +26,9 @@ namespace {
 
 constexpr int kLookupEntries = 1 << 16;
 
-// Vector forms Halide may ask for: it splits wider vectors into these.
-constexpr int kLanes[] = {2, 4, 8, 16, 32};
+// The scalar form and the vector forms Halide may ask for: it splits wider
+// vectors into these.
+constexpr int kLanes[] = {1, 2, 4, 8, 16, 32};
 
 float from_bits(uint32_t bits) {
     float value;
@@ -109,7 +110,7 @@ std::vector<uint8_t> fma_bitcode(const Halide::Target &target) {
     set_target(module, target);
     for (const Halide::Type type : {Halide::Float(32), Halide::Float(64)}) {
         llvm::Type *scalar = type.bits() == 64 ? llvm::Type::getDoubleTy(context) : llvm::Type::getFloatTy(context);
-        for (int lanes : {1, 2, 4, 8, 16, 32}) {
+        for (int lanes : kLanes) {
             llvm::Type *value = lanes == 1 ? scalar : llvm::FixedVectorType::get(scalar, lanes);
             llvm::Function *function =
                 declare_inline(module, vector_name(dsl::fma_name(type), lanes), value, {value, value, value});
@@ -151,32 +152,28 @@ std::vector<uint8_t> lookup_bitcode(const Halide::Target &target, dsl::Lookup lo
     llvm::Type *i32 = llvm::Type::getInt32Ty(context);
     llvm::Type *i64 = llvm::Type::getInt64Ty(context);
     llvm::Value *zero = llvm::ConstantInt::get(i64, 0);
-    {
-        llvm::Function *function = declare_inline(module, name, f32, {i32});
-        llvm::IRBuilder<> builder(llvm::BasicBlock::Create(context, "entry", function));
-        llvm::Value *index = builder.CreateZExt(function->getArg(0), i64);
-        llvm::Value *address = builder.CreateInBoundsGEP(table_type, table, {zero, index});
-        builder.CreateRet(builder.CreateAlignedLoad(f32, address, llvm::Align(4)));
-    }
+    auto load_entry = [&](llvm::IRBuilder<> &builder, llvm::Value *bits) {
+        llvm::Value *address = builder.CreateInBoundsGEP(table_type, table, {zero, builder.CreateZExt(bits, i64)});
+        return builder.CreateAlignedLoad(f32, address, llvm::Align(4));
+    };
     for (int lanes : kLanes) {
-        llvm::Type *result = llvm::FixedVectorType::get(f32, lanes);
-        llvm::Function *function =
-            declare_inline(module, vector_name(name, lanes), result, {llvm::FixedVectorType::get(i32, lanes)});
+        llvm::Type *result = lanes == 1 ? f32 : llvm::FixedVectorType::get(f32, lanes);
+        llvm::Type *bits = lanes == 1 ? i32 : llvm::FixedVectorType::get(i32, lanes);
+        llvm::Function *function = declare_inline(module, vector_name(name, lanes), result, {bits});
         llvm::IRBuilder<> builder(llvm::BasicBlock::Create(context, "entry", function));
+        if (lanes == 1) {
+            builder.CreateRet(load_entry(builder, function->getArg(0)));
+            continue;
+        }
         llvm::Value *gathered = llvm::UndefValue::get(result);
         for (int lane = 0; lane < lanes; lane++) {
-            llvm::Value *bits = builder.CreateExtractElement(function->getArg(0), (uint64_t)lane);
-            llvm::Value *index = builder.CreateZExt(bits, i64);
-            llvm::Value *address = builder.CreateInBoundsGEP(table_type, table, {zero, index});
-            gathered = builder.CreateInsertElement(gathered, builder.CreateAlignedLoad(f32, address, llvm::Align(4)),
-                                                   (uint64_t)lane);
+            llvm::Value *entry = load_entry(builder, builder.CreateExtractElement(function->getArg(0), (uint64_t)lane));
+            gathered = builder.CreateInsertElement(gathered, entry, (uint64_t)lane);
         }
         builder.CreateRet(gathered);
     }
     return to_bitcode(module);
 }
-
-bool is_16_bit(DType dtype) { return dtype == DType::BFloat16 || dtype == DType::Float16; }
 
 // Made once per process for each triple (the functions are the same on all).
 const std::vector<uint8_t> &cached_bitcode(const std::string &name, const Halide::Target &target,
@@ -207,7 +204,7 @@ dsl::MathOptions math_options(const Halide::Target &target) {
 }
 
 bool uses_lookup(const KernelSpec &spec, const Halide::Target &target) {
-    return is_16_bit(spec.dtype) && !target.has_gpu_feature();
+    return element_size(spec.dtype) == 2 && !target.has_gpu_feature();
 }
 
 const std::vector<float> &lookup_table(dsl::Lookup lookup, DType dtype) {

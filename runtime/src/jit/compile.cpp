@@ -133,12 +133,11 @@ std::string compile_kernel(const KernelSpec &spec, const std::optional<FixedShap
     }
 }
 
-std::vector<std::pair<std::string, const void *>> lookup_tables() {
-    std::vector<std::pair<std::string, const void *>> tables;
+const void *lookup_table(const std::string &symbol) {
     for (const auto &[lookup, dtype] : codegen::all_lookup_tables()) {
-        tables.emplace_back(codegen::lookup_table_symbol(lookup, dtype), codegen::lookup_table(lookup, dtype).data());
+        if (codegen::lookup_table_symbol(lookup, dtype) == symbol) return codegen::lookup_table(lookup, dtype).data();
     }
-    return tables;
+    return nullptr;
 }
 
 std::string compile_runtime(const std::string &target_name) {

@@ -39,9 +39,10 @@ std::string compile_kernel(const codegen::KernelSpec &spec, const std::optional<
                            codegen::InnerStride inner_stride = codegen::InnerStride::Any,
                            CompileTimes *times = nullptr);
 
-// The 16-bit lookup tables that compiled kernels refer to (they are compiled
-// with codegen::Tables::Process), by symbol: the loader defines them.
-std::vector<std::pair<std::string, const void *>> lookup_tables();
+// The 16-bit lookup table that compiled kernels refer to by `symbol` (they
+// are compiled with codegen::Tables::Process), made on first use; nullptr
+// for any other symbol. The loader defines the symbols from it.
+const void *lookup_table(const std::string &symbol);
 
 // Halide's runtime for `target` as an ELF object (one per target and process).
 std::string compile_runtime(const std::string &target);

@@ -27,6 +27,25 @@ struct TargetDylibs {
     cuda::BufferFunctions buffers;  // CUDA targets
 };
 
+// Defines the 16-bit lookup tables that kernels declare
+// (codegen::Tables::Process) when a kernel first refers to one: the tables
+// take milliseconds to make, which a process without 16-bit kernels skips.
+class LookupTables : public llvm::orc::DefinitionGenerator {
+public:
+    llvm::Error tryToGenerate(llvm::orc::LookupState &, llvm::orc::LookupKind, llvm::orc::JITDylib &dylib,
+                              llvm::orc::JITDylibLookupFlags, const llvm::orc::SymbolLookupSet &symbols) override {
+        llvm::orc::SymbolMap tables;
+        for (const auto &[name, flags] : symbols) {
+            if (const void *table = lookup_table((*name).str())) {
+                tables[name] = llvm::JITEvaluatedSymbol(llvm::pointerToJITTargetAddress(table),
+                                                        llvm::JITSymbolFlags::Exported);
+            }
+        }
+        if (tables.empty()) return llvm::Error::success();
+        return dylib.define(llvm::orc::absoluteSymbols(std::move(tables)));
+    }
+};
+
 class Engine {
 public:
     Engine() {
@@ -50,15 +69,7 @@ public:
         auto runtime = session.createJITDylib("kldiv-runtime " + target);
         if (!runtime) fail(ErrorCode::Internal, "JIT: " + message_of(runtime.takeError()));
         runtime->addGenerator(std::move(*process));
-        // The 16-bit lookup tables that kernels declare (codegen::Tables::Process).
-        llvm::orc::SymbolMap tables;
-        for (const auto &[name, address] : lookup_tables()) {
-            tables[jit_->mangleAndIntern(name)] =
-                llvm::JITEvaluatedSymbol(llvm::pointerToJITTargetAddress(address), llvm::JITSymbolFlags::Exported);
-        }
-        if (llvm::Error e = runtime->define(llvm::orc::absoluteSymbols(std::move(tables)))) {
-            fail(ErrorCode::Internal, "JIT: " + message_of(std::move(e)));
-        }
+        runtime->addGenerator(std::make_unique<LookupTables>());
 
         std::string object = runtime_object();
         if (llvm::Error e = jit_->addObjectFile(*runtime, llvm::MemoryBuffer::getMemBufferCopy(object, "halide_runtime"))) {
