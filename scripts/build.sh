@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Configures and builds kldiv in build/ (Release, Ninja). Extra arguments go to cmake.
+# Configures and builds kldiv in build/ (Release, Ninja), then makes .venv with
+# the kldiv Python package installed in it (scripts/python_env.sh). Extra
+# arguments go to cmake.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release "$@" > build-configure.log 2>&1 || { cat build-configure.log; exit 1; }
 cmake --build build -j "$(nproc)"
+bash scripts/python_env.sh

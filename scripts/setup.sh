@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages kldiv needs to build, test and benchmark
 # (the aarch64 cross compiler and qemu-user run the arm64 kernels' tests;
-# gnuplot draws `kldiv tune --plot`).
+# gnuplot draws `kldiv tune --plot`; Debian's Python with python3-torch runs
+# the kldiv Python package and its tests).
 # Idempotent: does nothing when everything is already installed.
 set -euo pipefail
 
@@ -12,6 +13,8 @@ packages=(
     libtorch-dev
     g++-aarch64-linux-gnu qemu-user
     gnuplot-nox
+    python3 python3-venv python3-pip python3-setuptools python3-wheel
+    python3-torch python3-pytest python3-hypothesis
 )
 
 missing=()
