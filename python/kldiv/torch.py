@@ -131,10 +131,8 @@ class _KLDivFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         if ctx.fused:
-            # input's gradient does not depend on input, so this product is all
-            # that double backward needs.
             (grad_input,) = ctx.saved_tensors
-            return grad_input * grad_output, None, None, None
+            return _scaled(grad_input, grad_output), None, None, None
         input, target = ctx.saved_tensors
         need_input, need_target = ctx.needs_input_grad[:2]
         if torch.is_grad_enabled():
@@ -143,6 +141,21 @@ class _KLDivFunction(torch.autograd.Function):
         grad_input, grad_target = _backward(grad_output, input, target, ctx.reduction, ctx.log_target,
                                             need_input, need_target)
         return grad_input, grad_target, None, None
+
+
+def _scaled(grad_input, grad_output):
+    """The fused pass's gradient (for an upstream gradient of 1) times the upstream gradient.
+
+    input's gradient does not depend on input, so this product is all that double
+    backward needs. `loss.backward()` on the CPU passes a 0-dim 1: the saved gradient
+    is then the answer itself, and autograd hands it to input's .grad without a copy
+    when the graph is not retained (and copies it when it is). On CUDA, reading the
+    value would wait for the GPU, so the product is always taken there.
+    """
+    if (grad_output.dim() == 0 and not grad_output.is_cuda and not grad_output.requires_grad
+            and grad_output.item() == 1.0):
+        return grad_input
+    return grad_input * grad_output
 
 
 def _double_differentiable_gradients(grad_output, input, target, reduction, log_target, need_input, need_target):
@@ -216,7 +229,7 @@ if hasattr(torch.library, "custom_op") and hasattr(torch.library, "register_auto
 
     def _backward_fused(ctx, grad_loss, grad_of_grad_input):
         (grad_input,) = ctx.saved_tensors
-        return grad_input * grad_loss, None, None, None
+        return _scaled(grad_input, grad_loss), None, None, None
 
     torch.library.register_autograd("kldiv::kl_div", _backward_loss, setup_context=_setup_loss)
     torch.library.register_autograd("kldiv::kl_div_forward_backward", _backward_fused, setup_context=_setup_fused)
