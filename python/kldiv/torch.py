@@ -12,6 +12,10 @@ read of ``input`` and ``target`` gives the loss and the gradient for an upstream
 gradient of 1, which backward only scales.
 """
 import ctypes
+import math
+import mmap
+import sys
+import threading
 import typing
 import warnings
 
@@ -20,7 +24,7 @@ from torch.nn import _reduction as _Reduction
 
 from . import _lib
 
-__all__ = ["kl_div", "KLDivLoss"]
+__all__ = ["kl_div", "KLDivLoss", "empty_cache"]
 
 _DTYPES = {
     torch.float32: _lib.FLOAT32,
@@ -28,6 +32,7 @@ _DTYPES = {
     torch.float16: _lib.FLOAT16,
     torch.bfloat16: _lib.BFLOAT16,
 }
+_ELEMENT_BYTES = {torch.float32: 4, torch.float64: 8, torch.float16: 2, torch.bfloat16: 2}
 _NONE, _MEAN, _SUM, _BATCHMEAN = (_lib.REDUCTIONS[name] for name in ("none", "mean", "sum", "batchmean"))
 
 # torch.nn.functional.kl_div's text, sentences joined as PyTorch joins them.
@@ -80,9 +85,64 @@ def _forward(input, target, reduction, log_target):
     return out
 
 
+class _GradientMemory:
+    """CPU memory for the fused pass's gradient, reused from one training step to the next.
+
+    PyTorch's CPU allocator hands large blocks back to the kernel when they are
+    freed, so each step's new gradient is fresh memory that the kernel must map
+    and zero on first touch. For a 64 MiB or larger gradient that costs more
+    than the kernel itself (several times more on some virtual machines). Such
+    a gradient lives instead in an anonymous mapping that its tensor holds a
+    reference to. Once no tensor uses it any more (the optimiser set .grad to
+    None, the graph was freed), the mapping serves the next step. Nothing is
+    shared while in use: a mapping is reused only when its reference count
+    says that this cache alone holds it.
+    """
+
+    _MIN_BYTES = 1 << 20  # below this the heap keeps and reuses the memory anyway
+    _KEEP = 4
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._mappings = []
+
+    def empty(self, shape, dtype):
+        nbytes = math.prod(shape) * _ELEMENT_BYTES[dtype]
+        if nbytes < self._MIN_BYTES:
+            return torch.empty(shape, dtype=dtype)
+        with self._lock:
+            mapping = None
+            for i in range(len(self._mappings)):
+                # A free mapping has two references: the list's and getrefcount's argument.
+                if sys.getrefcount(self._mappings[i]) == 2 and nbytes <= len(self._mappings[i]) <= 2 * nbytes:
+                    mapping = self._mappings.pop(i)
+                    break
+            if mapping is None:
+                mapping = mmap.mmap(-1, nbytes)
+            self._mappings.append(mapping)
+            del self._mappings[:-self._KEEP]
+            return torch.frombuffer(mapping, dtype=dtype, count=math.prod(shape)).view(shape)
+
+    def clear(self):
+        with self._lock:
+            self._mappings.clear()
+
+
+_gradient_memory = _GradientMemory()
+
+
+def empty_cache():
+    """Lets go of the CPU memory kept for reuse by the next step's gradient
+    (as torch.cuda.empty_cache does for CUDA); tensors using it keep it until they go."""
+    _gradient_memory.clear()
+
+
 def _forward_backward(input, target, reduction, log_target):
     out = _empty(_loss_shape(input, target, reduction), input)
-    grad_input = torch.empty(input.shape, dtype=input.dtype, device=input.device)
+    if input.is_cuda:
+        grad_input = torch.empty(input.shape, dtype=input.dtype, device=input.device)
+    else:
+        grad_input = _gradient_memory.empty(tuple(input.shape), input.dtype)
     _use_stream(input)
     _lib.check(_lib.lib.kldiv_forward_backward(_view(input), _view(target), reduction, log_target,
                                                _view(out), _view(grad_input)))

@@ -107,3 +107,20 @@ def test_no_grad_mode_builds_no_graph():
     with torch.no_grad():
         loss = kldiv.torch.kl_div(x, t, reduction="sum")
     assert loss.grad_fn is None and not loss.requires_grad
+
+
+def test_training_steps_reuse_the_gradients_memory_only_once_it_is_free():
+    x, t = _operands((64, 8192), (64, 8192), False)  # 4 MiB gradients in float64
+    x.requires_grad_()
+    kldiv.torch.kl_div(x, t, reduction="sum").backward()
+    first = x.grad.data_ptr()
+    x.grad = None  # as optimiser.zero_grad() does: the memory is free
+    kldiv.torch.kl_div(x, t, reduction="sum").backward()
+    assert x.grad.data_ptr() == first
+    kept = x.grad  # still in use: the next step must not write it
+    x.grad = None
+    kldiv.torch.kl_div(x, t * 2, reduction="sum").backward()
+    assert x.grad.data_ptr() != kept.data_ptr()
+    torch.testing.assert_close(kept, -t)
+    torch.testing.assert_close(x.grad, -2 * t)
+    kldiv.torch.empty_cache()
