@@ -158,6 +158,52 @@ TEST(Errors, NegativeStride) {
     EXPECT_TRUE(f.Unchanged());
 }
 
+// Shapes a caller in another language could pass by mistake or malice: each is
+// refused with a clear error before any memory is read through it (the data
+// pointers here point at a few real bytes, or nowhere), and nothing is written.
+TEST(Errors, HostileShapes) {
+    Fixture f;
+    const int64_t big = int64_t(1) << 32, max = INT64_MAX;
+    std::vector<int64_t> ones(KLDIV_MAX_RANK + 1, 1), two = {2, 2};
+    struct Case {
+        const char *what;
+        int32_t rank;
+        std::vector<int64_t> sizes, strides;
+        uintptr_t data;  // 0: the fixture's buffer
+        kldiv_dtype dtype;
+        std::initializer_list<const char *> words;
+    } cases[] = {
+        {"rank over the limit", KLDIV_MAX_RANK + 1, ones, ones, 0, KLDIV_FLOAT32, {"rank"}},
+        // The arrays hold 2 values: a library that believed the rank would read past them.
+        {"rank INT32_MAX", INT32_MAX, two, two, 0, KLDIV_FLOAT32, {"rank"}},
+        {"element count overflows int64", 2, {big, big}, {big, 1}, 0, KLDIV_FLOAT32, {"too many", "elements"}},
+        {"size times stride overflows", 2, {2, 2}, {max, 1}, 0, KLDIV_FLOAT32, {"address space"}},
+        {"offsets add past int64", 3, {2, 2, 2}, {max / 2, max / 2, 2}, 0, KLDIV_FLOAT32, {"address space"}},
+        {"bytes overflow int64", 1, {int64_t(1) << 61}, {1}, 0, KLDIV_FLOAT64, {"address space"}},
+        {"end wraps the address space", 1, {1024}, {1}, UINTPTR_MAX - 64, KLDIV_FLOAT32, {"address space"}},
+        {"negative size", 2, {-1, 4}, {4, 1}, 0, KLDIV_FLOAT32, {"negative", "size"}},
+        {"negative stride", 2, {3, 4}, {-4, 1}, 0, KLDIV_FLOAT32, {"negative", "stride"}},
+    };
+    for (const Case &c : cases) {
+        SCOPED_TRACE(c.what);
+        kldiv_tensor hostile = {c.data ? (void *)c.data : f.input.bytes.data(), c.dtype, c.rank, c.sizes.data(),
+                                c.strides.data(), KLDIV_DEVICE_CPU};
+        kldiv_tensor in = f.input.view(), tg = f.target.view(), out = f.out.view();
+        kldiv_tensor go = f.grad_output.view(), gi = f.grad_input.view(), gt = f.grad_target.view();
+        const kldiv_tensor *slots[][3] = {{&hostile, &tg, &out}, {&in, &hostile, &out}, {&in, &tg, &hostile}};
+        for (const auto &slot : slots) {
+            EXPECT_EQ(forward(slot[0], slot[1], slot[2]), KLDIV_ERROR_INVALID_ARGUMENT);
+            EXPECT_TRUE(Mentions(kldiv_last_error(), {c.words}));
+            EXPECT_EQ(kldiv_forward_backward(slot[0], slot[1], KLDIV_REDUCTION_NONE, 0, slot[2], &gi),
+                      KLDIV_ERROR_INVALID_ARGUMENT);
+        }
+        EXPECT_EQ(kldiv_backward(&hostile, &in, &tg, KLDIV_REDUCTION_NONE, 0, &gi, &gt), KLDIV_ERROR_INVALID_ARGUMENT);
+        EXPECT_EQ(kldiv_backward(&go, &in, &tg, KLDIV_REDUCTION_NONE, 0, &gi, &hostile), KLDIV_ERROR_INVALID_ARGUMENT);
+        EXPECT_TRUE(Mentions(kldiv_last_error(), {c.words}));
+        EXPECT_TRUE(f.Unchanged());
+    }
+}
+
 TEST(Errors, NegativeSize) {
     Fixture f;
     kldiv_tensor in = f.input.view(), tg = f.target.view(), out = f.out.view();

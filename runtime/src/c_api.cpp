@@ -12,6 +12,10 @@ namespace {
 Tensor to_tensor(const kldiv_tensor *t, const char *name) {
     if (t == nullptr) runtime::fail(ErrorCode::InvalidArgument, std::string(name) + " is null");
     if (t->rank < 0) runtime::fail(ErrorCode::InvalidArgument, std::string(name) + ": negative rank");
+    if (t->rank > KLDIV_MAX_RANK) {
+        runtime::fail(ErrorCode::InvalidArgument, std::string(name) + ": rank " + std::to_string(t->rank) +
+                                                      " is over the limit of " + std::to_string(KLDIV_MAX_RANK));
+    }
     if (t->rank > 0 && (t->sizes == nullptr || t->strides == nullptr)) {
         runtime::fail(ErrorCode::InvalidArgument, std::string(name) + ": sizes or strides is null");
     }

@@ -3,6 +3,7 @@
 #include <HalideRuntime.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -11,6 +12,7 @@
 
 #include "cuda_device.h"
 #include "errors.h"
+#include "kldiv/kldiv.h"
 #include "host_convert.h"
 #include "kernel_args.h"
 #include "kernel_cache.h"
@@ -39,7 +41,31 @@ int64_t checked_numel(const Tensor &t, const char *name) {
     return n;
 }
 
+// The furthest byte a view reaches, past `data`: (Σ (size - 1) · stride + 1) ·
+// element size, or a failure when that does not fit the address space (so
+// no pointer arithmetic of a kernel can wrap). Sizes and strides are known
+// non-negative and the view non-empty.
+void check_extent(const Tensor &t, const char *name) {
+    int64_t last = 0;
+    for (size_t d = 0; d < t.sizes.size(); d++) {
+        int64_t step = 0;
+        if (__builtin_mul_overflow(t.sizes[d] - 1, t.strides[d], &step) || __builtin_add_overflow(last, step, &last)) {
+            fail(ErrorCode::InvalidArgument, std::string(name) + ": sizes and strides reach past the address space");
+        }
+    }
+    int64_t bytes = 0;
+    if (__builtin_add_overflow(last, int64_t(1), &bytes) ||
+        __builtin_mul_overflow(bytes, (int64_t)element_size(t.dtype), &bytes) ||
+        (uintptr_t)t.data > UINTPTR_MAX - (uint64_t)bytes) {
+        fail(ErrorCode::InvalidArgument, std::string(name) + ": sizes and strides reach past the address space");
+    }
+}
+
 void check_tensor(const Tensor &t, const char *name) {
+    if (t.sizes.size() > (size_t)KLDIV_MAX_RANK) {
+        fail(ErrorCode::InvalidArgument, std::string(name) + ": rank " + std::to_string(t.sizes.size()) +
+                                             " is over the limit of " + std::to_string(KLDIV_MAX_RANK));
+    }
     if (!known_dtype(t.dtype)) {
         fail(ErrorCode::DType, std::string(name) + ": unknown dtype " + std::to_string((int)t.dtype));
     }
@@ -54,8 +80,9 @@ void check_tensor(const Tensor &t, const char *name) {
                                                   " (negative strides are not supported)");
         }
     }
-    if (t.data == nullptr && checked_numel(t, name) > 0) {
-        fail(ErrorCode::InvalidArgument, std::string(name) + ": data is null");
+    if (checked_numel(t, name) > 0) {
+        if (t.data == nullptr) fail(ErrorCode::InvalidArgument, std::string(name) + ": data is null");
+        check_extent(t, name);
     }
 }
 

@@ -23,6 +23,9 @@ typedef enum {
 
 typedef enum { KLDIV_DEVICE_CPU, KLDIV_DEVICE_CUDA } kldiv_device;
 
+/* The highest rank a tensor may have. */
+#define KLDIV_MAX_RANK 64
+
 /* A strided view of memory. 16-bit data is given as raw uint16 bit patterns.
  * Strides are in elements; a rank-0 tensor has one element and may pass NULL
  * sizes and strides. KLDIV_DEVICE_CUDA: `data` is CUDA device memory (see
@@ -39,7 +42,9 @@ typedef struct {
 /* Error codes (nonzero return values). */
 typedef enum {
     KLDIV_OK = 0,
-    KLDIV_ERROR_INVALID_ARGUMENT = 1, /* null pointer, bad rank, negative stride, ... */
+    KLDIV_ERROR_INVALID_ARGUMENT = 1, /* null pointer, rank < 0 or > KLDIV_MAX_RANK, negative size or
+                                         stride, more elements than int64 counts, or sizes and strides
+                                         that reach past the address space */
     KLDIV_ERROR_SHAPE = 2,            /* shapes do not broadcast, or an output has the wrong shape */
     KLDIV_ERROR_DTYPE = 3,            /* unknown or unsupported dtype, or mismatched dtypes */
     KLDIV_ERROR_ALIAS = 4,            /* an output overlaps an input or another output */
