@@ -7,19 +7,9 @@
 #include <vector>
 
 #include "kldiv/codegen/kernel_spec.h"
+#include "spec_text.h"
 
 namespace kldiv::tools {
-
-// A kernel named on the command line: PASS:DTYPE:REDUCTION[:logt][:SHAPE].
-struct AotSpec {
-    codegen::KernelSpec spec;
-    std::string reduction;       // as given, for the header
-    std::vector<int64_t> shape;  // empty: any shape
-    std::string function;        // C name of the kernel
-};
-
-// Throws UsageError for a malformed spec.
-AotSpec parse_spec(const std::string &text);
 
 // Contiguous tensors of a.shape (not empty), dimension 0 innermost, for every buffer.
 codegen::FixedShape fixed_shape(const AotSpec &a);

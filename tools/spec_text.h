@@ -1,0 +1,23 @@
+// The text form of a kernel spec: PASS:DTYPE:REDUCTION[:logt][:SHAPE].
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kldiv/codegen/kernel_spec.h"
+
+namespace kldiv::tools {
+
+// A kernel named on the command line: PASS:DTYPE:REDUCTION[:logt][:SHAPE].
+struct AotSpec {
+    codegen::KernelSpec spec;
+    std::string reduction;       // as given, for the header
+    std::vector<int64_t> shape;  // empty: any shape
+    std::string function;        // C name of the kernel
+};
+
+// Throws UsageError for a malformed spec.
+AotSpec parse_spec(const std::string &text);
+
+}  // namespace kldiv::tools
