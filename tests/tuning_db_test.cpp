@@ -158,6 +158,25 @@ TEST(tuning_db, malformed_and_foreign_lines_are_skipped_with_a_warning) {
     EXPECT_NE(warnings.seen[5].find("vf"), std::string::npos) << warnings.seen[5];
 }
 
+// Integer fields given as numbers outside their type, or as fractions, are
+// refused: converting them would be undefined (1e40 to int) or lose the value.
+TEST(tuning_db, integer_fields_take_only_integers_in_range) {
+    const std::string good = kldiv::schedules::to_json_line(record(kX86, "kldiv_fwd_sum_f32", 20, 1.1));
+    for (const char *value : {"1e40", "2.5", "-1e300", "2147483648", "18446744073709551615", "-2147483649"}) {
+        std::string line = good;
+        line.replace(line.find("\"bucket\":20"), 11, std::string("\"bucket\":") + value);
+        std::string why;
+        EXPECT_FALSE(parse_record(line, &why)) << value;
+        EXPECT_NE(why.find("'bucket'"), std::string::npos) << value << ": " << why;
+    }
+    std::string line = good;
+    line.replace(line.find("\"bucket\":20"), 11, "\"bucket\":24");
+    std::string why;
+    const auto other = parse_record(line, &why);
+    ASSERT_TRUE(other) << why;
+    EXPECT_EQ(other->bucket, 24);
+}
+
 TEST(tuning_db, lookup_takes_the_nearest_compatible_target_and_the_nearest_bucket) {
     TuningDb db;
     std::string text;

@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <limits>
+#include <type_traits>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -68,10 +70,31 @@ std::optional<TuningRecord> parse_record(const std::string &line, std::string *w
         out = it->get<std::string>();
         return true;
     };
+    // Integer fields take only integers in their type's range (a converted
+    // 1e40 or 2.5 would be undefined or wrong); floating fields any number.
     auto number = [&](const char *key, auto &out) {
+        using T = std::decay_t<decltype(out)>;
         const auto it = j.find(key);
         if (it == j.end() || !it->is_number()) return false;
-        out = it->get<std::decay_t<decltype(out)>>();
+        if constexpr (std::is_integral_v<T>) {
+            static_assert(std::is_signed_v<T>, "integer fields are signed");
+            if (it->is_number_unsigned()) {
+                const std::uint64_t value = it->template get<std::uint64_t>();
+                if (value > (std::uint64_t)std::numeric_limits<T>::max()) return false;
+                out = (T)value;
+            } else if (it->is_number_integer()) {
+                const std::int64_t value = it->template get<std::int64_t>();
+                if (value < (std::int64_t)std::numeric_limits<T>::min() ||
+                    value > (std::int64_t)std::numeric_limits<T>::max()) {
+                    return false;
+                }
+                out = (T)value;
+            } else {
+                return false;
+            }
+        } else {
+            out = it->template get<T>();
+        }
         return true;
     };
     std::string schedule;
