@@ -21,7 +21,7 @@ Tensor to_tensor(const kldiv_tensor *t, const char *name) {
     }
     Tensor out;
     out.data = t->data;
-    switch (t->dtype) {
+    switch ((int)t->dtype) {
     case KLDIV_FLOAT32: out.dtype = DType::Float32; break;
     case KLDIV_FLOAT64: out.dtype = DType::Float64; break;
     case KLDIV_FLOAT16: out.dtype = DType::Float16; break;
@@ -30,7 +30,7 @@ Tensor to_tensor(const kldiv_tensor *t, const char *name) {
         runtime::fail(ErrorCode::DType, std::string(name) + ": unknown dtype " + std::to_string((int)t->dtype) +
                                             " (kl_div supports float32, float64, float16 and bfloat16)");
     }
-    switch (t->device) {
+    switch ((int)t->device) {
     case KLDIV_DEVICE_CPU: out.device = Device::CPU; break;
     case KLDIV_DEVICE_CUDA: out.device = Device::CUDA; break;
     default: runtime::fail(ErrorCode::Device, std::string(name) + ": unknown device " + std::to_string((int)t->device));
@@ -41,7 +41,7 @@ Tensor to_tensor(const kldiv_tensor *t, const char *name) {
 }
 
 Reduction to_reduction(kldiv_reduction r) {
-    switch (r) {
+    switch ((int)r) {
     case KLDIV_REDUCTION_NONE: return Reduction::None;
     case KLDIV_REDUCTION_MEAN: return Reduction::Mean;
     case KLDIV_REDUCTION_SUM: return Reduction::Sum;
@@ -89,7 +89,7 @@ RuntimeOptions to_options(const kldiv_runtime_options &c) {
     if (c.disk_cache_bytes) o.disk_cache_bytes = c.disk_cache_bytes;
     if (c.memory_cache_entries) o.memory_cache_entries = c.memory_cache_entries;
     if (c.memory_cache_bytes) o.memory_cache_bytes = c.memory_cache_bytes;
-    switch (c.specialize) {
+    switch ((int)c.specialize) {
     case KLDIV_SPECIALIZE_DEFAULT: break;
     case KLDIV_SPECIALIZE_NEVER: o.specialize = Specialize::Never; break;
     case KLDIV_SPECIALIZE_ALWAYS: o.specialize = Specialize::Always; break;

@@ -12,16 +12,34 @@
 extern "C" {
 #endif
 
-typedef enum { KLDIV_FLOAT32, KLDIV_FLOAT64, KLDIV_FLOAT16, KLDIV_BFLOAT16 } kldiv_dtype;
+/* Each enum spans every int32 value (the *_RANGE_ names are not values to
+ * pass): any int a caller stores is then a value of the type, which the
+ * library refuses with an error if it is not one of the names, rather than
+ * something a C++ compiler may assume cannot happen. */
+typedef enum {
+    KLDIV_FLOAT32,
+    KLDIV_FLOAT64,
+    KLDIV_FLOAT16,
+    KLDIV_BFLOAT16,
+    KLDIV_DTYPE_RANGE_MIN = -2147483647 - 1,
+    KLDIV_DTYPE_RANGE_MAX = 2147483647
+} kldiv_dtype;
 
 typedef enum {
     KLDIV_REDUCTION_NONE,
     KLDIV_REDUCTION_MEAN,
     KLDIV_REDUCTION_SUM,
-    KLDIV_REDUCTION_BATCHMEAN
+    KLDIV_REDUCTION_BATCHMEAN,
+    KLDIV_REDUCTION_RANGE_MIN = -2147483647 - 1,
+    KLDIV_REDUCTION_RANGE_MAX = 2147483647
 } kldiv_reduction;
 
-typedef enum { KLDIV_DEVICE_CPU, KLDIV_DEVICE_CUDA } kldiv_device;
+typedef enum {
+    KLDIV_DEVICE_CPU,
+    KLDIV_DEVICE_CUDA,
+    KLDIV_DEVICE_RANGE_MIN = -2147483647 - 1,
+    KLDIV_DEVICE_RANGE_MAX = 2147483647
+} kldiv_device;
 
 /* The highest rank a tensor may have. */
 #define KLDIV_MAX_RANK 64
@@ -99,7 +117,9 @@ typedef enum {
     KLDIV_SPECIALIZE_DEFAULT = 0, /* KLDIV_SPECIALIZE, else AUTO */
     KLDIV_SPECIALIZE_NEVER,       /* shape-generic kernels only */
     KLDIV_SPECIALIZE_ALWAYS,      /* a shape-specialised kernel for every new shape */
-    KLDIV_SPECIALIZE_AUTO         /* once a shape has been seen a few times over many elements */
+    KLDIV_SPECIALIZE_AUTO,        /* once a shape has been seen a few times over many elements */
+    KLDIV_SPECIALIZE_RANGE_MIN = -2147483647 - 1,
+    KLDIV_SPECIALIZE_RANGE_MAX = 2147483647
 } kldiv_specialize;
 
 /* Zero-initialise, then set what differs from the defaults. */
