@@ -2,7 +2,8 @@
 # Installs the Debian 12 packages kldiv needs to build, test and benchmark
 # (the aarch64 cross compiler and qemu-user run the arm64 kernels' tests;
 # gnuplot draws `kldiv tune --plot`; Debian's Python with python3-torch runs
-# the kldiv Python package and its tests).
+# the kldiv Python package and its tests; clang-14 and libFuzzer build the
+# fuzzers).
 # Idempotent: does nothing when everything is already installed.
 set -euo pipefail
 
@@ -15,6 +16,7 @@ packages=(
     gnuplot-nox
     python3 python3-venv python3-pip python3-setuptools python3-wheel
     python3-torch python3-pytest python3-hypothesis
+    clang-14 libfuzzer-14-dev libclang-rt-14-dev
 )
 
 missing=()
