@@ -68,7 +68,10 @@ struct Data {
     kldiv::Tensor tg() { return kldiv::Tensor{target.bytes.data(), kldiv::DType::Float64, target.sizes, target.strides}; }
     Reference ref(kldiv_reduction r) {
         Problem p{input.sizes, target.sizes, xs, ts, false, r};
-        return reference(p, {1.0});
+        // Upstream gradient 1: one value per loss element for NONE, else one.
+        Shape shape;
+        broadcast_shapes(input.sizes, target.sizes, &shape);
+        return reference(p, std::vector<double>(r == KLDIV_REDUCTION_NONE ? numel(shape) : 1, 1.0));
     }
 };
 
