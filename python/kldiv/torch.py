@@ -193,14 +193,19 @@ class _KLDivFunction(torch.autograd.Function):
         if ctx.fused:
             (grad_input,) = ctx.saved_tensors
             return _scaled(grad_input, grad_output), None, None, None
-        input, target = ctx.saved_tensors
-        need_input, need_target = ctx.needs_input_grad[:2]
-        if torch.is_grad_enabled():
-            return (*_double_differentiable_gradients(grad_output, input, target, ctx.reduction, ctx.log_target,
-                                                      need_input, need_target), None, None)
-        grad_input, grad_target = _backward(grad_output, input, target, ctx.reduction, ctx.log_target,
-                                            need_input, need_target)
-        return grad_input, grad_target, None, None
+        return (*_gradients(ctx, grad_output, _backward), None, None)
+
+
+def _gradients(ctx, grad_output, backward):
+    """input's and target's gradients (None where not needed) from the saved
+    operands: by `backward` (the backward kernel), or with create_graph=True
+    by PyTorch's formulas."""
+    input, target = ctx.saved_tensors
+    need_input, need_target = ctx.needs_input_grad[:2]
+    if torch.is_grad_enabled():
+        return _double_differentiable_gradients(grad_output, input, target, ctx.reduction, ctx.log_target,
+                                                need_input, need_target)
+    return backward(grad_output, input, target, ctx.reduction, ctx.log_target, need_input, need_target)
 
 
 def _scaled(grad_input, grad_output):
@@ -274,15 +279,13 @@ if hasattr(torch.library, "custom_op") and hasattr(torch.library, "register_auto
         input, target, ctx.reduction, ctx.log_target = inputs
         ctx.save_for_backward(input, target)
 
-    def _backward_loss(ctx, grad_output):
-        input, target = ctx.saved_tensors
-        need_input, need_target = ctx.needs_input_grad[:2]
-        if torch.is_grad_enabled():
-            return (*_double_differentiable_gradients(grad_output, input, target, ctx.reduction, ctx.log_target,
-                                                      need_input, need_target), None, None)
-        grad_input, grad_target = _backward_op(grad_output, input, target, ctx.reduction, ctx.log_target,
+    def _backward_through_op(grad_output, input, target, reduction, log_target, need_input, need_target):
+        grad_input, grad_target = _backward_op(grad_output, input, target, reduction, log_target,
                                                need_input, need_target)
-        return (grad_input if need_input else None), (grad_target if need_target else None), None, None
+        return (grad_input if need_input else None), (grad_target if need_target else None)
+
+    def _backward_loss(ctx, grad_output):
+        return (*_gradients(ctx, grad_output, _backward_through_op), None, None)
 
     def _setup_fused(ctx, inputs, output):
         ctx.save_for_backward(output[1])
