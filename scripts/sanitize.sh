@@ -38,5 +38,5 @@ if [ "$mode" = address ]; then
 else
     export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:suppressions=$supp/tsan.supp
     ctest --test-dir "$build" --output-on-failure -j "$(nproc)" -E "$exclude" \
-        -R '^threads_test|^jit_test|^disk_cache|^errors_test|^golden_test_default$|^cli_cache' "$@"
+        -R '^Threads\.|^Jit\.|^disk_cache\.|^Errors\.|^CppErrors\.|^cli_cache\.|^golden_test_default$|^threads_test_specialised$' "$@"
 fi
