@@ -2,7 +2,8 @@
 # Builds kldiv and its tests with sanitizers in build-MODE/ and runs the test
 # suite there:
 #   scripts/sanitize.sh address [ctest args]   AddressSanitizer + UndefinedBehaviorSanitizer
-#   scripts/sanitize.sh thread  [ctest args]   ThreadSanitizer: the threads, JIT, disk-cache and C ABI tests
+#   scripts/sanitize.sh thread  [ctest args]   ThreadSanitizer: the threads, JIT, disk-cache, C ABI error
+#                                              and cache-CLI tests, and the Python package's thread test
 # Suppressions (fuzz/sanitizer/*.supp) each name the third-party code they
 # silence and why. Tests that cannot run under a sanitizer are left out below,
 # each with its reason.
@@ -39,4 +40,12 @@ else
     export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:suppressions=$supp/tsan.supp
     ctest --test-dir "$build" --output-on-failure -j "$(nproc)" -E "$exclude" \
         -R '^Threads\.|^Jit\.|^disk_cache\.|^Errors\.|^CppErrors\.|^cli_cache\.|^golden_test_default$|^threads_test_specialised$' "$@"
+    # The Python package's 8-thread test on this build's library, with the
+    # TSan runtime loaded first into the interpreter (report_signal_unsafe:
+    # CPython's own signal handling is not kldiv's).
+    if [ -x .venv/bin/python ]; then
+        TSAN_OPTIONS=$TSAN_OPTIONS:report_signal_unsafe=0 LD_PRELOAD=$(gcc -print-file-name=libtsan.so.2) \
+            KLDIV_LIBRARY="$(pwd)/$build/runtime/libkldiv.so" \
+            .venv/bin/python -m pytest -q -p no:cacheprovider python/tests/test_api.py -k eight_threads
+    fi
 fi
