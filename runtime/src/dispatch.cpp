@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "cuda_device.h"
@@ -41,24 +42,24 @@ int64_t checked_numel(const Tensor &t, const char *name) {
     return n;
 }
 
-// The furthest byte a view reaches, past `data`: (Σ (size - 1) · stride + 1) ·
-// element size, or a failure when that does not fit the address space (so
-// no pointer arithmetic of a kernel can wrap). Sizes and strides are known
-// non-negative and the view non-empty.
-void check_extent(const Tensor &t, const char *name) {
-    int64_t last = 0;
+// Bytes from `data` to one past the furthest element of a non-empty view with
+// non-negative sizes and strides: (Σ (size - 1) · stride + 1) · element size;
+// nothing when that overflows int64 or wraps the address space (then no
+// pointer arithmetic of a kernel could be trusted).
+std::optional<int64_t> reach_bytes(const Tensor &t) {
+    int64_t last = 0, bytes = 0;
     for (size_t d = 0; d < t.sizes.size(); d++) {
         int64_t step = 0;
         if (__builtin_mul_overflow(t.sizes[d] - 1, t.strides[d], &step) || __builtin_add_overflow(last, step, &last)) {
-            fail(ErrorCode::InvalidArgument, std::string(name) + ": sizes and strides reach past the address space");
+            return std::nullopt;
         }
     }
-    int64_t bytes = 0;
     if (__builtin_add_overflow(last, int64_t(1), &bytes) ||
         __builtin_mul_overflow(bytes, (int64_t)element_size(t.dtype), &bytes) ||
         (uintptr_t)t.data > UINTPTR_MAX - (uint64_t)bytes) {
-        fail(ErrorCode::InvalidArgument, std::string(name) + ": sizes and strides reach past the address space");
+        return std::nullopt;
     }
+    return bytes;
 }
 
 void check_tensor(const Tensor &t, const char *name) {
@@ -82,7 +83,9 @@ void check_tensor(const Tensor &t, const char *name) {
     }
     if (checked_numel(t, name) > 0) {
         if (t.data == nullptr) fail(ErrorCode::InvalidArgument, std::string(name) + ": data is null");
-        check_extent(t, name);
+        if (!reach_bytes(t)) {
+            fail(ErrorCode::InvalidArgument, std::string(name) + ": sizes and strides reach past the address space");
+        }
     }
 }
 
@@ -128,13 +131,12 @@ struct Extent {
     uintptr_t begin = 0, end = 0;
 };
 
+// Only for views check_tensor accepted, whose reach fits.
 Extent memory_extent(const Tensor &t) {
     Extent e;
     if (t.numel() == 0) return e;
-    int64_t last = 0;
-    for (size_t d = 0; d < t.sizes.size(); d++) last += (t.sizes[d] - 1) * t.strides[d];
     e.begin = reinterpret_cast<uintptr_t>(t.data);
-    e.end = e.begin + (uintptr_t)(last + 1) * element_size(t.dtype);
+    e.end = e.begin + (uintptr_t)*reach_bytes(t);
     return e;
 }
 
