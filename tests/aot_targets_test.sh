@@ -2,10 +2,11 @@
 # `kldiv aot` for targets other than the host: every one of the 80 specs for
 # CUDA (sm_80 PTX; the kernels run on a GPU only, so this checks that code is
 # generated: one PTX entry point or more per kernel), and the consumer's
-# kernels for x86-64-linux-avx2, linked and run here.
-#   aot_targets_test.sh KLDIV_TOOL CONSUMER_SOURCE WORK_DIR
+# kernels for x86-64-linux-avx2, linked and run here. Also the PTX bar of the
+# CUDA streaming kernels (scripts/ptx_stats.py).
+#   aot_targets_test.sh KLDIV_TOOL CONSUMER_SOURCE WORK_DIR PTX_STATS
 set -euo pipefail
-tool=$1 consumer=$2 work=$3
+tool=$1 consumer=$2 work=$3 ptx_stats=$4
 rm -rf "$work"
 mkdir -p "$work"
 
@@ -46,6 +47,22 @@ loads() { strings "$1" | grep -c 'ld\.global\.nc\.f32' || true; }
 tuned_loads=$(loads "$work/gpu-tuned/$cuda/libkldiv_kernels.a")
 echo "fwd none f32 on CUDA, 4 elements per thread: $tuned_loads global loads"
 [ "$tuned_loads" -ge 8 ] || { echo "FAIL: expected 4 loads of each operand per thread" >&2; exit 1; }
+
+# Lean CUDA streaming kernels: the aligned forward sums (the kernels contiguous
+# tensors get) within the PTX instruction budget per element (bfloat16 25;
+# float32, and float16, which takes float32's log, 30), every global load at
+# least 8 bytes. The general kernels load element by element, so the same
+# check fails on them.
+"$tool" aot --spec fwd:bf16:sum:aligned --spec fwd:f32:sum:aligned --spec fwd:f16:sum:aligned \
+    --spec fwd:bf16:sum --target "$cuda" --output "$work/ptx" --tuning-db off > /dev/null
+ptx_lib=$work/ptx/$cuda/libkldiv_kernels.a
+python3 "$ptx_stats" --opcodes --object kldiv_fwd_sum_bf16_aligned --max-instr 25 --min-load-bytes 8 "$ptx_lib"
+python3 "$ptx_stats" --object kldiv_fwd_sum_f16_aligned --max-instr 30 --min-load-bytes 8 "$ptx_lib"
+python3 "$ptx_stats" --opcodes --object kldiv_fwd_sum_f32_aligned --max-instr 30 --min-load-bytes 8 "$ptx_lib"
+if python3 "$ptx_stats" --object kldiv_fwd_sum_bf16.o --min-load-bytes 8 "$ptx_lib" > /dev/null; then
+    echo "FAIL: the general bf16 kernel passed the 8-byte load check, which it cannot" >&2
+    exit 1
+fi
 
 specs=()
 for d in f32 f64 f16 bf16; do

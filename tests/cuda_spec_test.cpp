@@ -40,11 +40,18 @@ TEST(CudaSpec, ReductionsFinishOnTheDeviceAndReadTheUpstreamGradientThere) {
     // Elementwise passes keep the CPU convention.
     const KernelSpec none{Pass::Fused, kldiv::DType::Float16, false, false, true, false, true};
     EXPECT_EQ(names(none), (std::vector<std::string>{"input", "target", "loss", "grad_input"}));
-    // Every spec has a CUDA twin of its own name.
+    // Every spec has a CUDA twin of its own name, and that twin an aligned
+    // one, which tunes as the same spec.
     const auto cpu = kldiv::codegen::aot_specs(false), cuda = kldiv::codegen::aot_specs(true);
-    ASSERT_EQ(cpu.size(), cuda.size());
-    for (size_t i = 0; i < cpu.size(); i++) EXPECT_EQ("kldiv_cuda_" + cpu[i].name().substr(6), cuda[i].name());
+    ASSERT_EQ(2 * cpu.size(), cuda.size());
+    for (size_t i = 0; i < cpu.size(); i++) {
+        EXPECT_EQ("kldiv_cuda_" + cpu[i].name().substr(6), cuda[2 * i].name());
+        EXPECT_EQ(cuda[2 * i].name() + "_aligned", cuda[2 * i + 1].name());
+        EXPECT_EQ(cuda[2 * i + 1].tuning_name(), cpu[i].name());
+        EXPECT_EQ(names(cuda[2 * i + 1]), names(cuda[2 * i]));
+    }
 }
+
 
 // Pieces of `shape` (row-major, contiguous but for the given strides) under
 // CUDA's limits, as the dispatcher cuts them.
@@ -79,6 +86,32 @@ TEST(CudaSpec, PiecesKeepGridDimensionsWithinCudasLimits) {
     std::vector<runtime::Piece> host;
     runtime::for_each_piece(shape, {strides, strides}, 0, [&](const runtime::Piece &p) { host.push_back(p); });
     EXPECT_EQ(host.size(), 1u);
+}
+
+TEST(CudaSpec, AlignedKernelsServeOneContiguousRunAtAnEightByteBoundary) {
+    alignas(16) static uint16_t a[64], b[64];
+    runtime::Piece piece;
+    piece.extent[0] = 40;
+    piece.extent[1] = piece.extent[2] = piece.extent[3] = 1;
+    piece.stride = {{1, 40, 40, 40}, {1, 40, 40, 40}};
+    const int align = kldiv::codegen::kAlignedBytes;
+    EXPECT_TRUE(runtime::aligned_run(piece, {a, b}, align));
+    EXPECT_TRUE(runtime::aligned_run(piece, {a + 4, b + 8}, align));  // 8 and 16 bytes in
+    EXPECT_FALSE(runtime::aligned_run(piece, {a + 1, b}, align));     // 2 bytes in
+    EXPECT_FALSE(runtime::aligned_run(piece, {a, b + 2}, align));     // 4 bytes in
+    runtime::Piece strided = piece;
+    strided.stride[1][0] = 2;
+    EXPECT_FALSE(runtime::aligned_run(strided, {a, b}, align));
+    runtime::Piece broadcast = piece;
+    broadcast.stride[0][0] = 0;
+    EXPECT_FALSE(runtime::aligned_run(broadcast, {a, b}, align));
+    runtime::Piece rows = piece;
+    rows.extent[1] = 2;
+    EXPECT_FALSE(runtime::aligned_run(rows, {a, b}, align));
+    // A contiguous [rows, vocab] tensor coalesces into such a run.
+    const auto contiguous = pieces({512, 32000}, {32000, 1}, 2);
+    ASSERT_EQ(contiguous.size(), 1u);
+    EXPECT_TRUE(runtime::aligned_run(contiguous[0], {a, b}, align));
 }
 
 }  // namespace

@@ -274,6 +274,149 @@ TEST(DslMath, LookupTablesAreExactlyRounded) {
     }
 }
 
+// CUDA's log (dsl::table_log), run through Halide's JIT on this CPU: the
+// same expression the PTX computes, with its table computed first. For every
+// value the dtype's target can hold, and for float32 samples.
+struct TableLogResult {
+    Buffer<float> log, xlogx;
+};
+
+TableLogResult table_log_of(Buffer<float> values, kldiv::DType dtype) {
+    const kldiv::dsl::LogTable table = kldiv::dsl::make_log_table(dtype);
+    Func table_func = table.table;
+    table_func.compute_root();
+    Var i("i");
+    // (Not named "log": a JIT pipeline's function of that name would be libm's.)
+    Func log("table_log");
+    log(i) = kldiv::dsl::table_log_of_positive(values(i), table);
+    TableLogResult out{log.realize({values.width()}, jit_target()), Buffer<float>(values.width())};
+    // The kernels' product t * log(t), rounded once.
+    for (int k = 0; k < values.width(); k++) out.xlogx(k) = values(k) * out.log(k);
+    return out;
+}
+
+Buffer<float> widened_values(kldiv::DType dtype) {
+    Buffer<uint16_t> all(65536);
+    for (int k = 0; k < 65536; k++) all(k) = (uint16_t)k;
+    Var i("i");
+    Func widened("widened");
+    widened(i) = kldiv::dsl::widen(all(i), dtype);
+    return widened.realize({65536}, jit_target());
+}
+
+// Every positive finite 16-bit target: log within 1 ulp of float32, t log t
+// within 1 ulp (bfloat16) or 2 (float16) of the correctly rounded value that
+// the CPU kernels' tables hold, and rounded to the 16-bit type the same as
+// that value but for a few float16 values within those ulps of a rounding
+// boundary.
+TEST(DeviceLog, ExhaustiveOverSixteenBitTargets) {
+    for (kldiv::DType dtype : {kldiv::DType::BFloat16, kldiv::DType::Float16}) {
+        SCOPED_TRACE(dtype == kldiv::DType::BFloat16 ? "bf16" : "f16");
+        const Buffer<float> values = widened_values(dtype);
+        const TableLogResult got = table_log_of(values, dtype);
+        const std::vector<float> &exact_xlogx = kldiv::codegen::lookup_table(kldiv::dsl::Lookup::XLogX, dtype);
+        int64_t worst_log = 0, worst_xlogx = 0;
+        int checked = 0, narrowed_differ = 0;
+        for (int k = 0; k < 65536; k++) {
+            const float t = values(k);
+            if (!(t > 0) || std::isinf(t)) continue;
+            checked++;
+            const float want_log = (float)std::log((double)t);
+            worst_log = std::max(worst_log, ulps(got.log(k), want_log));
+            worst_xlogx = std::max(worst_xlogx, ulps(got.xlogx(k), exact_xlogx[k]));
+            // Rounded to the dtype's significant bits (8 or 11), to nearest even.
+            const int bits = dtype == kldiv::DType::BFloat16 ? 8 : 11;
+            auto round_to = [bits](float v) {
+                int e;
+                const double m = std::frexp((double)v, &e);
+                return std::ldexp(std::nearbyint(std::ldexp(m, bits)), e - bits);
+            };
+            narrowed_differ += round_to(got.xlogx(k)) != round_to(exact_xlogx[k]);
+        }
+        EXPECT_GT(checked, 30000);
+        const bool bf16 = dtype == kldiv::DType::BFloat16;
+        EXPECT_LE(worst_log, 1) << "log";
+        EXPECT_LE(worst_xlogx, bf16 ? 1 : 2) << "t log t";
+        // Measured: none for bfloat16, 2 for float16.
+        EXPECT_LE(narrowed_differ, bf16 ? 0 : 4) << "t log t that round to another 16-bit value";
+        std::printf("[ INFO ] %s: %d targets, log within %lld ulp, t log t within %lld ulp of the correctly rounded "
+                    "value, %d of them round to another 16-bit value\n",
+                    dtype == kldiv::DType::BFloat16 ? "bf16" : "f16", checked, (long long)worst_log,
+                    (long long)worst_xlogx, narrowed_differ);
+    }
+}
+
+// Every positive finite float32 (2^31 - 2^23 values, denormals included),
+// 2^24 at a time: within 2 ulp, and above 1 ulp only next to 1 + 2^-8, where
+// the first interval with a table log of its own starts (measured: 9 values).
+TEST(DeviceLog, EveryFloat32WithinTwoUlp) {
+    const kldiv::dsl::LogTable table = kldiv::dsl::make_log_table(kldiv::DType::Float32);
+    Func table_func = table.table;
+    table_func.compute_root();
+    Halide::ImageParam bits(Halide::UInt(32), 1, "bits");
+    Var i("i");
+    Func log("table_log");  // (see table_log_of)
+    log(i) = kldiv::dsl::table_log_of_positive(Halide::reinterpret(Halide::Float(32), bits(i)), table);
+    log.vectorize(i, 8).parallel(i, 1 << 16);
+    log.compile_jit(jit_target());
+    const int chunk = 1 << 24;
+    Buffer<uint32_t> in(chunk);
+    Buffer<float> out(chunk);
+    int64_t worst = 0, above_one = 0;
+    float worst_at = 0;
+    for (uint64_t first = 1; first < 0x7f800000u; first += chunk) {
+        const int n = (int)std::min<uint64_t>(chunk, 0x7f800000u - first);
+        for (int k = 0; k < n; k++) in(k) = (uint32_t)(first + k);
+        bits.set(in);
+        Buffer<float> got = out;
+        got.crop(0, 0, n);
+        log.realize(got, jit_target());
+        for (int k = 0; k < n; k++) {
+            float x;
+            const uint32_t b = in(k);
+            std::memcpy(&x, &b, 4);
+            const int64_t u = ulps(got(k), (float)std::log((double)x));
+            above_one += u > 1;
+            if (u > worst) worst = u, worst_at = x;
+        }
+    }
+    EXPECT_LE(worst, 2) << "at " << worst_at;
+    EXPECT_LE(above_one, 64);
+    std::printf("[ INFO ] every positive finite float32: log within %lld ulp (worst at %a), %lld values above 1 ulp\n",
+                (long long)worst, worst_at, (long long)above_one);
+}
+
+// table_log keeps IEEE's special values.
+TEST(DeviceLog, SpecialValues) {
+    const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+    for (kldiv::DType dtype : {kldiv::DType::Float32, kldiv::DType::BFloat16, kldiv::DType::Float16}) {
+        // The smallest denormal the dtype widens to, and the smallest normal
+        // float32 (float16 has neither: its denormals widen to normal floats).
+        const float tiny = dtype == kldiv::DType::BFloat16 ? 0x1p-133f : 0x1p-149f;
+        const std::vector<float> in = {0.0f, -0.0f, -1.0f, -inf, inf, nan, 1.0f, tiny, 0x1p-126f};
+        Buffer<float> values((int)in.size());
+        std::memcpy(values.data(), in.data(), in.size() * 4);
+        const kldiv::dsl::LogTable table = kldiv::dsl::make_log_table(dtype);
+        Func table_func = table.table;
+        table_func.compute_root();
+        Var i("i");
+        Func log("table_log");
+        log(i) = kldiv::dsl::table_log(values(i), table);
+        Buffer<float> got = log.realize({(int)in.size()}, jit_target());
+        EXPECT_EQ(got(0), -inf);
+        EXPECT_EQ(got(1), -inf);
+        EXPECT_TRUE(std::isnan(got(2)));
+        EXPECT_TRUE(std::isnan(got(3)));
+        EXPECT_EQ(got(4), inf);
+        EXPECT_TRUE(std::isnan(got(5)));
+        EXPECT_EQ(got(6), 0.0f);
+        if (dtype != kldiv::DType::Float16) {
+            EXPECT_EQ(got(7), (float)std::log((double)tiny));
+            EXPECT_EQ(got(8), (float)std::log(0x1p-126));
+        }
+    }
+}
+
 // In a kernel's module the fused multiply-adds become FMA instructions and the
 // lookups loads, all inlined: no call to a kldiv_ function is left (their
 // weak definitions stay beside the kernel).

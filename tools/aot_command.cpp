@@ -23,13 +23,16 @@ const char kAotHelp[] = R"(Usage: kldiv aot --spec SPEC [--spec SPEC ...] [--tar
 Generates kernels ahead of time for a program that links them directly: it
 needs neither Halide nor LLVM, nor libkldiv, at run time.
 
-  --spec SPEC    PASS:DTYPE:REDUCTION[:logt][:SHAPE]
+  --spec SPEC    PASS:DTYPE:REDUCTION[:logt][:aligned][:SHAPE]
                    PASS       fwd | fused | bwd (both gradients) | bwd_input |
                               bwd_target
                    DTYPE      f32 | f64 | f16 | bf16
                    REDUCTION  none | mean | sum | batchmean (the three reduced
                               ones share one kernel: see the header)
                    logt       the target holds log-probabilities
+                   aligned    CUDA only: the kernel for one contiguous run
+                              of elements at an 8-byte boundary, which
+                              loads 8 bytes at a time (see its header)
                    SHAPE      e.g. 64x32000: a kernel for contiguous tensors of
                               exactly this shape (at most 4 dimensions);
                               without it the kernel takes any shape
@@ -148,6 +151,12 @@ std::string header_text(const AotSpec &a, const std::string &target) {
         h << " *\n * CUDA: every buffer holds device memory (halide_cuda_wrap_device_ptr); kernels run\n"
           << " * on the stream and context that halide_set_cuda_get_stream and\n"
           << " * halide_set_cuda_acquire_context give, and leave the work queued there.\n";
+    }
+    if (s.aligned) {
+        h << " *\n * Aligned: every 4-d buffer must be one contiguous run of elements from min 0 (extent\n"
+          << " * 1 and stride 0 in dimensions 1 to 3, stride 1 in dimension 0) whose device\n"
+          << " * address is a multiple of 8 bytes; each thread then loads 8 bytes at a time. It\n"
+          << " * gives the same bits as the kernel without `aligned`, which takes any buffer.\n";
     }
     h << " *\n * Buffers are 4-d with dimension 0 innermost (PyTorch's last dimension); pad\n"
       << " * missing dimensions with extent 1. All buffers have the same extents; their\n"
@@ -286,7 +295,15 @@ int aot_command(const std::vector<std::string> &args) {
             std::fputs(kAotHelp, stdout);
             return kExitPass;
         }
-        for (const std::string &t : options.targets) parse_target(t);  // all usage errors before any work
+        // All usage errors before any work.
+        for (const std::string &t : options.targets) {
+            const bool cuda = parse_target(t).has_feature(Halide::Target::CUDA);
+            for (const AotSpec &a : options.specs) {
+                if (a.spec.aligned && !cuda) {
+                    throw UsageError("spec " + a.function + ": 'aligned' is for CUDA targets only, not " + t);
+                }
+            }
+        }
     } catch (const UsageError &error) {
         std::fprintf(stderr, "kldiv aot: %s\nTry 'kldiv aot --help'.\n", error.what());
         return kExitUsage;

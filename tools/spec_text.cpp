@@ -1,4 +1,4 @@
-// The text form of a kernel spec, PASS:DTYPE:REDUCTION[:logt][:SHAPE], as
+// The text form of a kernel spec, PASS:DTYPE:REDUCTION[:logt][:aligned][:SHAPE], as
 // `kldiv aot` and `kldiv tune` take it. No Halide here, so that it can be
 // tested and fuzzed alone.
 #include "spec_text.h"
@@ -28,7 +28,7 @@ std::vector<std::string> split(const std::string &text, char sep) {
 AotSpec parse_spec(const std::string &text) {
     const std::vector<std::string> parts = split(text, ':');
     auto bad = [&](const std::string &why) { return UsageError("invalid spec '" + text + "': " + why); };
-    if (parts.size() < 3 || parts.size() > 5) throw bad("expected PASS:DTYPE:REDUCTION[:logt][:SHAPE]");
+    if (parts.size() < 3 || parts.size() > 6) throw bad("expected PASS:DTYPE:REDUCTION[:logt][:aligned][:SHAPE]");
     AotSpec a;
     const std::string &pass = parts[0];
     if (pass == "fwd") {
@@ -47,14 +47,17 @@ AotSpec parse_spec(const std::string &text) {
     }
     a.spec.reduce = a.reduction != "none";
     for (size_t i = 3; i < parts.size(); i++) {
-        if (parts[i] == "logt" && !a.spec.log_target && a.shape.empty()) {
+        if (parts[i] == "logt" && !a.spec.log_target && !a.spec.aligned && a.shape.empty()) {
             a.spec.log_target = true;
+        } else if (parts[i] == "aligned" && !a.spec.aligned && a.shape.empty()) {
+            a.spec.aligned = true;
         } else if (i == parts.size() - 1 && !parts[i].empty() && std::isdigit((unsigned char)parts[i][0])) {
             try {
                 a.shape = parse_shape(parts[i]);
             } catch (const UsageError &e) {
                 throw bad(e.what());
             }
+            if (a.spec.aligned) throw bad("an aligned kernel takes any length, not a fixed shape");
             if (a.shape.size() > 4) throw bad("a fixed shape has at most 4 dimensions");
             int64_t n = 1;
             for (int64_t s : a.shape) {
@@ -64,7 +67,7 @@ AotSpec parse_spec(const std::string &text) {
                 n *= s;
             }
         } else {
-            throw bad("unexpected '" + parts[i] + "' (logt, then a shape such as 64x32000)");
+            throw bad("unexpected '" + parts[i] + "' (logt, aligned, then a shape such as 64x32000)");
         }
     }
     a.function = a.spec.name();

@@ -20,6 +20,8 @@ public:
                                          {"f16", DType::Float16},
                                          {"bf16", DType::BFloat16}}};
     Halide::GeneratorParam<bool> log_target{"log_target", false};
+    // CUDA only: KernelSpec::aligned.
+    Halide::GeneratorParam<bool> aligned{"aligned", false};
 
     void configure() {
         for (const Argument &argument : arguments(spec())) {
@@ -43,10 +45,15 @@ public:
         for (auto &[name, buffer] : buffers_) {
             inputs.buffers[name] = *buffer;
             if (buffer->dims() != 4) continue;  // one element
+            if (kernel.aligned) {
+                constrain_aligned(*buffer);
+                continue;
+            }
             // Any stride is valid input; the schedule specialises for unit stride.
             (*buffer).dim(0).set_stride(Halide::Expr());
             inputs.inner_strides[name] = (*buffer).dim(0).stride();
         }
+        if (kernel.aligned) inputs.unit_stride = true;
         auto &input = *buffers_for("input");
         for (int d = 0; d < 4; d++) inputs.extent[d] = input.dim(d).extent();
         if (scalar_) (scalar_name_ == "divisor" ? inputs.divisor : inputs.grad_scale) = *scalar_;
@@ -60,7 +67,8 @@ public:
         }
         for (size_t i = 0; i < funcs.size(); i++) {
             *outputs_[i] = funcs[i];
-            if (outputs_[i]->dims() == 4) outputs_[i]->dim(0).set_stride(Halide::Expr());
+            if (outputs_[i]->dims() == 4 && kernel.aligned) constrain_aligned(*outputs_[i]);
+            if (outputs_[i]->dims() == 4 && !kernel.aligned) outputs_[i]->dim(0).set_stride(Halide::Expr());
         }
 
         // Estimates for autoschedulers and tools: a 64 x 32000 batch.
@@ -79,6 +87,7 @@ protected:
     KernelSpec spec() const {
         KernelSpec s = pass_spec();
         s.cuda = this->get_target().has_feature(Halide::Target::CUDA);
+        s.aligned = s.cuda && aligned;
         return s;
     }
     virtual KernelSpec pass_spec() const = 0;

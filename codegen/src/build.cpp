@@ -86,6 +86,13 @@ static void keep_ptx_roundings() {
             throw std::runtime_error("LLVM's option nvptx-fma-level is missing, so PTX could contract the loss's "
                                      "roundings");
         }
+        // 32-bit shared-memory addresses: an index into a table in shared
+        // memory is then one shift, with constant offsets folded into the
+        // load, where 64-bit ones take a widening multiply per load (2 PTX
+        // instructions per float32 element of the table log). Only speed
+        // depends on it, so a missing option is no error.
+        auto short_ptr = options.find("nvptx-short-ptr");
+        if (short_ptr != options.end()) short_ptr->second->addOccurrence(0, "nvptx-short-ptr", "true");
     });
 }
 
@@ -239,6 +246,7 @@ Halide::Module compile_module(const KernelSpec &spec, const std::optional<FixedS
         }
         Halide::ImageParam image(type, a.dimensions, a.name);
         if (image.dimensions() == 4) constrain(image, shape, images.size(), strides_only, inner_stride);
+        if (image.dimensions() == 4 && spec.aligned) constrain_aligned(image);
         inputs.buffers[a.name] = image;
         if (image.dimensions() == 4) inputs.inner_strides[a.name] = image.dim(0).stride();
         images.push_back(image);
@@ -255,12 +263,15 @@ Halide::Module compile_module(const KernelSpec &spec, const std::optional<FixedS
     } else if (inner_stride != InnerStride::Any) {
         inputs.unit_stride = inner_stride == InnerStride::Unit;
     }
+    if (spec.aligned) inputs.unit_stride = true;
     const bool autoschedule = !autoscheduler.empty();
     const std::vector<Halide::Func> outputs = build(spec, params, target, inputs, !autoschedule);
     size_t index = images.size();
     for (const Halide::Func &output : outputs) {
         if (output.dimensions() != 4) continue;
-        constrain(output.output_buffer(), shape, index++, strides_only, inner_stride);
+        Halide::OutputImageParam buffer = output.output_buffer();
+        constrain(buffer, shape, index++, strides_only, inner_stride);
+        if (spec.aligned) constrain_aligned(buffer);
     }
     Halide::Pipeline pipeline(outputs);
     if (autoschedule) {

@@ -17,12 +17,14 @@ std::string KernelSpec::name() const {
     n += "_";
     n += short_name(dtype);
     if (log_target) n += "_logt";
+    if (aligned) n += "_aligned";
     return n;
 }
 
 std::string KernelSpec::tuning_name() const {
     KernelSpec host = *this;
     host.cuda = false;
+    host.aligned = false;
     return host.name();
 }
 
@@ -56,14 +58,20 @@ std::vector<Argument> arguments(const KernelSpec &spec) {
 
 std::vector<KernelSpec> aot_specs(bool cuda) {
     std::vector<KernelSpec> specs;
+    auto add = [&](const KernelSpec &spec) {
+        specs.push_back(spec);
+        if (!cuda) return;
+        specs.push_back(spec);
+        specs.back().aligned = true;
+    };
     for (DType dtype : kAllDTypes) {
         for (bool log_target : {false, true}) {
             for (bool reduce : {false, true}) {
                 for (Pass pass : {Pass::Forward, Pass::Fused}) {
-                    specs.push_back({pass, dtype, log_target, reduce, pass == Pass::Fused, false, cuda});
+                    add({pass, dtype, log_target, reduce, pass == Pass::Fused, false, cuda});
                 }
                 for (auto [gi, gt] : {std::pair{true, false}, {false, true}, {true, true}}) {
-                    specs.push_back({Pass::Backward, dtype, log_target, reduce, gi, gt, cuda});
+                    add({Pass::Backward, dtype, log_target, reduce, gi, gt, cuda});
                 }
             }
         }

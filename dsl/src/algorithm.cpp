@@ -32,7 +32,9 @@ Expr mul(const Expr &a, const Expr &b, const LossOptions &options) {
 
 // xlogy(a, b) as torch defines it: NaN if b is NaN, else 0 if a == 0, else a * log(b).
 Expr xlogy(const Expr &a, const Expr &b, const LossOptions &options) {
-    const Expr log_b = options.cuda ? dsl::device_log(b) : dsl::log(b, options.math);
+    const Expr log_b = options.log_table.defined() ? dsl::table_log(b, options.log_table)
+                       : options.cuda              ? dsl::device_log(b)
+                                                   : dsl::log(b, options.math);
     Expr value = Halide::select(a == zero_of(a.type()), zero_of(a.type()), mul(a, log_b, options));
     return Halide::select(Halide::is_nan(b), nan_of(b.type()), value);
 }
@@ -83,6 +85,16 @@ Expr lane_tree_sum(const Func &f, int width, const Var &lane, const std::vector<
         previous = level;
     }
     return at(previous, 0);
+}
+
+// CUDA kernels that take a log in float32 get a table for it (bfloat16's
+// exact), which `a` names for the schedule.
+LossOptions with_log_table(LossOptions options, Algorithm &a, bool takes_log) {
+    if (options.cuda && takes_log && compute_type(options.dtype).bits() == 32) {
+        options.log_table = make_log_table(options.dtype);
+        a.log_table = options.log_table;
+    }
+    return options;
 }
 
 Algorithm named_dims(const Inputs &in) {
@@ -177,10 +189,16 @@ void define_sum(Algorithm &a, const Inputs &in, const SumTree &tree, DType dtype
 // for NaN, so only t < 0 needs a select. At t == +-0 it is a zero whose sign
 // a sum does not see (sums start from +0); see exact_zero_sign.
 Expr xlogx_any_zero_sign(const Expr &t, const LossOptions &options) {
-    // device_log(0) is -inf: log 1 instead gives the zero.
-    const Expr log_t = options.cuda
-                           ? dsl::device_log(Halide::select(t == zero_of(t.type()), Halide::cast(t.type(), 1), t))
-                           : dsl::log_of_positive(t, options.math);
+    Expr log_t;
+    if (options.log_table.defined()) {
+        // table_log_of_positive is finite at zero, and at +inf (times +inf: +inf).
+        log_t = dsl::table_log_of_positive(t, options.log_table);
+    } else if (options.cuda) {
+        // device_log(0) is -inf: log 1 instead gives the zero.
+        log_t = dsl::device_log(Halide::select(t == zero_of(t.type()), Halide::cast(t.type(), 1), t));
+    } else {
+        log_t = dsl::log_of_positive(t, options.math);
+    }
     return Halide::select(t < zero_of(t.type()), nan_of(t.type()), mul(t, log_t, options));
 }
 
@@ -199,8 +217,8 @@ Expr exp_of_target(const Expr &t_stored, const Expr &t, const LossOptions &optio
 }  // namespace
 
 Expr pointwise_loss(const Expr &x_stored, const Expr &t_stored, const LossOptions &options) {
-    Expr x = widen(x_stored, options.dtype);
-    Expr t = widen(t_stored, options.dtype);
+    Expr x = widen(x_stored, options.dtype, options.cuda);
+    Expr t = widen(t_stored, options.dtype, options.cuda);
     if (options.log_target) return mul(exp_of_target(t_stored, t, options), t - x, options);
     const Expr xlogx = options.lookup ? lookup16(Lookup::XLogX, t_stored, options.dtype)
                                       : xlogx_any_zero_sign(t, options);
@@ -208,15 +226,15 @@ Expr pointwise_loss(const Expr &x_stored, const Expr &t_stored, const LossOption
 }
 
 Expr grad_input_expr(const Expr &g, const Expr &, const Expr &t_stored, const LossOptions &options) {
-    Expr t = widen(t_stored, options.dtype);
+    Expr t = widen(t_stored, options.dtype, options.cuda);
     if (options.log_target) return negate(g * exp_of_target(t_stored, t, options));
     return negate(g) * t;
 }
 
 Expr grad_target_expr(const Expr &g, const Expr &x_stored, const Expr &t_stored,
                       const LossOptions &options) {
-    Expr x = widen(x_stored, options.dtype);
-    Expr t = widen(t_stored, options.dtype);
+    Expr x = widen(x_stored, options.dtype, options.cuda);
+    Expr t = widen(t_stored, options.dtype, options.cuda);
     if (options.log_target) {
         Expr e = exp_of_target(t_stored, t, options);
         return mul(mul(g, t - x, options), e, options) + mul(g, e, options);
@@ -226,8 +244,9 @@ Expr grad_target_expr(const Expr &g, const Expr &x_stored, const Expr &t_stored,
     return (from_log + (g * t) / t) + mul(negate(g), x, options);
 }
 
-Algorithm forward(const Inputs &in, const LossOptions &options, bool reduce, const SumTree &tree) {
+Algorithm forward(const Inputs &in, const LossOptions &loss_options, bool reduce, const SumTree &tree) {
     Algorithm a = named_dims(in);
+    const LossOptions options = with_log_table(loss_options, a, !loss_options.log_target && !loss_options.lookup);
     const auto &[i0, i1, i2, i3] = a.dims;
     a.pointwise = Func("pointwise");
     a.pointwise(i0, i1, i2, i3) =
@@ -241,13 +260,14 @@ Algorithm forward(const Inputs &in, const LossOptions &options, bool reduce, con
     return a;
 }
 
-Algorithm backward(const Inputs &in, const LossOptions &options, bool want_grad_input,
+Algorithm backward(const Inputs &in, const LossOptions &loss_options, bool want_grad_input,
                    bool want_grad_target, bool scalar_grad) {
     Algorithm a = named_dims(in);
+    const LossOptions options = with_log_table(loss_options, a, want_grad_target && !loss_options.log_target);
     const auto &[i0, i1, i2, i3] = a.dims;
     Expr x = in.input(i0, i1, i2, i3);
     Expr t = in.target(i0, i1, i2, i3);
-    Expr g = scalar_grad ? in.grad_scale : widen(in.grad_output(i0, i1, i2, i3), options.dtype);
+    Expr g = scalar_grad ? in.grad_scale : widen(in.grad_output(i0, i1, i2, i3), options.dtype, options.cuda);
     if (want_grad_input) {
         a.grad_input = Func("grad_input");
         a.grad_input(i0, i1, i2, i3) = narrow(grad_input_expr(g, x, t, options), options.dtype);
@@ -260,7 +280,7 @@ Algorithm backward(const Inputs &in, const LossOptions &options, bool want_grad_
 }
 
 Algorithm fused(const Inputs &in, const LossOptions &options, bool reduce, const SumTree &tree) {
-    Algorithm a = forward(in, options, reduce, tree);
+    Algorithm a = forward(in, options, reduce, tree);  // (grad_input takes no log)
     const auto &[i0, i1, i2, i3] = a.dims;
     const Halide::Type type = compute_type(options.dtype);
     Expr g = reduce ? in.grad_scale : Halide::cast(type, Expr(1.0));

@@ -127,6 +127,115 @@ Expr device_log(const Expr &x) {
     return Halide::log(scaled) - Halide::select(denormal, constant(ft, shift * std::log(2.0)), constant(ft, 0.0));
 }
 
+namespace {
+
+// The bits of the lower end of z's range: 0.69921875, whose low 16 bits are
+// zero, so that the exact table's intervals are whole bfloat16 mantissas.
+constexpr uint32_t kLogTableOffset = 0x3f330000;
+
+// 23 mantissa bits less the bits that pick an entry.
+int log_table_shift(bool exact) { return exact ? 16 : 15; }
+
+// a * b + c rounded once, through LLVM's intrinsic (Halide 14 has no FMA
+// under strict_float). Vectors are scalarised by Halide; PTX has no vectors.
+Expr llvm_fma(const Expr &a, const Expr &b, const Expr &c) {
+    return Halide::Internal::Call::make(Halide::Float(32), "llvm.fma.f32", {a, b, c},
+                                        Halide::Internal::Call::PureExtern);
+}
+
+}  // namespace
+
+int log_table_entries(bool exact) { return 1 << (23 - log_table_shift(exact)); }
+
+int log_table_size(bool exact) { return 2 * log_table_entries(exact) + (exact ? 0 : 2); }
+
+LogTable make_log_table(DType dtype) {
+    const Type f32 = Halide::Float(32), f64 = Halide::Float(64);
+    const Type i32 = Halide::Int(32), u32_type = Halide::UInt(32);
+    LogTable t;
+    t.exact = dtype == DType::BFloat16;
+    t.denormals = dtype == DType::Float32;
+    const int shift = log_table_shift(t.exact);
+    const int entries = log_table_entries(t.exact);
+    const Expr ln2_f32 = Halide::cast(f64, constant(f32, M_LN2));
+    Halide::Var i("log_i");
+    t.table = Halide::Func(t.exact ? "log_table_exact" : "log_table");
+    // The lower end of interval j.
+    auto start = [&](const Expr &j) { return u32(kLogTableOffset) + (Halide::cast(u32_type, j) << shift); };
+    if (t.exact) {
+        // Entry j: log z_j. Entry entries + j: for the denormal (or zero)
+        // bfloat16 b whose bits give j the same way, log(b) - k ln2 with k as
+        // table_log_of_positive computes it from those bits (0 for zero), so
+        // that the one multiply-add gives log(b) there too.
+        const Expr j = i % entries;
+        const Expr normal = Halide::log(Halide::cast(f64, Halide::reinterpret(f32, start(j))));
+        const Expr b_bits = (start(j) & u32(0x007f0000));  // the denormal with offset bits j
+        const Expr k = Halide::reinterpret(i32, b_bits - u32(kLogTableOffset)) >> 23;
+        const Expr b = Halide::cast(f64, Halide::reinterpret(f32, b_bits));
+        const Expr denormal =
+            Halide::select(b_bits == u32(0), Halide::cast(f64, 0), Halide::log(b) - Halide::cast(f64, k) * ln2_f32);
+        t.table(i) = Halide::cast(f32, Halide::select(i < entries, normal, denormal));
+        return t;
+    }
+    // Interval j's middle, and its inverse rounded to float32; the two
+    // intervals either side of 1 take 1 itself, so that log(z) = log1p(z - 1)
+    // there, with z - 1 exact. The inverse sits at j and its -log at
+    // j + entries + 1: one more than `entries` apart, an offset whose bits
+    // overlap the index's, so that LLVM keeps it an add (a constant offset of
+    // the load) rather than an OR that NVPTX computes on its own.
+    const Expr j = Halide::select(i <= entries, i, i - (entries + 1));
+    const Expr middle = Halide::reinterpret(f32, start(j) + u32(1u << (shift - 1)));
+    const int above_one = (0x3f800000 - kLogTableOffset) >> shift;
+    const Expr inverse = Halide::select(j == above_one - 1 || j == above_one, constant(f32, 1.0),
+                                        constant(f32, 1.0) / middle);
+    t.table(i) = Halide::select(i <= entries, inverse, Halide::cast(f32, -Halide::log(Halide::cast(f64, inverse))));
+    return t;
+}
+
+Expr table_log_of_positive(const Expr &x, const LogTable &table) {
+    const Type f32 = Halide::Float(32);
+    const Type i32 = Halide::Int(32);
+    const Type u32_type = Halide::UInt(32);
+    const int shift = log_table_shift(table.exact);
+    const int entries = log_table_entries(table.exact);
+    const Expr x_bits = Halide::reinterpret(u32_type, x);
+    const Expr denormal = x_bits < u32(0x00800000);
+    Expr bits = x_bits;
+    if (table.denormals) {
+        // Denormals (and zero): their bits, read as an integer, are x * 2^149,
+        // and that integer as a float (exact: below 2^23) has x's mantissa and
+        // 149 too much exponent. Taking 149 off the bits takes the exponent
+        // field below zero, which the signed shift that gives k reads right.
+        const Expr denormal_bits = Halide::reinterpret(u32_type, Halide::cast(f32, x_bits)) - u32(149u << 23);
+        bits = Halide::select(denormal, denormal_bits, x_bits);
+    }
+    const Expr offset_bits = bits - u32(kLogTableOffset);
+    // (A modulo, not a mask: Halide bounds the table's reads by it. It is one
+    // AND all the same.)
+    const Expr i = Halide::cast(i32, (offset_bits >> shift) % u32(entries));
+    const Expr kf = Halide::cast(f32, Halide::reinterpret(i32, offset_bits) >> 23);
+    const Expr ln2 = constant(f32, M_LN2);
+    if (table.exact) {
+        // A denormal bfloat16's entry holds its log less what k ln2 adds.
+        return llvm_fma(kf, ln2, Halide::select(denormal, table.table(i + entries), table.table(i)));
+    }
+    const Expr z = Halide::reinterpret(f32, bits - (offset_bits & u32(0xff800000)));
+    const Expr r = llvm_fma(z, table.table(i), constant(f32, -1.0));
+    // log1p(r) = r (1 + r (-1/2 + r/3)) for |r| <= 2^-8: the next term, r^4/4,
+    // is below 2^-26 r. The last step adds k ln2 + log(c_i), rounding once.
+    const Expr q = llvm_fma(r, constant(f32, 1.0 / 3.0), constant(f32, -0.5));
+    const Expr s = llvm_fma(r, q, constant(f32, 1.0));
+    return llvm_fma(r, s, llvm_fma(kf, ln2, table.table(i + (entries + 1))));
+}
+
+Expr table_log(const Expr &x, const LogTable &table) {
+    const Type ft = x.type();
+    const Expr finite = table_log_of_positive(x, table);
+    return Halide::select(x > constant(ft, 0.0) && x < inf_of(ft), finite,
+                          x == constant(ft, 0.0), -inf_of(ft),
+                          x == inf_of(ft), inf_of(ft), nan_of(ft));
+}
+
 Expr log(const Expr &x, const MathOptions &options) {
     const Type ft = x.type();
     Expr result = Halide::select(x == inf_of(ft), inf_of(ft), log_of_positive(x, options));
@@ -187,8 +296,11 @@ Type compute_type(DType dtype) {
     return computes_in_double(dtype) ? Halide::Float(64) : Halide::Float(32);
 }
 
-Expr widen(const Expr &stored, DType dtype) {
+Expr widen(const Expr &stored, DType dtype, bool hardware_half) {
     using Halide::UInt;
+    if (dtype == DType::Float16 && hardware_half) {
+        return Halide::cast(Halide::Float(32), Halide::reinterpret(Halide::Float(16), stored));
+    }
     switch (dtype) {
     case DType::Float32:
     case DType::Float64: return stored;

@@ -163,4 +163,13 @@ void for_each_piece(const std::vector<int64_t> &shape, const std::vector<std::ve
     }
 }
 
+bool aligned_run(const Piece &piece, const std::vector<const void *> &starts, int alignment) {
+    if (piece.extent[1] != 1 || piece.extent[2] != 1 || piece.extent[3] != 1) return false;
+    if (starts.size() != piece.stride.size()) return false;
+    for (size_t j = 0; j < starts.size(); j++) {
+        if (piece.stride[j][0] != 1 || reinterpret_cast<uintptr_t>(starts[j]) % alignment != 0) return false;
+    }
+    return true;
+}
+
 }  // namespace kldiv::runtime

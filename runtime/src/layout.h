@@ -46,4 +46,10 @@ void for_each_piece(const std::vector<int64_t> &shape, const std::vector<std::ve
                     size_t order_by, const std::function<void(const Piece &)> &run,
                     const PieceLimits &limits = {});
 
+// Whether a CUDA call may take an `aligned` kernel (KernelSpec::aligned): the
+// piece is one run (dimensions 1 to 3 of extent 1) with unit stride in every
+// operand, and each operand's first element (`starts`, in operand order) is at
+// a multiple of `alignment` bytes.
+bool aligned_run(const Piece &piece, const std::vector<const void *> &starts, int alignment);
+
 }  // namespace kldiv::runtime

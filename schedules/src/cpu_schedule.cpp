@@ -10,10 +10,10 @@ using Halide::Func;
 using Halide::TailStrategy;
 using Halide::Var;
 
-dsl::SumTree sum_tree(const Halide::Target &target, DType, const Params &params) {
+dsl::SumTree sum_tree(const Halide::Target &target, DType dtype, const Params &params) {
     dsl::SumTree tree;
     if (target.has_gpu_feature()) {
-        tree.lanes = params.gpu.sum_lanes;
+        tree.lanes = params.gpu.sum_lanes * gpu_lanes_per_thread(dtype);
         tree.chunk = params.gpu.sum_chunk;
         return tree;
     }
@@ -23,6 +23,8 @@ dsl::SumTree sum_tree(const Halide::Target &target, DType, const Params &params)
     tree.chunk = params.cpu.sum_chunk;
     return tree;
 }
+
+int gpu_lanes_per_thread(DType dtype) { return std::max(1, 8 / (int)element_size(dtype)); }
 
 namespace {
 

@@ -27,6 +27,19 @@ struct PipelineInputs {
     std::optional<bool> unit_stride;
 };
 
+// What an `aligned` kernel (KernelSpec::aligned) asks of each 4-d buffer: one
+// contiguous run from min 0, at an 8-byte boundary; dimensions 1 to 3 have
+// extent 1 and stride 0 (any stride is as good for one element, and 0 keeps
+// their index terms out of the address). Halide then loads 8 bytes at a time
+// where the index shows alignment. (Halide checks the host pointer, null for
+// device buffers; the runtime checks the device pointers.)
+template<typename Buffer>
+void constrain_aligned(Buffer &buffer) {
+    buffer.dim(0).set_min(0).set_stride(1);
+    for (int d = 1; d < 4; d++) buffer.dim(d).set_bounds(0, 1).set_stride(0);
+    buffer.set_host_alignment(kAlignedBytes);
+}
+
 // The halide types of a kernel's arguments.
 Halide::Type argument_type(const KernelSpec &spec, const Argument &argument);
 

@@ -13,6 +13,9 @@ namespace kldiv::codegen {
 
 enum class Pass { Forward, Backward, Fused };
 
+// The alignment, in bytes, that an `aligned` kernel's buffers start at.
+constexpr int kAlignedBytes = 8;
+
 struct KernelSpec {
     Pass pass = Pass::Forward;
     DType dtype = DType::Float32;
@@ -27,9 +30,16 @@ struct KernelSpec {
     // on the device (it writes the reduced loss itself, divided by `divisor`)
     // and a scalar upstream gradient is read from device memory.
     bool cuda = false;
+    // CUDA only: the kernel for the common case, where every 4-d buffer is
+    // one contiguous run of elements (dimensions 1 to 3 of extent 1, every
+    // min 0, unit stride) starting at a multiple of 8 bytes. Each thread then
+    // loads 8 bytes at a time. It sums in the same order as the general
+    // kernel, so the two give the same bits; the runtime picks it per call.
+    bool aligned = false;
 
     // Name of the generated function, e.g. kldiv_fwd_sum_f32_logt,
-    // kldiv_bwd_input_target_scalar_bf16, kldiv_cuda_fwd_sum_f32.
+    // kldiv_bwd_input_target_scalar_bf16, kldiv_cuda_fwd_sum_f32,
+    // kldiv_cuda_fwd_sum_bf16_aligned.
     std::string name() const;
     // The spec class of tuning records: name() without "cuda_" (a record's
     // target already says where it runs).
@@ -78,7 +88,7 @@ enum class InnerStride { Any, Unit, Strided };
 enum class Tables { Embedded, Process };
 
 // Every spec the AOT library is built with (each dtype, log_target, pass
-// variant), for the CPU or for CUDA.
+// variant), for the CPU or for CUDA (each with its `aligned` twin after it).
 std::vector<KernelSpec> aot_specs(bool cuda = false);
 
 }  // namespace kldiv::codegen

@@ -47,6 +47,9 @@ struct LossOptions {
     // CPU kernels of 16-bit dtypes: xlogy(t, t) and exp(t) read from a table
     // of the 65,536 values (dsl::lookup16) instead of computed.
     bool lookup = false;
+    // CUDA kernels that compute in float32: log is dsl::table_log over this
+    // table (set by forward, backward and fused; see device_log_table).
+    LogTable log_table;
 };
 
 // A kernel's inputs. `input`, `target` and `grad_output` return storage-type
@@ -90,6 +93,7 @@ struct Algorithm {
     Halide::Func loss;         // loss per element, storage type (output)
     Halide::Func grad_input;   // storage type (output)
     Halide::Func grad_target;  // storage type (output)
+    LogTable log_table;        // CUDA, float32 arithmetic: table_log's table, where a log is taken
 };
 
 // Loss per element in the compute type, from storage-type x and t. Without

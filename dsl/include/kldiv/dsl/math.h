@@ -38,6 +38,43 @@ Halide::Expr log_of_positive(const Halide::Expr &x, const MathOptions &options =
 // It needs no division, which CUDA rounds correctly only at some cost.
 Halide::Expr device_log(const Halide::Expr &x);
 
+// log on CUDA for float32 arithmetic (float32, float16 and bfloat16 data),
+// from a small table that each block computes into shared memory (in
+// float64, so each entry is correctly rounded). x = 2^k z with z in
+// [0.699, 1.398); the top mantissa bits of z pick entry i.
+// - bfloat16 (`exact`): 128 entries. A bfloat16 value has no other mantissa
+//   bits, so the entry holds log(z) itself and log(x) = k ln2 + T[i], one
+//   fused multiply-add. 128 more entries serve the 127 denormals and zero.
+// - float32 and float16: 256 intervals, each with 1/c_i and -log(1/c_i) for
+//   the middle c_i (exactly 1 and 0 next to 1, so that logs near 0 keep
+//   their relative accuracy); r = z/c_i - 1 is at most 2^-8, and log1p(r) a
+//   degree-3 polynomial. Float32 denormals are made normal first; widened
+//   float16 values never are denormal.
+// 11 to 19 PTX instructions, where libdevice's log takes about 25 and a test
+// for denormals. Error: tests/math_test (exhaustive over 16-bit values).
+// Every fused multiply-add is LLVM's llvm.fma, which NVPTX writes as fma.rn.
+struct LogTable {
+    // (i): log_table_size(exact) float32 entries (see make_log_table)
+    Halide::Func table;
+    bool exact = false;      // bfloat16 inputs only
+    bool denormals = false;  // inputs may be float32 denormals
+    bool defined() const { return table.defined(); }
+};
+
+int log_table_entries(bool exact);
+int log_table_size(bool exact);
+
+// The table for values widened from `dtype` (Float32, Float16 or BFloat16).
+LogTable make_log_table(DType dtype);
+
+// table_log's log(x) for x > 0, denormals included, +inf finite (k = 128);
+// zero and negatives give finite meaningless values, NaN gives NaN or a finite
+// value: for callers that select those themselves.
+Halide::Expr table_log_of_positive(const Halide::Expr &x, const LogTable &table);
+
+// log(x) with IEEE special values (-inf at zero, NaN below it and for NaN).
+Halide::Expr table_log(const Halide::Expr &x, const LogTable &table);
+
 // Exponential of a Float(32) or Float(64) expression.
 Halide::Expr exp(const Halide::Expr &x, const MathOptions &options = {});
 
@@ -64,7 +101,9 @@ Halide::Type storage_type(DType dtype);
 Halide::Type compute_type(DType dtype);
 
 // Storage bits -> compute type, exactly (float16 and bfloat16 widen exactly).
-Halide::Expr widen(const Halide::Expr &stored, DType dtype);
+// `hardware_half`: float16 through the target's conversion instruction
+// (CUDA's cvt.f32.f16) instead of integer operations.
+Halide::Expr widen(const Halide::Expr &stored, DType dtype, bool hardware_half = false);
 
 // Compute type -> storage bits, rounding to nearest even once; NaN stays NaN,
 // overflow gives inf, denormal results are kept.

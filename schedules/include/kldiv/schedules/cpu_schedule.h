@@ -12,8 +12,11 @@ namespace kldiv::schedules {
 
 // The summation tree a reduction uses on `target`: on CPUs, lanes =
 // kSumLanesUnit times the parameter's factor, the same on every feature
-// level and architecture, so a schedule sums in one order everywhere.
+// level and architecture, so a schedule sums in one order everywhere. On
+// GPUs, each of GpuParams::sum_lanes threads keeps gpu_lanes_per_thread
+// adjacent partial sums, so that it loads 8 bytes of each operand at a time.
 dsl::SumTree sum_tree(const Halide::Target &target, DType dtype, const Params &params);
+int gpu_lanes_per_thread(DType dtype);
 
 // Schedules every Func `algorithm` defines. `unit_stride` holds the conditions
 // under which the fast path applies (every buffer's dimension 0 has stride 1).
