@@ -6,7 +6,7 @@ API, on PyTorch's current stream), PyTorch eager F.kl_div, torch.compile(F.kl_di
 Liger-Kernel's LigerKLDivLossFunction when --liger names a directory it can be
 imported from, and a device-to-device copy as the bandwidth ceiling.
 Forward, and forward+backward (kldiv's fused pass against each baseline's
-forward then backward), float32 and bfloat16, each reduction.
+forward then backward), float32, bfloat16 and float16, each reduction.
 
     python3 bench/cuda_bench.py --lib build/runtime/libkldiv_aot.so [--liger DIR] [--json FILE]
 
@@ -24,7 +24,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-DTYPES = {"float32": (torch.float32, 0), "bfloat16": (torch.bfloat16, 3)}
+DTYPES = {"float32": (torch.float32, 0), "bfloat16": (torch.bfloat16, 3), "float16": (torch.float16, 2)}
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2, "batchmean": 3}
 SHAPES = [(32, 32768), (512, 32768), (8192, 32768)]
 
@@ -87,6 +87,9 @@ def main():
     ap.add_argument("--compile-budget", type=float, default=240.0,
                     help="seconds of torch.compile baselines before the rest are skipped")
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("[SKIP] no CUDA GPU visible to this torch")
+        return
 
     if args.liger:
         sys.path.insert(0, args.liger)
