@@ -40,6 +40,21 @@ TEST(JitCuda, CudaKernelsCompileAndLinkAgainstTheJitsCudaRuntime) {
     shape.strides = {{1, 32768, 0, 0}, {1, 32768, 0, 0}};
     const std::string object = jit::compile_kernel(sum, shape, target, params, "jit_cuda_test_fixed");
     EXPECT_NE(jit::load_kernel(target, object, "jit_cuda_test_fixed")->entry, nullptr);
+
+    // The aligned twin, generic and for one contiguous run (as the dispatcher
+    // passes it: dimensions 1 to 3 of extent 1 and stride 0), loads 8 bytes
+    // at a time.
+    KernelSpec aligned{Pass::Forward, kldiv::DType::BFloat16, false, true, false, false, true};
+    aligned.aligned = true;
+    jit::FixedShape run;
+    run.extent = {1 << 20, 1, 1, 1};
+    run.strides = {{1, 0, 0, 0}, {1, 0, 0, 0}};
+    for (const auto &shape : {std::optional<jit::FixedShape>(), std::optional<jit::FixedShape>(run)}) {
+        const std::string function = shape ? "jit_cuda_test_aligned_fixed" : "jit_cuda_test_aligned";
+        const std::string code = jit::compile_kernel(aligned, shape, target, params, function);
+        EXPECT_NE(code.find("ld.global.nc.v4.u16"), std::string::npos) << function << ": no 8-byte loads";
+        EXPECT_NE(jit::load_kernel(target, code, function)->entry, nullptr) << function;
+    }
 }
 
 TEST(JitCuda, OtherGpuApisAreRefused) {

@@ -61,7 +61,8 @@ struct KeyHash {
 
 uint32_t pack(const KernelSpec &s) {
     return uint32_t(s.pass) | uint32_t(s.dtype) << 2 | uint32_t(s.log_target) << 5 | uint32_t(s.reduce) << 6 |
-           uint32_t(s.grad_input) << 7 | uint32_t(s.grad_target) << 8 | uint32_t(s.cuda) << 9;
+           uint32_t(s.grad_input) << 7 | uint32_t(s.grad_target) << 8 | uint32_t(s.cuda) << 9 |
+           uint32_t(s.aligned) << 10;
 }
 
 Key generic_key(const KernelSpec &spec) {
