@@ -20,7 +20,8 @@ expect_in() {  # expect_in FILE TEXT
 for args in "" "--spec fwd:f32:sum --budget 5x" "--spec fwd:f32:sum --strategy annealing" \
             "--spec fwd:f32:sum --baselines Nobody2030" "--spec fwd:f99:sum" \
             "--spec fwd:f32:sum --size 0" "--spec fwd:f32:sum --target arm-64-linux" \
-            "--spec fwd:f32:sum --target x86-32-linux" "--spec fwd:f32:sum --target host-cuda"; do
+            "--spec fwd:f32:sum --target x86-32-linux" "--spec fwd:f32:sum --target host-opencl" \
+            "--spec fwd:f32:sum --target host-cuda --baselines Li2018"; do
     set +e
     # shellcheck disable=SC2086
     "$tool" tune $args --db "$db" > "$work/usage.out" 2>&1
@@ -29,7 +30,24 @@ for args in "" "--spec fwd:f32:sum --budget 5x" "--spec fwd:f32:sum --strategy a
     [ "$status" = 2 ] || { cat "$work/usage.out" >&2; fail "'kldiv tune $args' exited $status, not 2"; }
     [ ! -e "$db" ] || fail "'kldiv tune $args' wrote the database"
 done
-expect_in "$work/usage.out" "not tuned yet"  # the last one, the GPU target: no GPU tuning in this build
+expect_in "$work/usage.out" "CPU targets only"  # the last one: no autoscheduler baselines on a GPU
+
+# A GPU target tunes on GPU 0; without one (or without the driver) it fails
+# with the reason and writes nothing.
+set +e
+"$tool" tune --spec fwd:bf16:sum --target host-cuda --budget 2s --db "$db" > "$work/gpu.out" 2>&1
+status=$?
+set -e
+if [ "$status" = 1 ]; then
+    expect_in "$work/gpu.out" "no GPU to tune"
+    [ ! -e "$db" ] || fail "a GPU tune without a GPU wrote the database"
+    echo "GPU tuning: [SKIP] $(grep 'no GPU' "$work/gpu.out")"
+else
+    [ "$status" = 0 ] || { cat "$work/gpu.out" >&2; fail "kldiv tune on the GPU exited $status"; }
+    expect_in "$work/gpu.out" "kldiv_fwd_sum_bf16"
+    grep -q '"target":"[^"]*cuda' "$db" || fail "the GPU record has no CUDA target"
+    rm -f "$db"
+fi
 
 plot=()
 if command -v gnuplot > /dev/null; then plot=(--plot "$work/candidates.png"); fi

@@ -110,6 +110,37 @@ std::vector<std::string> labels(const SearchResult &r) {
 
 }  // namespace
 
+TEST(tuner, gpu_spaces_leave_the_summation_order_alone) {
+    KernelSpec sum = forward_sum();
+    sum.cuda = true;
+    KernelSpec none;
+    none.cuda = true;
+    const Space reduced = gpu_space(sum), elementwise = gpu_space(none);
+    auto names = [](const Space &s) {
+        std::vector<std::string> n;
+        for (const Dimension &d : s.dims) n.push_back(d.name);
+        return n;
+    };
+    EXPECT_EQ(names(reduced), (std::vector<std::string>{"su"}));
+    EXPECT_EQ(names(elementwise), (std::vector<std::string>{"tpb", "ept", "vec"}));
+    for (const Space *s : {&reduced, &elementwise}) {
+        for (const Dimension &d : s->dims) {
+            for (int v : d.values) {
+                Params p;
+                d.set(p, v);
+                EXPECT_EQ(d.get(p), v) << d.name;
+                EXPECT_TRUE(s->valid(p)) << d.name << "=" << v;
+                EXPECT_TRUE(kldiv::schedules::same_summation_order(p, Params())) << d.name << "=" << v;
+            }
+        }
+    }
+    // Candidates are labelled with the GPU part of their schedule.
+    Params p;
+    p.gpu.threads_per_block = 128;
+    EXPECT_EQ(elementwise.describe(p).rfind("gpu:tpb=128,", 0), 0u) << elementwise.describe(p);
+    EXPECT_EQ(cpu_space(none).describe(p).rfind("cpu:", 0), 0u);
+}
+
 TEST(tuner, spaces_hold_what_each_kind_of_pass_tunes) {
     const Space reduced = cpu_space(forward_sum());
     KernelSpec none;

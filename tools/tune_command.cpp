@@ -53,7 +53,13 @@ kldiv::Runtime) and 'kldiv aot' use for this target and the nearest size.
   --size N          elements of a contiguous tensor when SPEC has no shape:
                     a number or 2^K. Default 2^20
   --target T        'host' (default) or a Halide target string this machine
-                    runs (e.g. x86-64-linux-avx2). GPU targets are not tuned yet
+                    runs (e.g. x86-64-linux-avx2); host-cuda[-cuda_capability_NN]
+                    (default capability 80, the library's) tunes the CUDA kernel on
+                    GPU 0: threads per block, elements per thread and vector
+                    loads, or a reduction's steps per iteration, checked and
+                    recorded as on the CPU (the record's target names the
+                    compute capability, its cpu field the GPU); no
+                    autoscheduler baselines there
   --budget TIME     search time: 60s, 2m, 500ms or seconds. Default 60s (the
                     bandwidth ceiling, baselines and the final timing come on top)
   --seed N          seed of the search and of the data. Default 1
@@ -359,6 +365,153 @@ private:
     Clock::time_point start_;
 };
 
+// CUDA targets: candidates compiled by the JIT for the GPU, run on device
+// copies of the workload on GPU 0 (the aligned kernel: the workload is one
+// contiguous run), each call waited for, and checked like JitEvaluator's
+// after the outputs are copied back.
+class CudaEvaluator : public tune::Evaluator {
+public:
+    CudaEvaluator(Workload &workload, std::string target)
+        : w_(workload), target_(std::move(target)), gpu_(runtime::cuda::first_gpu()) {
+        runtime::jit::ensure_runtime(target_, [&] { return runtime::jit::compile_runtime(target_); });
+        for (const Argument &a : codegen::arguments(w_.spec)) {
+            if (a.kind != Argument::Buffer || a.name == "total") continue;
+            const HostBuffer &host = a.name == "input"         ? w_.operands.input
+                                     : a.name == "target"      ? w_.operands.target
+                                     : a.name == "grad_output" ? w_.grad_output
+                                                               : w_.outputs.at(a.name);
+            const size_t bytes = a.dimensions == 1 ? element_size(w_.spec.dtype) : host.bytes();
+            void *device = runtime::cuda::device_alloc(bytes);
+            device_.push_back(device);
+            runtime::cuda::copy_host_to_device(device, host.data(), bytes);
+            data_.push_back(device);
+            names_.push_back(a.name);
+        }
+        start_ = Clock::now();
+    }
+    ~CudaEvaluator() override {
+        for (void *d : device_) {
+            try {
+                runtime::cuda::device_free(d);
+            } catch (const std::exception &) {
+            }
+        }
+    }
+    CudaEvaluator(const CudaEvaluator &) = delete;
+    CudaEvaluator &operator=(const CudaEvaluator &) = delete;
+
+    bool prepare(Candidate &c) override {
+        const std::string function = "kldiv_tune_cuda_" + std::to_string(c.id);
+        try {
+            const std::string object = runtime::jit::compile_kernel(w_.spec, w_.shape, target_, c.params, function);
+            kernels_[c.id] = runtime::jit::load_kernel(target_, object, function);
+            call(c);
+            const std::string why = check();
+            if (!why.empty()) {
+                c.error = "wrong result: " + why;
+                return false;
+            }
+        } catch (const std::exception &e) {
+            c.error = e.what();
+            while (!c.error.empty() && std::isspace((unsigned char)c.error.back())) c.error.pop_back();
+            return false;
+        }
+        return true;
+    }
+
+    void measure(Candidate &c, double min_seconds, int min_samples) override {
+        call(c);  // warm-up
+        const auto begin = Clock::now();
+        for (int n = 0; n < min_samples || seconds_since(begin) < min_seconds; n++) {
+            c.samples.push_back(seconds_of([&] { call(c); }));
+            if (n > 100000) break;
+        }
+    }
+
+    double elapsed() const override { return seconds_since(start_); }
+
+    const runtime::cuda::Gpu &gpu() const { return gpu_; }
+
+private:
+    using Clock = std::chrono::steady_clock;
+
+    static double seconds_since(Clock::time_point t) {
+        return std::chrono::duration<double>(Clock::now() - t).count();
+    }
+
+    // One call, waited for (its time is the kernel's).
+    void call(const Candidate &c) {
+        const auto &kernel = kernels_.at(c.id);
+        runtime::cuda::Scope scope(gpu_.placement, nullptr);
+        runtime::KernelArguments arguments(w_.spec, data_, w_.shape.extent.data(), w_.shape.strides,
+                                           &kernel->buffers);
+        if (arguments.wrap_failed()) throw std::runtime_error("the device pointers could not be given to the kernel");
+        arguments.divisor = 1.0;
+        runtime::KernelErrorContext context;
+        void *user_context = &context;
+        std::vector<void *> argv = arguments.argv(&user_context);
+        if (int status = kernel->entry(argv.data()); status != 0) {
+            throw std::runtime_error("kernel failed (" + std::to_string(status) + "): " + context.message);
+        }
+        runtime::cuda::synchronize();
+    }
+
+    // Empty when the outputs, copied back, match the reference.
+    std::string check() {
+        const bool log_target = w_.spec.log_target;
+        for (size_t k = 0; k < names_.size(); k++) {
+            const std::string &name = names_[k];
+            if (name == "input" || name == "target" || name == "grad_output") continue;
+            if (name == "out") {
+                HostBuffer out(w_.spec.dtype, 1);
+                runtime::cuda::copy_device_to_host(out.data(), data_[k], out.bytes());
+                ErrorCheck check(w_.spec.dtype);
+                check.add(0, out.get(0), w_.reference_total);
+                if (!check.passed()) return "sum: " + check.describe_worst();
+                continue;
+            }
+            HostBuffer &buffer = w_.outputs.at(name);
+            runtime::cuda::copy_device_to_host(buffer.data(), data_[k], buffer.bytes());
+            ErrorCheck check(w_.spec.dtype);
+            for (int64_t i : w_.sample) {
+                const double x = w_.operands.input.get(i), t = w_.operands.target.get(i);
+                const Term expected = name == "loss"         ? pointwise_loss(x, t, log_target)
+                                      : name == "grad_input" ? grad_input_term(1.0, x, t, log_target)
+                                                             : grad_target_term(1.0, x, t, log_target);
+                check.add(i, buffer.get(i), expected);
+            }
+            if (!check.passed()) return name + ": " + check.describe_worst();
+        }
+        return {};
+    }
+
+    Workload &w_;
+    std::string target_;
+    runtime::cuda::Gpu gpu_;
+    std::vector<void *> device_, data_;
+    std::vector<std::string> names_;
+    std::map<int, std::shared_ptr<runtime::jit::LoadedKernel>> kernels_;
+    Clock::time_point start_;
+};
+
+// A device-to-device copy of `bytes` (at least 256 MiB), in GB/s counting
+// bytes read and written: the GPU's bandwidth ceiling.
+double gpu_copy_gbps(size_t bytes) {
+    bytes = std::max(bytes, size_t(256) << 20);
+    void *a = runtime::cuda::device_alloc(bytes), *b = runtime::cuda::device_alloc(bytes);
+    std::vector<double> samples;
+    for (int i = 0; i < 12; i++) {
+        const double s = seconds_of([&] {
+            runtime::cuda::copy_device_to_device(b, a, bytes);
+            runtime::cuda::synchronize();
+        });
+        if (i >= 2) samples.push_back(s);
+    }
+    runtime::cuda::device_free(a);
+    runtime::cuda::device_free(b);
+    return 2.0 * (double)bytes / median(samples) / 1e9;
+}
+
 // Progress on standard error: one redrawn line on a terminal, else a line
 // per candidate prepared and per new best.
 class Progress {
@@ -473,33 +626,80 @@ std::string cpu_model() {
 }
 
 int run_tune(const Options &o) {
-    const AotSpec &a = *o.spec;
+    AotSpec a = *o.spec;
+    // A GPU target: CUDA kernels timed on GPU 0.
+    const bool gpu = o.target.find("cuda") != std::string::npos;
     std::string target;
     try {
-        target = runtime::jit::resolve_target(o.target, runtime::cpu_level_cap());
+        if (gpu) {
+            // The target the runtime compiles CUDA kernels for (its records
+            // must match it), at the compute capability asked for.
+            std::string cuda = KLDIV_CUDA_JIT_TARGET;
+            const size_t at = o.target.find("cuda_capability_");
+            if (at != std::string::npos) {
+                cuda = cuda.substr(0, cuda.find("-cuda_capability_")) + "-" +
+                       o.target.substr(at, o.target.find('-', at) - at);
+            }
+            if (o.target.rfind("host", 0) != 0 && o.target.rfind("x86-64-linux", 0) != 0) {
+                throw Error(ErrorCode::InvalidArgument, "a GPU target is host-cuda[-cuda_capability_NN]");
+            }
+            target = runtime::jit::resolve_target(cuda, "", true);
+        } else {
+            target = runtime::jit::resolve_target(o.target, runtime::cpu_level_cap());
+        }
     } catch (const Error &e) {
-        throw UsageError(std::string(e.what()) +
-                         (o.target.find("cuda") != std::string::npos
-                              ? " (GPU schedules are not tuned yet: this build does not run CUDA kernels)"
-                              : ""));
+        throw UsageError(e.what());
+    }
+    if (gpu && !o.baselines.empty() && o.baselines != codegen::autoscheduler_names()) {
+        throw UsageError("--baselines: Halide's autoschedulers are compared on CPU targets only");
     }
     const std::string db = o.save ? database_path(o) : std::string();
     if (o.threads > 0) set_num_threads(o.threads);
+    runtime::cuda::Gpu device;
+    if (gpu) {
+        try {
+            device = runtime::cuda::first_gpu();
+        } catch (const Error &e) {
+            std::fprintf(stderr, "kldiv tune: no GPU to tune %s on: %s\n", target.c_str(), e.what());
+            return kExitFail;
+        }
+        // The kernel contiguous tensors get (KernelSpec::aligned): one run,
+        // dimensions 1 to 3 of extent 1 and stride 0.
+        a.spec.cuda = a.spec.aligned = true;
+    }
 
-    std::fprintf(stderr, "kldiv tune: %s, %s elements, target %s\n", a.spec.name().c_str(),
-                 format_shape(a.shape).c_str(), target.c_str());
+    std::fprintf(stderr, "kldiv tune: %s, %s elements, target %s%s\n", a.spec.name().c_str(),
+                 format_shape(a.shape).c_str(), target.c_str(), gpu ? (" on " + device.name).c_str() : "");
     Workload workload = make_workload(a, o.seed);
+    if (gpu) {
+        workload.shape.extent = {(int32_t)workload.numel, 1, 1, 1};
+        for (auto &strides : workload.shape.strides) strides = {1, 0, 0, 0};
+    }
     const Reduction reduction = a.spec.reduce ? Reduction::Sum : Reduction::None;
     const Traffic traffic = bytes_moved(tools_pass(a.spec.pass), reduction, workload.numel, a.spec.dtype,
                                         a.spec.grad_input, a.spec.grad_target);
     const double bytes = (double)traffic.total();
-    const BandwidthCeiling ceiling = measure_bandwidth(o.threads, 4 * (size_t)traffic.total());
+    BandwidthCeiling ceiling;
+    if (gpu) {
+        // A copy is the GPU's ceiling, for reads as for reads and writes.
+        ceiling.copy_gbps = ceiling.read_gbps = gpu_copy_gbps(4 * (size_t)traffic.total());
+        ceiling.array_bytes = std::max(4 * (size_t)traffic.total(), size_t(256) << 20);
+    } else {
+        ceiling = measure_bandwidth(o.threads, 4 * (size_t)traffic.total());
+    }
     // A reduced pass only reads; the others also write.
     const double ceiling_gbps = traffic.written_bytes * 100 < traffic.read_bytes ? ceiling.read_gbps : ceiling.copy_gbps;
-    std::fprintf(stderr, "kldiv tune: ceiling %.1f GB/s read, %.1f GB/s copy (%d threads); %.2f MB per call\n",
-                 ceiling.read_gbps, ceiling.copy_gbps, ceiling.threads, bytes / 1e6);
+    std::fprintf(stderr, "kldiv tune: ceiling %.1f GB/s read, %.1f GB/s copy (%s); %.2f MB per call\n",
+                 ceiling.read_gbps, ceiling.copy_gbps,
+                 gpu ? "device-to-device copy" : (std::to_string(ceiling.threads) + " threads").c_str(), bytes / 1e6);
 
-    JitEvaluator evaluator(workload, target);
+    std::unique_ptr<tune::Evaluator> evaluator;
+    if (gpu) {
+        evaluator = std::make_unique<CudaEvaluator>(workload, target);
+    } else {
+        evaluator = std::make_unique<JitEvaluator>(workload, target);
+    }
+    const tune::Space space = gpu ? tune::gpu_space(a.spec) : tune::cpu_space(a.spec);
     const schedules::Params defaults = schedules::default_params(target);
     Progress progress(o.budget, bytes);
     tune::SearchOptions search_options;
@@ -507,11 +707,11 @@ int run_tune(const Options &o) {
     search_options.seed = o.seed;
     search_options.strategy = o.strategy;
     search_options.progress = [&](const std::vector<Candidate> &candidates, int best) {
-        progress.update(candidates, best, evaluator.elapsed(), ceiling_gbps);
+        progress.update(candidates, best, evaluator->elapsed(), ceiling_gbps);
     };
-    tune::SearchResult result = tune::search(tune::cpu_space(a.spec), defaults, evaluator, search_options);
+    tune::SearchResult result = tune::search(space, defaults, *evaluator, search_options);
     progress.finish();
-    const double search_seconds = evaluator.elapsed();
+    const double search_seconds = evaluator->elapsed();
     int tried = 0, failed = 0;
     for (const Candidate &c : result.candidates) {
         tried += c.status != Candidate::Status::Untried;
@@ -536,7 +736,7 @@ int run_tune(const Options &o) {
     if (result.best != 0) contender(result.candidates[result.best], "tuned");
     contender(result.candidates[0], "default");
     std::vector<Row> rows;
-    for (const std::string &name : o.baselines) {
+    for (const std::string &name : gpu ? std::vector<std::string>() : o.baselines) {
         Candidate c;
         c.id = (int)result.candidates.size() + (int)finals.size();
         c.params = defaults;
@@ -544,7 +744,7 @@ int run_tune(const Options &o) {
         c.origin = "baseline";
         c.autoscheduler = name;
         std::fprintf(stderr, "kldiv tune: scheduling with %s\n", name.c_str());
-        if (evaluator.prepare(c)) {
+        if (evaluator->prepare(c)) {
             finals.push_back(c);
         } else {
             rows.push_back({name, "", nullptr, c.error});
@@ -553,13 +753,13 @@ int run_tune(const Options &o) {
     }
     const double final_seconds = std::max(0.3, std::min(2.0, 0.05 * o.budget));
     for (int round = 0; round < 3; round++) {
-        for (Candidate &c : finals) evaluator.measure(c, final_seconds / 3, 5);
+        for (Candidate &c : finals) evaluator->measure(c, final_seconds / 3, 5);
     }
     // Rows in contender order, failed baselines last.
     std::vector<Row> failed_rows;
     failed_rows.swap(rows);
     for (const Candidate &c : finals) {
-        rows.push_back({c.label, c.autoscheduler.empty() ? tune::cpu_parameters(c.params) : "(autoscheduled)", &c, ""});
+        rows.push_back({c.label, c.autoscheduler.empty() ? space.describe(c.params) : "(autoscheduled)", &c, ""});
     }
     rows.insert(rows.end(), failed_rows.begin(), failed_rows.end());
 
@@ -568,7 +768,7 @@ int run_tune(const Options &o) {
     const Candidate &winner = tuned.median() <= fallback.median() ? tuned : fallback;
     schedules::TuningRecord record;
     record.target = target;
-    record.spec = a.spec.name();
+    record.spec = a.spec.tuning_name();
     record.elements = workload.numel;
     record.bucket = schedules::size_bucket(workload.numel);
     record.params = winner.params;
@@ -580,14 +780,14 @@ int run_tune(const Options &o) {
     record.ceiling_copy_gbps = ceiling.copy_gbps;
     record.date = utc_now();
     record.version = KLDIV_VERSION;
-    record.cpu = cpu_model();
+    record.cpu = gpu ? device.name : cpu_model();
 
-    std::printf("kldiv tune: %s, %s elements, %s\n", a.spec.name().c_str(), format_shape(a.shape).c_str(),
-                target.c_str());
+    std::printf("kldiv tune: %s, %s elements, %s%s\n", a.spec.name().c_str(), format_shape(a.shape).c_str(),
+                target.c_str(), gpu ? (" on " + device.name).c_str() : "");
     std::printf("search: %s, seed %" PRIu64 ", %.1f s, %d candidates tried (%d failed to compile or check), %d "
                 "bracket(s), space of %" PRIu64 "\n",
                 o.strategy == tune::Strategy::Grid ? "grid" : "successive halving", o.seed, search_seconds, tried,
-                failed, result.brackets, tune::cpu_space(a.spec).size());
+                failed, result.brackets, space.size());
     std::printf("ceiling: %.1f GB/s read, %.1f GB/s copy; %.2f MB per call\n", ceiling.read_gbps,
                 ceiling.copy_gbps, bytes / 1e6);
     if (bytes < 64e6) {

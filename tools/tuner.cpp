@@ -29,7 +29,33 @@ Dimension cpu_flag(const std::string &name, bool CpuParams::*field) {
             [field](Params &p, int v) { p.cpu.*field = v != 0; }};
 }
 
+Dimension gpu_int(const std::string &name, std::vector<int> values, int schedules::GpuParams::*field) {
+    return {name, std::move(values), [field](const Params &p) { return p.gpu.*field; },
+            [field](Params &p, int v) { p.gpu.*field = v; }};
+}
+
 }  // namespace
+
+Space gpu_space(const codegen::KernelSpec &spec) {
+    Space space;
+    const bool reduction = spec.reduce && spec.pass != codegen::Pass::Backward;
+    if (reduction) {
+        space.dims.push_back(gpu_int("su", {2, 4, 8, 16}, &schedules::GpuParams::sum_unroll));
+    } else {
+        space.dims.push_back(gpu_int("tpb", {64, 128, 256, 512, 1024}, &schedules::GpuParams::threads_per_block));
+        space.dims.push_back(gpu_int("ept", {1, 2, 4, 8, 16}, &schedules::GpuParams::elements_per_thread));
+        space.dims.push_back({"vec", {0, 1}, [](const Params &p) { return (int)p.gpu.vector_loads; },
+                              [](Params &p, int v) { p.gpu.vector_loads = v != 0; }});
+    }
+    space.valid = [](const Params &p) { return schedules::validate(p).empty(); };
+    space.describe = gpu_parameters;
+    return space;
+}
+
+std::string gpu_parameters(const Params &params) {
+    const std::string text = schedules::to_string(params);
+    return text.substr(text.find(';') + 1);
+}
 
 Space cpu_space(const codegen::KernelSpec &spec) {
     Space space;
@@ -53,6 +79,7 @@ Space cpu_space(const codegen::KernelSpec &spec) {
         if (p.cpu.vector_factor * p.cpu.unroll > 4) return false;
         return schedules::validate(p).empty();
     };
+    space.describe = cpu_parameters;
     return space;
 }
 
@@ -101,7 +128,7 @@ private:
         c.id = (int)result_.candidates.size();
         c.params = params;
         c.origin = origin;
-        c.label = cpu_parameters(params);
+        c.label = space_.describe ? space_.describe(params) : cpu_parameters(params);
         result_.candidates.push_back(std::move(c));
         return result_.candidates.back().id;
     }

@@ -30,6 +30,9 @@ struct Space {
     // Combinations the schedule cannot use (e.g. fewer partial sums than the
     // vector width) are not proposed.
     std::function<bool(const schedules::Params &)> valid;
+    // A candidate's schedule text: the part of schedules::to_string its
+    // target uses.
+    std::function<std::string(const schedules::Params &)> describe;
 
     std::uint64_t size() const;  // combinations, valid or not
 };
@@ -41,6 +44,15 @@ Space cpu_space(const codegen::KernelSpec &spec);
 
 // The CPU part of schedules::to_string, what a CPU target's kernel uses.
 std::string cpu_parameters(const schedules::Params &params);
+
+// The GPU (CUDA) space: elementwise passes tune threads per block, elements
+// per thread and vector loads; reductions the steps per loop iteration. Not
+// the partial sums, the chunk or the lanes that add the chunk sums: they set
+// the order of the adds, and a tuned schedule must give the default's bits.
+Space gpu_space(const codegen::KernelSpec &spec);
+
+// The GPU part of schedules::to_string.
+std::string gpu_parameters(const schedules::Params &params);
 
 struct Candidate {
     enum class Status { Untried, Ok, Failed };

@@ -34,6 +34,15 @@ struct Driver {
     CUresult (*cuCtxPopCurrent)(CUcontext *) = nullptr;
     CUresult (*cuMemcpyHtoDAsync)(CUdeviceptr, const void *, size_t, CUstream) = nullptr;
     CUresult (*cuStreamSynchronize)(CUstream) = nullptr;
+    // For tools (first_gpu and what follows it); empty when they are missing.
+    std::string tools_problem;
+    CUresult (*cuMemAlloc)(CUdeviceptr *, size_t) = nullptr;
+    CUresult (*cuMemFree)(CUdeviceptr) = nullptr;
+    CUresult (*cuMemcpyHtoD)(CUdeviceptr, const void *, size_t) = nullptr;
+    CUresult (*cuMemcpyDtoH)(void *, CUdeviceptr, size_t) = nullptr;
+    CUresult (*cuMemcpyDtoDAsync)(CUdeviceptr, CUdeviceptr, size_t, CUstream) = nullptr;
+    CUresult (*cuCtxSynchronize)() = nullptr;
+    CUresult (*cuDeviceGetName)(char *, int, int) = nullptr;
 
     std::string error_name(CUresult r) const {
         const char *name = nullptr;
@@ -70,6 +79,13 @@ const Driver &driver() {
             d.problem = "the CUDA driver (libcuda.so.1) lacks the driver API this library needs";
             return d;
         }
+        const bool tools_ok = load(library, "cuMemAlloc_v2", d.cuMemAlloc) && load(library, "cuMemFree_v2", d.cuMemFree) &&
+                              load(library, "cuMemcpyHtoD_v2", d.cuMemcpyHtoD) &&
+                              load(library, "cuMemcpyDtoH_v2", d.cuMemcpyDtoH) &&
+                              load(library, "cuMemcpyDtoDAsync_v2", d.cuMemcpyDtoDAsync) &&
+                              load(library, "cuCtxSynchronize", d.cuCtxSynchronize) &&
+                              load(library, "cuDeviceGetName", d.cuDeviceGetName);
+        if (!tools_ok) d.tools_problem = "the CUDA driver (libcuda.so.1) lacks memory functions kldiv tune needs";
         if (CUresult r = d.cuInit(0); r != 0) {
             d.problem = "CUDA is not usable here: cuInit failed (" + d.error_name(r) + ")";
         }
@@ -206,6 +222,78 @@ void copy_to_device(void *dst, const void *src, size_t bytes) {
     CUcontext popped = nullptr;
     d.cuCtxPopCurrent(&popped);
     if (r != 0) fail(ErrorCode::Device, "writing a result to the GPU failed: " + d.error_name(r));
+}
+
+namespace {
+
+const Driver &tools_driver() {
+    const Driver &d = driver();
+    if (!d.problem.empty()) fail(ErrorCode::Device, d.problem);
+    if (!d.tools_problem.empty()) fail(ErrorCode::Device, d.tools_problem);
+    return d;
+}
+
+// Runs `call` with GPU 0's primary context current; fails with `what` and
+// the driver's error name when it returns an error.
+template<typename Call>
+void in_first_gpu(const char *what, Call call) {
+    const Driver &d = tools_driver();
+    const Placement p = first_gpu().placement;
+    if (CUresult r = d.cuCtxPushCurrent(p.context); r != 0) fail(ErrorCode::Device, "cuCtxPushCurrent: " + d.error_name(r));
+    const CUresult r = call(d);
+    CUcontext popped = nullptr;
+    d.cuCtxPopCurrent(&popped);
+    if (r != 0) fail(ErrorCode::Device, std::string(what) + ": " + d.error_name(r));
+}
+
+}  // namespace
+
+Gpu first_gpu() {
+    static const Gpu gpu = [] {
+        const Driver &d = tools_driver();
+        Gpu g;
+        g.placement.ordinal = 0;
+        g.placement.context = primary_context(d, 0);
+        last_context.store(g.placement.context);
+        install_library_hooks();
+        int device = 0;
+        char name[256] = {0};
+        if (d.cuDeviceGet(&device, 0) == 0 && d.cuDeviceGetName(name, sizeof name - 1, device) == 0) g.name = name;
+        return g;
+    }();
+    return gpu;
+}
+
+void *device_alloc(size_t bytes) {
+    CUdeviceptr data = 0;
+    in_first_gpu("cuMemAlloc", [&](const Driver &d) { return d.cuMemAlloc(&data, bytes > 0 ? bytes : 1); });
+    return reinterpret_cast<void *>(data);
+}
+
+void device_free(void *data) {
+    if (data == nullptr) return;
+    in_first_gpu("cuMemFree", [&](const Driver &d) { return d.cuMemFree(reinterpret_cast<CUdeviceptr>(data)); });
+}
+
+void copy_host_to_device(void *dst, const void *src, size_t bytes) {
+    in_first_gpu("cuMemcpyHtoD",
+                 [&](const Driver &d) { return d.cuMemcpyHtoD(reinterpret_cast<CUdeviceptr>(dst), src, bytes); });
+}
+
+void copy_device_to_host(void *dst, const void *src, size_t bytes) {
+    in_first_gpu("cuMemcpyDtoH",
+                 [&](const Driver &d) { return d.cuMemcpyDtoH(dst, reinterpret_cast<CUdeviceptr>(src), bytes); });
+}
+
+void copy_device_to_device(void *dst, const void *src, size_t bytes) {
+    in_first_gpu("cuMemcpyDtoDAsync", [&](const Driver &d) {
+        return d.cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(dst), reinterpret_cast<CUdeviceptr>(src), bytes,
+                                   nullptr);
+    });
+}
+
+void synchronize() {
+    in_first_gpu("cuCtxSynchronize", [](const Driver &d) { return d.cuCtxSynchronize(); });
 }
 
 void set_thread_stream(void *stream) { t_stream = {true, stream}; }

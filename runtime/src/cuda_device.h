@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -77,6 +78,22 @@ void install_hooks(const RuntimeSetters &setters);
 // Copies `bytes` host bytes to device memory `dst`, ordered on the scope's
 // stream (results of calls with no elements: one scalar).
 void copy_to_device(void *dst, const void *src, size_t bytes);
+
+// GPU 0, for tools that run kernels on data of their own (kldiv tune): its
+// primary context and name, device memory in that context, synchronous
+// copies, and waiting for everything queued there. Each throws kldiv::Error
+// (ErrorCode::Device) saying why when CUDA cannot be used.
+struct Gpu {
+    Placement placement;
+    std::string name;  // e.g. "NVIDIA H200"
+};
+Gpu first_gpu();
+void *device_alloc(size_t bytes);
+void device_free(void *data);  // null does nothing
+void copy_host_to_device(void *dst, const void *src, size_t bytes);
+void copy_device_to_host(void *dst, const void *src, size_t bytes);
+void copy_device_to_device(void *dst, const void *src, size_t bytes);  // queued on the legacy default stream
+void synchronize();
 
 // Thread stream for this thread's CUDA calls (kldiv::set_thread_cuda_stream).
 void set_thread_stream(void *stream);
