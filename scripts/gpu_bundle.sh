@@ -21,7 +21,8 @@ golden=${GOLDEN:-$root/../shared/golden/torch_kldiv_cases.json}
 liger=${LIGER_SRC:-$root/.liger/src}
 
 bins=("$build/tests/cuda_test" "$build/tests/cuda_test_jit" "$build/tests/golden_test_cuda"
-      "$build/tests/jit_cuda_test" "$build/tests/cuda_spec_test" "$build/bench/kldiv_cuda_latency")
+      "$build/tests/jit_cuda_test" "$build/tests/cuda_spec_test" "$build/bench/kldiv_cuda_latency"
+      "$build/tools/kldiv")
 libs=("$build/runtime/libkldiv.so" "$build/runtime/libkldiv_aot.so")
 for f in "${bins[@]}" "${libs[@]}" "$golden"; do
     [ -f "$f" ] || { echo "gpu_bundle: missing $f (build with scripts/build.sh first)" >&2; exit 1; }

@@ -3,7 +3,7 @@
 # made (it ships this script as run.sh), on a machine with an NVIDIA GPU, the
 # CUDA driver, and Python with PyTorch (for the Python tests and the
 # benchmark; Liger-Kernel comes in the bundle when it was packed). Each step
-# has its own time limit; together at most 460 s (7.7 minutes).
+# has its own time limit; together at most 475 s (7.9 minutes).
 #
 #   bash kldiv-gpu/run.sh [OUT]        default: kldiv-gpu/out
 #
@@ -60,15 +60,25 @@ step() {  # step NAME SECONDS COMMAND...
 # JIT's CUDA kernels against the host.
 step cuda_spec_test 20 "$here/bin/cuda_spec_test"
 step cuda_test 45 "$here/bin/cuda_test"
-step cuda_test_jit 75 env "${jit_env[@]}" "$here/bin/cuda_test_jit"
+step cuda_test_jit 70 env "${jit_env[@]}" "$here/bin/cuda_test_jit"
 step golden_test_cuda 45 "$here/bin/golden_test_cuda"
 step jit_cuda_test 45 env "${jit_env[@]}" "$here/bin/jit_cuda_test"
 # Time per call at 2^20 elements from C++.
 step cuda_latency 20 "$here/bin/kldiv_cuda_latency"
+# GPU tuning: two kernels at 2^26 elements, their records in OUT/gpu_tuning.jsonl
+# (no GPU: [SKIP]).
+step cuda_tune 60 bash -c 'for s in fwd:bf16:sum fused:f32:none; do
+        log=$("$1" tune --spec $s --target host-cuda --size 2^26 --budget 12s --db "$2" 2>&1); rc=$?
+        echo "$log"
+        if [ $rc -ne 0 ]; then
+            echo "$log" | grep -q "no GPU to tune" && { echo "[SKIP] no GPU"; exit 0; }
+            exit $rc
+        fi
+    done' tune "$here/bin/kldiv" "$out/gpu_tuning.jsonl"
 # The Python package on CUDA tensors and under torch.compile. (pytest exits 5
 # when it skipped every test: no GPU, or a torch before 2.4.)
 if "$python" -c "import torch, pytest" 2> /dev/null; then
-    step python_cuda 60 env PYTHONPATH="$here/python:$here/python/tests" KLDIV_LIBRARY="$here/lib/libkldiv.so" \
+    step python_cuda 50 env PYTHONPATH="$here/python:$here/python/tests" KLDIV_LIBRARY="$here/lib/libkldiv.so" \
         bash -c '"$@"; rc=$?; [ $rc -eq 5 ] && exit 0; exit $rc' pytest \
         "$python" -m pytest -q -x -p no:cacheprovider "$here/python/tests/test_cuda.py" \
         "$here/python/tests/test_compile.py"
@@ -79,8 +89,8 @@ fi
 if "$python" -c "import torch" 2> /dev/null; then
     liger=()
     [ -d "$here/liger/liger_kernel" ] && liger=(--liger "$here/liger")
-    step cuda_bench 150 "$python" "$here/bench/cuda_bench.py" --lib "$here/lib/libkldiv_aot.so" "${liger[@]}" \
-        --json "$out/cuda_bench.json" --compile-budget 60
+    step cuda_bench 120 "$python" "$here/bench/cuda_bench.py" --lib "$here/lib/libkldiv_aot.so" "${liger[@]}" \
+        --json "$out/cuda_bench.json" --compile-budget 45
 else
     echo "cuda_bench             SKIP (no torch for $python)" | tee -a "$out/SUMMARY"
 fi
