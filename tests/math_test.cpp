@@ -281,15 +281,22 @@ struct TableLogResult {
     Buffer<float> log, xlogx;
 };
 
-TableLogResult table_log_of(Buffer<float> values, kldiv::DType dtype) {
+// table_log (with `special_values`) or table_log_of_positive over `values`,
+// its table computed first.
+Buffer<float> device_log(Buffer<float> values, kldiv::DType dtype, bool special_values = false) {
     const kldiv::dsl::LogTable table = kldiv::dsl::make_log_table(dtype);
     Func table_func = table.table;
     table_func.compute_root();
     Var i("i");
     // (Not named "log": a JIT pipeline's function of that name would be libm's.)
     Func log("table_log");
-    log(i) = kldiv::dsl::table_log_of_positive(values(i), table);
-    TableLogResult out{log.realize({values.width()}, jit_target()), Buffer<float>(values.width())};
+    log(i) = special_values ? kldiv::dsl::table_log(values(i), table)
+                            : kldiv::dsl::table_log_of_positive(values(i), table);
+    return log.realize({values.width()}, jit_target());
+}
+
+TableLogResult table_log_of(Buffer<float> values, kldiv::DType dtype) {
+    TableLogResult out{device_log(values, dtype), Buffer<float>(values.width())};
     // The kernels' product t * log(t), rounded once.
     for (int k = 0; k < values.width(); k++) out.xlogx(k) = values(k) * out.log(k);
     return out;
@@ -396,13 +403,7 @@ TEST(DeviceLog, SpecialValues) {
         const std::vector<float> in = {0.0f, -0.0f, -1.0f, -inf, inf, nan, 1.0f, tiny, 0x1p-126f};
         Buffer<float> values((int)in.size());
         std::memcpy(values.data(), in.data(), in.size() * 4);
-        const kldiv::dsl::LogTable table = kldiv::dsl::make_log_table(dtype);
-        Func table_func = table.table;
-        table_func.compute_root();
-        Var i("i");
-        Func log("table_log");
-        log(i) = kldiv::dsl::table_log(values(i), table);
-        Buffer<float> got = log.realize({(int)in.size()}, jit_target());
+        Buffer<float> got = device_log(values, dtype, true);
         EXPECT_EQ(got(0), -inf);
         EXPECT_EQ(got(1), -inf);
         EXPECT_TRUE(std::isnan(got(2)));

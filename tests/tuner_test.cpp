@@ -102,6 +102,26 @@ SearchResult run(Strategy strategy, uint64_t seed, double budget, ModelEvaluator
     return search(space, Params(), e, options);
 }
 
+std::vector<std::string> names(const Space &s) {
+    std::vector<std::string> n;
+    for (const Dimension &d : s.dims) n.push_back(d.name);
+    return n;
+}
+
+// Calls check(params, dimension, value) for every value every dimension of
+// `space` proposes, set on default parameters.
+template<typename Check>
+void for_each_value(const Space &space, Check check) {
+    for (const Dimension &d : space.dims) {
+        for (int v : d.values) {
+            Params p;
+            d.set(p, v);
+            EXPECT_EQ(d.get(p), v) << d.name;
+            check(p, d, v);
+        }
+    }
+}
+
 std::vector<std::string> labels(const SearchResult &r) {
     std::vector<std::string> out;
     for (const Candidate &c : r.candidates) out.push_back(c.label + "/" + c.origin);
@@ -116,23 +136,13 @@ TEST(tuner, gpu_spaces_leave_the_summation_order_alone) {
     KernelSpec none;
     none.cuda = true;
     const Space reduced = gpu_space(sum), elementwise = gpu_space(none);
-    auto names = [](const Space &s) {
-        std::vector<std::string> n;
-        for (const Dimension &d : s.dims) n.push_back(d.name);
-        return n;
-    };
     EXPECT_EQ(names(reduced), (std::vector<std::string>{"su"}));
     EXPECT_EQ(names(elementwise), (std::vector<std::string>{"tpb", "ept", "vec"}));
     for (const Space *s : {&reduced, &elementwise}) {
-        for (const Dimension &d : s->dims) {
-            for (int v : d.values) {
-                Params p;
-                d.set(p, v);
-                EXPECT_EQ(d.get(p), v) << d.name;
-                EXPECT_TRUE(s->valid(p)) << d.name << "=" << v;
-                EXPECT_TRUE(kldiv::schedules::same_summation_order(p, Params())) << d.name << "=" << v;
-            }
-        }
+        for_each_value(*s, [&](const Params &p, const Dimension &d, int v) {
+            EXPECT_TRUE(s->valid(p)) << d.name << "=" << v;
+            EXPECT_TRUE(kldiv::schedules::same_summation_order(p, Params())) << d.name << "=" << v;
+        });
     }
     // Candidates are labelled with the GPU part of their schedule.
     Params p;
@@ -145,11 +155,6 @@ TEST(tuner, spaces_hold_what_each_kind_of_pass_tunes) {
     const Space reduced = cpu_space(forward_sum());
     KernelSpec none;
     const Space elementwise = cpu_space(none);
-    auto names = [](const Space &s) {
-        std::vector<std::string> n;
-        for (const Dimension &d : s.dims) n.push_back(d.name);
-        return n;
-    };
     EXPECT_EQ(names(reduced), (std::vector<std::string>{"vf", "unroll", "cpt", "fast", "par"}));
     EXPECT_EQ(names(elementwise), (std::vector<std::string>{"vf", "unroll", "ept", "fast", "par"}));
     EXPECT_EQ(reduced.size(), 3u * 3 * 6 * 2 * 2);
@@ -163,23 +168,14 @@ TEST(tuner, spaces_hold_what_each_kind_of_pass_tunes) {
     EXPECT_TRUE(reduced.valid(wide));
     // Every value a dimension proposes is one the parameters accept.
     for (const Space *s : {&reduced, &elementwise}) {
-        for (const Dimension &d : s->dims) {
-            for (int v : d.values) {
-                Params p;
-                d.set(p, v);
-                EXPECT_EQ(d.get(p), v) << d.name;
-                EXPECT_EQ(kldiv::schedules::validate(p), "") << d.name << "=" << v;
-            }
-        }
+        for_each_value(*s, [](const Params &p, const Dimension &d, int v) {
+            EXPECT_EQ(kldiv::schedules::validate(p), "") << d.name << "=" << v;
+        });
     }
     // No point of the space sums in another order than the default schedule.
-    for (const Dimension &d : reduced.dims) {
-        for (int v : d.values) {
-            Params p;
-            d.set(p, v);
-            EXPECT_TRUE(kldiv::schedules::same_summation_order(p, Params())) << d.name << "=" << v;
-        }
-    }
+    for_each_value(reduced, [](const Params &p, const Dimension &d, int v) {
+        EXPECT_TRUE(kldiv::schedules::same_summation_order(p, Params())) << d.name << "=" << v;
+    });
 }
 
 TEST(tuner, a_seed_gives_the_same_search) {
