@@ -88,17 +88,18 @@ TEST(CudaSpec, PiecesKeepGridDimensionsWithinCudasLimits) {
     EXPECT_EQ(host.size(), 1u);
 }
 
-TEST(CudaSpec, AlignedKernelsServeOneContiguousRunAtAnEightByteBoundary) {
+TEST(CudaSpec, AlignedKernelsServeOneContiguousRunAtASixteenByteBoundary) {
     alignas(16) static uint16_t a[64], b[64];
     runtime::Piece piece;
     piece.extent[0] = 40;
     piece.extent[1] = piece.extent[2] = piece.extent[3] = 1;
     piece.stride = {{1, 40, 40, 40}, {1, 40, 40, 40}};
     const int align = kldiv::codegen::kAlignedBytes;
+    ASSERT_EQ(align, 16);  // what the kernels' 16-byte loads need
     EXPECT_TRUE(runtime::aligned_run(piece, {a, b}, align));
-    EXPECT_TRUE(runtime::aligned_run(piece, {a + 4, b + 8}, align));  // 8 and 16 bytes in
-    EXPECT_FALSE(runtime::aligned_run(piece, {a + 1, b}, align));     // 2 bytes in
-    EXPECT_FALSE(runtime::aligned_run(piece, {a, b + 2}, align));     // 4 bytes in
+    EXPECT_TRUE(runtime::aligned_run(piece, {a + 8, b + 16}, align));  // 16 and 32 bytes in
+    EXPECT_FALSE(runtime::aligned_run(piece, {a + 4, b}, align));      // 8 bytes in
+    EXPECT_FALSE(runtime::aligned_run(piece, {a, b + 1}, align));      // 2 bytes in
     runtime::Piece strided = piece;
     strided.stride[1][0] = 2;
     EXPECT_FALSE(runtime::aligned_run(strided, {a, b}, align));

@@ -41,19 +41,24 @@ TEST(JitCuda, CudaKernelsCompileAndLinkAgainstTheJitsCudaRuntime) {
     const std::string object = jit::compile_kernel(sum, shape, target, params, "jit_cuda_test_fixed");
     EXPECT_NE(jit::load_kernel(target, object, "jit_cuda_test_fixed")->entry, nullptr);
 
-    // The aligned twin, generic and for one contiguous run (as the dispatcher
-    // passes it: dimensions 1 to 3 of extent 1 and stride 0), loads 8 bytes
-    // at a time.
-    KernelSpec aligned{Pass::Forward, kldiv::DType::BFloat16, false, true, false, false, true};
-    aligned.aligned = true;
-    jit::FixedShape run;
-    run.extent = {1 << 20, 1, 1, 1};
-    run.strides = {{1, 0, 0, 0}, {1, 0, 0, 0}};
-    for (const auto &shape : {std::optional<jit::FixedShape>(), std::optional<jit::FixedShape>(run)}) {
-        const std::string function = shape ? "jit_cuda_test_aligned_fixed" : "jit_cuda_test_aligned";
-        const std::string code = jit::compile_kernel(aligned, shape, target, params, function);
-        EXPECT_NE(code.find("ld.global.nc.v4.u16"), std::string::npos) << function << ": no 8-byte loads";
-        EXPECT_NE(jit::load_kernel(target, code, function)->entry, nullptr) << function;
+    // Aligned twins, generic and for one contiguous run (as the dispatcher
+    // passes it: dimensions 1 to 3 of extent 1 and stride 0), load 8 or 16
+    // bytes at a time: a bfloat16 sum, and a float32 fused `none` (two outputs).
+    KernelSpec sum16{Pass::Forward, kldiv::DType::BFloat16, false, true, false, false, true};
+    KernelSpec fused{Pass::Fused, kldiv::DType::Float32, false, false, true, false, true};
+    for (KernelSpec aligned : {sum16, fused}) {
+        aligned.aligned = true;
+        const size_t buffers = aligned.reduce ? 2 : 4;
+        jit::FixedShape run;
+        run.extent = {1 << 20, 1, 1, 1};
+        run.strides.assign(buffers, {1, 0, 0, 0});
+        const std::string loads = aligned.reduce ? "ld.global.nc.v4.u16" : "ld.global.v4.f32";
+        for (const auto &shape : {std::optional<jit::FixedShape>(), std::optional<jit::FixedShape>(run)}) {
+            const std::string function = "jit_cuda_test_" + aligned.name() + (shape ? "_fixed" : "");
+            const std::string code = jit::compile_kernel(aligned, shape, target, params, function);
+            EXPECT_NE(code.find(loads), std::string::npos) << function << ": no vector loads";
+            EXPECT_NE(jit::load_kernel(target, code, function)->entry, nullptr) << function;
+        }
     }
 }
 

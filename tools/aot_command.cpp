@@ -31,8 +31,8 @@ needs neither Halide nor LLVM, nor libkldiv, at run time.
                               ones share one kernel: see the header)
                    logt       the target holds log-probabilities
                    aligned    CUDA only: the kernel for one contiguous run
-                              of elements at an 8-byte boundary, which
-                              loads 8 bytes at a time (see its header)
+                              of elements at a 16-byte boundary, which
+                              loads 8 or 16 bytes at a time (see its header)
                    SHAPE      e.g. 64x32000: a kernel for contiguous tensors of
                               exactly this shape (at most 4 dimensions);
                               without it the kernel takes any shape
@@ -155,7 +155,7 @@ std::string header_text(const AotSpec &a, const std::string &target) {
     if (s.aligned) {
         h << " *\n * Aligned: every 4-d buffer must be one contiguous run of elements from min 0 (extent\n"
           << " * 1 and stride 0 in dimensions 1 to 3, stride 1 in dimension 0) whose device\n"
-          << " * address is a multiple of 8 bytes; each thread then loads 8 bytes at a time. It\n"
+          << " * address is a multiple of 16 bytes; each thread then loads 8 or 16 bytes at a time. It\n"
           << " * gives the same bits as the kernel without `aligned`, which takes any buffer.\n";
     }
     h << " *\n * Buffers are 4-d with dimension 0 innermost (PyTorch's last dimension); pad\n"

@@ -261,7 +261,7 @@ double run_kernel(KernelCache &cache, const KernelSpec &spec, const std::vector<
             if (!whole[k]) starts.push_back(data[k]);
         }
         // CUDA: one contiguous, aligned run in every buffer takes the kernel
-        // that loads 8 bytes at a time (same bits; KernelSpec::aligned).
+        // that loads 8 or 16 bytes at a time (same bits; KernelSpec::aligned).
         KernelSpec call_spec = spec;
         std::vector<std::array<int32_t, kKernelRank>> call_strides = piece.stride;
         if (device && aligned_run(piece, starts, codegen::kAlignedBytes)) {

@@ -14,7 +14,9 @@ namespace kldiv::codegen {
 enum class Pass { Forward, Backward, Fused };
 
 // The alignment, in bytes, that an `aligned` kernel's buffers start at.
-constexpr int kAlignedBytes = 8;
+// 16, not 8: Halide's PTX back end loads four 32-bit values whose index is a
+// multiple of 4 as one 16-byte load (ld.global.v4.f32), which needs that much.
+constexpr int kAlignedBytes = 16;
 
 struct KernelSpec {
     Pass pass = Pass::Forward;
@@ -32,8 +34,8 @@ struct KernelSpec {
     bool cuda = false;
     // CUDA only: the kernel for the common case, where every 4-d buffer is
     // one contiguous run of elements (dimensions 1 to 3 of extent 1, every
-    // min 0, unit stride) starting at a multiple of 8 bytes. Each thread then
-    // loads 8 bytes at a time. It sums in the same order as the general
+    // min 0, unit stride) starting at a multiple of kAlignedBytes (16). Each
+    // thread then loads 8 or 16 bytes at a time. It sums in the same order as the general
     // kernel, so the two give the same bits; the runtime picks it per call.
     bool aligned = false;
 
