@@ -129,6 +129,14 @@ def main():
         return compiled[key]
 
     rows = []
+
+    def save(rows):
+        # After every row, so that a run cut short keeps what it measured.
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"device": torch.cuda.get_device_name(0), "copy_GBps": copy_gbps, "rows": rows}, f,
+                          indent=1)
+
     header = ("dtype", "shape", "reduction", "pass", "kldiv_us", "kldiv_GBps", "pct_copy", "eager_us", "compile_us",
               "liger_us", "best_baseline", "speedup_vs_best")
     print("\t".join(header))
@@ -197,14 +205,13 @@ def main():
                            "liger_us": times.get("liger"), "best_baseline": best,
                            "speedup_vs_best": times[best] / ours, "copy_GBps": copy_gbps}
                     rows.append(row)
+                    save(rows)
                     print("\t".join("" if row[h] is None else (f"{row[h]:.1f}" if isinstance(row[h], float) else str(row[h]))
                                     for h in header), flush=True)
                 kl.lib.kldiv_clear_thread_cuda_stream()
             del x, t, grad, full
             torch.cuda.empty_cache()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(0), "copy_GBps": copy_gbps, "rows": rows}, f, indent=1)
+    save(rows)
 
 
 if __name__ == "__main__":
