@@ -50,8 +50,9 @@ Halide::Expr device_log(const Halide::Expr &x);
 //   their relative accuracy); r = z/c_i - 1 is at most 2^-8, and log1p(r) a
 //   degree-3 polynomial. Float32 denormals are made normal first; widened
 //   float16 values never are denormal.
-// 11 to 19 PTX instructions, where libdevice's log takes about 25 and a test
-// for denormals. Error: tests/math_test (exhaustive over 16-bit values).
+// 10 (bfloat16) to 19 (float32) PTX instructions, where libdevice's log
+// takes about 25 and a test for denormals. Error: tests/math_test (every
+// 16-bit value, every positive float32).
 // Every fused multiply-add is LLVM's llvm.fma, which NVPTX writes as fma.rn.
 struct LogTable {
     // (i): log_table_size(exact) float32 entries (see make_log_table)
