@@ -254,22 +254,26 @@ double run_kernel(KernelCache &cache, const KernelSpec &spec, const std::vector<
     double total = 0.0;
     for_each_piece(shape, strides, order_by, [&](const Piece &piece) {
         std::vector<void *> data(buffers.size());
-        std::vector<const void *> starts;  // of the 4-d views
+        std::vector<const void *> starts;  // of the 4-d views (CUDA)
         for (size_t k = 0, j = 0; k < buffers.size(); k++) {
             data[k] = whole[k] ? buffers[k]->data
                                : static_cast<uint8_t *>(buffers[k]->data) + piece.offset[j++] * (int64_t)elem;
-            if (!whole[k]) starts.push_back(data[k]);
+            if (device && !whole[k]) starts.push_back(data[k]);
         }
         // CUDA: one contiguous, aligned run in every buffer takes the kernel
-        // that loads 8 or 16 bytes at a time (same bits; KernelSpec::aligned).
+        // that loads 8 or 16 bytes at a time (same bits; KernelSpec::aligned),
+        // given the run as that kernel takes it: dimensions 1 to 3 of stride 0.
         KernelSpec call_spec = spec;
-        std::vector<std::array<int32_t, kKernelRank>> call_strides = piece.stride;
+        Piece run;
         if (device && aligned_run(piece, starts, codegen::kAlignedBytes)) {
             call_spec.aligned = true;
-            for (auto &s : call_strides) s[1] = s[2] = s[3] = 0;
+            run = piece;
+            for (auto &s : run.stride) s[1] = s[2] = s[3] = 0;
         }
-        const KernelCall kernel = cache.kernel(call_spec, piece);
-        KernelArguments arguments(call_spec, data, piece.extent, call_strides, device ? &kernel.buffers : nullptr);
+        const Piece &call_piece = call_spec.aligned ? run : piece;
+        const KernelCall kernel = cache.kernel(call_spec, call_piece);
+        KernelArguments arguments(call_spec, data, call_piece.extent, call_piece.stride,
+                                  device ? &kernel.buffers : nullptr);
         if (device && (kernel.buffers.wrap == nullptr || arguments.wrap_failed())) {
             fail(ErrorCode::Internal,
                  "kernel " + call_spec.name() + ": CUDA pointers could not be given to its runtime");
