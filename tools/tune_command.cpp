@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <ctime>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -263,39 +264,41 @@ Workload make_workload(const AotSpec &a, uint64_t seed) {
     return w;
 }
 
-// Compiles candidates with the JIT (the code the runtime would run), checks
-// them, and times them on the workload.
-class JitEvaluator : public tune::Evaluator {
+// Empty when the outputs in `w.outputs` (and `total`, the sum of a reduced
+// forward or fused pass) match the float64 reference on the sampled elements.
+std::string check_outputs(const Workload &w, double total) {
+    const bool log_target = w.spec.log_target;
+    auto report = [](const std::string &what, const ErrorCheck &check) {
+        return check.passed() ? std::string() : what + ": " + check.describe_worst();
+    };
+    if (w.spec.reduce && w.spec.pass != codegen::Pass::Backward) {
+        ErrorCheck check(w.spec.dtype);
+        check.add(0, total, w.reference_total);
+        if (auto why = report("sum", check); !why.empty()) return why;
+    }
+    for (const auto &[name, buffer] : w.outputs) {
+        if (name == "out") continue;  // a CUDA kernel's sum: `total`
+        ErrorCheck check(w.spec.dtype);
+        for (int64_t i : w.sample) {
+            const double x = w.operands.input.get(i), t = w.operands.target.get(i);
+            const Term expected = name == "loss"         ? pointwise_loss(x, t, log_target)
+                                  : name == "grad_input" ? grad_input_term(1.0, x, t, log_target)
+                                                         : grad_target_term(1.0, x, t, log_target);
+            check.add(i, buffer.get(i), expected);
+        }
+        if (auto why = report(name, check); !why.empty()) return why;
+    }
+    return {};
+}
+
+// What both evaluators share: compiling (by `load`) and checking a candidate,
+// timing it, and the search's clock. `call` runs the candidate's kernel once
+// and returns only when it has finished.
+class KernelEvaluator : public tune::Evaluator {
 public:
-    JitEvaluator(Workload &workload, std::string target) : w_(workload), target_(std::move(target)) {
-        runtime::jit::ensure_runtime(target_, [&] { return runtime::jit::compile_runtime(target_); });
-        start_ = std::chrono::steady_clock::now();
-    }
-
-    bool prepare(Candidate &c) override {
-        const std::string function = "kldiv_tune_" + std::to_string(c.id) + (c.autoscheduler.empty() ? "" : "_as");
-        try {
-            const std::string object = runtime::jit::compile_kernel(w_.spec, w_.shape, target_, c.params, function,
-                                                                    c.autoscheduler);
-            kernels_[c.id + (c.autoscheduler.empty() ? 0 : kBaselineIds)] =
-                runtime::jit::load_kernel(target_, object, function);
-            call(c);
-        } catch (const std::exception &e) {
-            c.error = e.what();
-            while (!c.error.empty() && std::isspace((unsigned char)c.error.back())) c.error.pop_back();
-            return false;
-        }
-        std::string why = check();
-        if (!why.empty()) {
-            c.error = "wrong result: " + why;
-            return false;
-        }
-        return true;
-    }
-
     void measure(Candidate &c, double min_seconds, int min_samples) override {
         call(c);  // warm-up
-        const auto begin = std::chrono::steady_clock::now();
+        const auto begin = Clock::now();
         for (int n = 0; n < min_samples || seconds_since(begin) < min_seconds; n++) {
             c.samples.push_back(seconds_of([&] { call(c); }));
             if (n > 100000) break;
@@ -304,16 +307,67 @@ public:
 
     double elapsed() const override { return seconds_since(start_); }
 
-private:
-    static constexpr int kBaselineIds = 1 << 20;
+protected:
     using Clock = std::chrono::steady_clock;
 
+    virtual void call(const Candidate &c) = 0;
+    // Empty when the last call's results match the reference.
+    virtual std::string check() = 0;
+
+    // Compiles and loads the candidate (`load`), runs and checks it; false
+    // with candidate.error when any of that fails.
+    bool prepare_with(Candidate &c, const std::function<void()> &load) {
+        try {
+            load();
+            call(c);
+            const std::string why = check();
+            if (!why.empty()) {
+                c.error = "wrong result: " + why;
+                return false;
+            }
+        } catch (const std::exception &e) {
+            c.error = e.what();
+            while (!c.error.empty() && std::isspace((unsigned char)c.error.back())) c.error.pop_back();
+            return false;
+        }
+        return true;
+    }
+
+    void start_clock() { start_ = Clock::now(); }
+
+private:
     static double seconds_since(Clock::time_point t) {
         return std::chrono::duration<double>(Clock::now() - t).count();
     }
 
-    void call(const Candidate &c) {
-        const auto &kernel = kernels_.at(c.id + (c.autoscheduler.empty() ? 0 : kBaselineIds));
+    Clock::time_point start_ = Clock::now();
+};
+
+// Compiles candidates with the JIT (the code the runtime would run), checks
+// them, and times them on the workload.
+class JitEvaluator : public KernelEvaluator {
+public:
+    JitEvaluator(Workload &workload, std::string target) : w_(workload), target_(std::move(target)) {
+        runtime::jit::ensure_runtime(target_, [&] { return runtime::jit::compile_runtime(target_); });
+        start_clock();
+    }
+
+    bool prepare(Candidate &c) override {
+        const std::string function = "kldiv_tune_" + std::to_string(c.id) + (c.autoscheduler.empty() ? "" : "_as");
+        return prepare_with(c, [&] {
+            const std::string object = runtime::jit::compile_kernel(w_.spec, w_.shape, target_, c.params, function,
+                                                                    c.autoscheduler);
+            kernels_[key(c)] = runtime::jit::load_kernel(target_, object, function);
+        });
+    }
+
+private:
+    static constexpr int kBaselineIds = 1 << 20;
+
+    static int key(const Candidate &c) { return c.id + (c.autoscheduler.empty() ? 0 : kBaselineIds); }
+
+    void call(const Candidate &c) override {
+        const auto &kernel = kernels_.at(key(c));
         std::vector<void *> data;
         for (const Argument &a : codegen::arguments(w_.spec)) {
             if (a.kind != Argument::Buffer || a.name == "total") continue;
@@ -332,44 +386,18 @@ private:
         w_.total = arguments.total;
     }
 
-    // Empty when the outputs match the reference.
-    std::string check() {
-        const bool log_target = w_.spec.log_target;
-        auto input = [&](int64_t i) { return w_.operands.input.get(i); };
-        auto target = [&](int64_t i) { return w_.operands.target.get(i); };
-        auto report = [](const char *what, const ErrorCheck &check) {
-            return check.passed() ? std::string() : std::string(what) + ": " + check.describe_worst();
-        };
-        if (w_.spec.reduce && w_.spec.pass != codegen::Pass::Backward) {
-            ErrorCheck check(w_.spec.dtype);
-            check.add(0, w_.total, w_.reference_total);
-            if (auto why = report("sum", check); !why.empty()) return why;
-        }
-        for (const auto &[name, buffer] : w_.outputs) {
-            ErrorCheck check(w_.spec.dtype);
-            for (int64_t i : w_.sample) {
-                const double x = input(i), t = target(i);
-                Term expected = name == "loss"         ? pointwise_loss(x, t, log_target)
-                                : name == "grad_input" ? grad_input_term(1.0, x, t, log_target)
-                                                       : grad_target_term(1.0, x, t, log_target);
-                check.add(i, buffer.get(i), expected);
-            }
-            if (auto why = report(name.c_str(), check); !why.empty()) return why;
-        }
-        return {};
-    }
+    std::string check() override { return check_outputs(w_, w_.total); }
 
     Workload &w_;
     std::string target_;
     std::map<int, std::shared_ptr<runtime::jit::LoadedKernel>> kernels_;
-    Clock::time_point start_;
 };
 
 // CUDA targets: candidates compiled by the JIT for the GPU, run on device
 // copies of the workload on GPU 0 (the aligned kernel: the workload is one
 // contiguous run), each call waited for, and checked like JitEvaluator's
 // after the outputs are copied back.
-class CudaEvaluator : public tune::Evaluator {
+class CudaEvaluator : public KernelEvaluator {
 public:
     CudaEvaluator(Workload &workload, std::string target)
         : w_(workload), target_(std::move(target)), gpu_(runtime::cuda::first_gpu()) {
@@ -382,15 +410,14 @@ public:
                                                                : w_.outputs.at(a.name);
             const size_t bytes = a.dimensions == 1 ? element_size(w_.spec.dtype) : host.bytes();
             void *device = runtime::cuda::device_alloc(bytes);
-            device_.push_back(device);
-            runtime::cuda::copy_host_to_device(device, host.data(), bytes);
             data_.push_back(device);
+            runtime::cuda::copy_host_to_device(device, host.data(), bytes);
             names_.push_back(a.name);
         }
-        start_ = Clock::now();
+        start_clock();
     }
     ~CudaEvaluator() override {
-        for (void *d : device_) {
+        for (void *d : data_) {
             try {
                 runtime::cuda::device_free(d);
             } catch (const std::exception &) {
@@ -402,45 +429,14 @@ public:
 
     bool prepare(Candidate &c) override {
         const std::string function = "kldiv_tune_cuda_" + std::to_string(c.id);
-        try {
+        return prepare_with(c, [&] {
             const std::string object = runtime::jit::compile_kernel(w_.spec, w_.shape, target_, c.params, function);
             kernels_[c.id] = runtime::jit::load_kernel(target_, object, function);
-            call(c);
-            const std::string why = check();
-            if (!why.empty()) {
-                c.error = "wrong result: " + why;
-                return false;
-            }
-        } catch (const std::exception &e) {
-            c.error = e.what();
-            while (!c.error.empty() && std::isspace((unsigned char)c.error.back())) c.error.pop_back();
-            return false;
-        }
-        return true;
+        });
     }
-
-    void measure(Candidate &c, double min_seconds, int min_samples) override {
-        call(c);  // warm-up
-        const auto begin = Clock::now();
-        for (int n = 0; n < min_samples || seconds_since(begin) < min_seconds; n++) {
-            c.samples.push_back(seconds_of([&] { call(c); }));
-            if (n > 100000) break;
-        }
-    }
-
-    double elapsed() const override { return seconds_since(start_); }
-
-    const runtime::cuda::Gpu &gpu() const { return gpu_; }
 
 private:
-    using Clock = std::chrono::steady_clock;
-
-    static double seconds_since(Clock::time_point t) {
-        return std::chrono::duration<double>(Clock::now() - t).count();
-    }
-
-    // One call, waited for (its time is the kernel's).
-    void call(const Candidate &c) {
+    void call(const Candidate &c) override {
         const auto &kernel = kernels_.at(c.id);
         runtime::cuda::Scope scope(gpu_.placement, nullptr);
         runtime::KernelArguments arguments(w_.spec, data_, w_.shape.extent.data(), w_.shape.strides,
@@ -456,48 +452,34 @@ private:
         runtime::cuda::synchronize();
     }
 
-    // Empty when the outputs, copied back, match the reference.
-    std::string check() {
-        const bool log_target = w_.spec.log_target;
+    // The outputs copied back into the workload's host buffers, then checked.
+    std::string check() override {
+        double total = 0;
         for (size_t k = 0; k < names_.size(); k++) {
             const std::string &name = names_[k];
-            if (name == "input" || name == "target" || name == "grad_output") continue;
             if (name == "out") {
                 HostBuffer out(w_.spec.dtype, 1);
                 runtime::cuda::copy_device_to_host(out.data(), data_[k], out.bytes());
-                ErrorCheck check(w_.spec.dtype);
-                check.add(0, out.get(0), w_.reference_total);
-                if (!check.passed()) return "sum: " + check.describe_worst();
-                continue;
+                total = out.get(0);  // divided by 1
+            } else if (w_.outputs.count(name)) {
+                HostBuffer &buffer = w_.outputs.at(name);
+                runtime::cuda::copy_device_to_host(buffer.data(), data_[k], buffer.bytes());
             }
-            HostBuffer &buffer = w_.outputs.at(name);
-            runtime::cuda::copy_device_to_host(buffer.data(), data_[k], buffer.bytes());
-            ErrorCheck check(w_.spec.dtype);
-            for (int64_t i : w_.sample) {
-                const double x = w_.operands.input.get(i), t = w_.operands.target.get(i);
-                const Term expected = name == "loss"         ? pointwise_loss(x, t, log_target)
-                                      : name == "grad_input" ? grad_input_term(1.0, x, t, log_target)
-                                                             : grad_target_term(1.0, x, t, log_target);
-                check.add(i, buffer.get(i), expected);
-            }
-            if (!check.passed()) return name + ": " + check.describe_worst();
         }
-        return {};
+        return check_outputs(w_, total);
     }
 
     Workload &w_;
     std::string target_;
     runtime::cuda::Gpu gpu_;
-    std::vector<void *> device_, data_;
+    std::vector<void *> data_;  // device memory, in argument order
     std::vector<std::string> names_;
     std::map<int, std::shared_ptr<runtime::jit::LoadedKernel>> kernels_;
-    Clock::time_point start_;
 };
 
-// A device-to-device copy of `bytes` (at least 256 MiB), in GB/s counting
-// bytes read and written: the GPU's bandwidth ceiling.
+// A device-to-device copy of `bytes`, in GB/s counting bytes read and
+// written: the GPU's bandwidth ceiling.
 double gpu_copy_gbps(size_t bytes) {
-    bytes = std::max(bytes, size_t(256) << 20);
     void *a = runtime::cuda::device_alloc(bytes), *b = runtime::cuda::device_alloc(bytes);
     std::vector<double> samples;
     for (int i = 0; i < 12; i++) {
@@ -681,9 +663,10 @@ int run_tune(const Options &o) {
     const double bytes = (double)traffic.total();
     BandwidthCeiling ceiling;
     if (gpu) {
-        // A copy is the GPU's ceiling, for reads as for reads and writes.
-        ceiling.copy_gbps = ceiling.read_gbps = gpu_copy_gbps(4 * (size_t)traffic.total());
+        // A copy (at least 256 MiB) is the GPU's ceiling, for reads as for
+        // reads and writes.
         ceiling.array_bytes = std::max(4 * (size_t)traffic.total(), size_t(256) << 20);
+        ceiling.copy_gbps = ceiling.read_gbps = gpu_copy_gbps(ceiling.array_bytes);
     } else {
         ceiling = measure_bandwidth(o.threads, 4 * (size_t)traffic.total());
     }
