@@ -67,8 +67,12 @@ public:
         }
         for (size_t i = 0; i < funcs.size(); i++) {
             *outputs_[i] = funcs[i];
-            if (outputs_[i]->dims() == 4 && kernel.aligned) constrain_aligned(*outputs_[i]);
-            if (outputs_[i]->dims() == 4 && !kernel.aligned) outputs_[i]->dim(0).set_stride(Halide::Expr());
+            if (outputs_[i]->dims() != 4) continue;
+            if (kernel.aligned) {
+                constrain_aligned(*outputs_[i]);
+            } else {
+                outputs_[i]->dim(0).set_stride(Halide::Expr());
+            }
         }
 
         // Estimates for autoschedulers and tools: a 64 x 32000 batch.

@@ -79,7 +79,8 @@ const Driver &driver() {
             d.problem = "the CUDA driver (libcuda.so.1) lacks the driver API this library needs";
             return d;
         }
-        const bool tools_ok = load(library, "cuMemAlloc_v2", d.cuMemAlloc) && load(library, "cuMemFree_v2", d.cuMemFree) &&
+        const bool tools_ok = load(library, "cuMemAlloc_v2", d.cuMemAlloc) &&
+                              load(library, "cuMemFree_v2", d.cuMemFree) &&
                               load(library, "cuMemcpyHtoD_v2", d.cuMemcpyHtoD) &&
                               load(library, "cuMemcpyDtoH_v2", d.cuMemcpyDtoH) &&
                               load(library, "cuMemcpyDtoDAsync_v2", d.cuMemcpyDtoDAsync) &&
@@ -239,7 +240,9 @@ template<typename Call>
 void in_first_gpu(const char *what, Call call) {
     const Driver &d = tools_driver();
     const Placement p = first_gpu().placement;
-    if (CUresult r = d.cuCtxPushCurrent(p.context); r != 0) fail(ErrorCode::Device, "cuCtxPushCurrent: " + d.error_name(r));
+    if (CUresult r = d.cuCtxPushCurrent(p.context); r != 0) {
+        fail(ErrorCode::Device, "cuCtxPushCurrent: " + d.error_name(r));
+    }
     const CUresult r = call(d);
     CUcontext popped = nullptr;
     d.cuCtxPopCurrent(&popped);

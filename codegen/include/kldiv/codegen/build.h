@@ -28,11 +28,11 @@ struct PipelineInputs {
 };
 
 // What an `aligned` kernel (KernelSpec::aligned) asks of each 4-d buffer: one
-// contiguous run from min 0, at a kAlignedBytes boundary; dimensions 1 to 3 have
-// extent 1 and stride 0 (any stride is as good for one element, and 0 keeps
-// their index terms out of the address). Halide then loads 8 or 16 bytes at a time
-// where the index shows alignment. (Halide checks the host pointer, null for
-// device buffers; the runtime checks the device pointers.)
+// contiguous run from min 0, at a kAlignedBytes boundary; dimensions 1 to 3
+// have extent 1 and stride 0 (any stride is as good for one element, and 0
+// keeps their index terms out of the address). Halide then loads 8 or 16
+// bytes at a time where the index shows alignment. (Halide checks the host
+// pointer, null for device buffers; the runtime checks the device pointers.)
 template<typename Buffer>
 void constrain_aligned(Buffer &buffer) {
     buffer.dim(0).set_min(0).set_stride(1);

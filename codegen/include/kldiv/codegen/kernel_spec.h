@@ -35,8 +35,9 @@ struct KernelSpec {
     // CUDA only: the kernel for the common case, where every 4-d buffer is
     // one contiguous run of elements (dimensions 1 to 3 of extent 1, every
     // min 0, unit stride) starting at a multiple of kAlignedBytes (16). Each
-    // thread then loads 8 or 16 bytes at a time. It sums in the same order as the general
-    // kernel, so the two give the same bits; the runtime picks it per call.
+    // thread then loads 8 or 16 bytes at a time. It sums in the same order as
+    // the general kernel, so the two give the same bits; the runtime picks it
+    // per call.
     bool aligned = false;
 
     // Name of the generated function, e.g. kldiv_fwd_sum_f32_logt,

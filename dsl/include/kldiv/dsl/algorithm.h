@@ -48,7 +48,8 @@ struct LossOptions {
     // of the 65,536 values (dsl::lookup16) instead of computed.
     bool lookup = false;
     // CUDA kernels that compute in float32: log is dsl::table_log over this
-    // table (set by forward, backward and fused; see device_log_table).
+    // table, which forward, backward and fused make (make_log_table) for the
+    // passes that take a log.
     LogTable log_table;
 };
 
