@@ -19,15 +19,14 @@
 #include "kernel_cache.h"
 #include "kldiv/codegen/kernel_spec.h"
 #include "layout.h"
+#include "validation.h"
 
 namespace kldiv::runtime {
 
 using codegen::KernelSpec;
 using codegen::Pass;
 
-namespace {
-
-// ---- validation ---------------------------------------------------------
+// ---- validation (validation.h) ------------------------------------------
 
 bool known_dtype(DType dtype) {
     return dtype == DType::Float32 || dtype == DType::Float64 || dtype == DType::Float16 ||
@@ -180,6 +179,8 @@ void check_reduction(Reduction reduction) {
         fail(ErrorCode::InvalidArgument, std::to_string((int)reduction) + " is not a valid value for reduction");
     }
 }
+
+namespace {
 
 // Divisor of the summed loss: numel (mean), input.size(0) (batchmean, none for 0-dim input).
 double divisor(Reduction reduction, const Tensor &input, int64_t numel) {
