@@ -229,13 +229,15 @@ const std::vector<std::pair<dsl::Lookup, DType>> &all_lookup_tables() {
     return all;
 }
 
+std::vector<Halide::ExternalCode> fma_code(const Halide::Target &target) {
+    if (target.has_gpu_feature() || !math_options(target).fma) return {};
+    const auto &fma = cached_bitcode("fma", target, [&] { return fma_bitcode(target); });
+    return {Halide::ExternalCode::bitcode_wrapper(target, fma, "kldiv.math.fma")};
+}
+
 std::vector<Halide::ExternalCode> math_code(const KernelSpec &spec, const Halide::Target &target, Tables tables) {
-    std::vector<Halide::ExternalCode> code;
+    std::vector<Halide::ExternalCode> code = fma_code(target);
     if (target.has_gpu_feature()) return code;
-    if (math_options(target).fma) {
-        const auto &fma = cached_bitcode("fma", target, [&] { return fma_bitcode(target); });
-        code.push_back(Halide::ExternalCode::bitcode_wrapper(target, fma, "kldiv.math.fma"));
-    }
     // The backward pass without log_target takes no exp, and log only for
     // grad_target (computed).
     if (uses_lookup(spec, target) && (spec.log_target || spec.pass != Pass::Backward)) {

@@ -29,6 +29,10 @@ bool uses_lookup(const KernelSpec &spec, const Halide::Target &target);
 std::vector<Halide::ExternalCode> math_code(const KernelSpec &spec, const Halide::Target &target,
                                             Tables tables = Tables::Embedded);
 
+// The fused multiply-adds alone (math_options(target).fma), for pipelines
+// that take no table: none where the target has no FMA.
+std::vector<Halide::ExternalCode> fma_code(const Halide::Target &target);
+
 // The table behind dsl::lookup16: entry b is the function of the 16-bit value
 // with bits b, the exact value rounded once to float32.
 const std::vector<float> &lookup_table(dsl::Lookup lookup, DType dtype);
