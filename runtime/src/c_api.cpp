@@ -1,6 +1,8 @@
 // The C ABI: converts kldiv_tensor to Tensor and exceptions to status codes.
 #include <mutex>
+#include <optional>
 
+#include "distill.h"
 #include "errors.h"
 #include "kldiv/kldiv.h"
 #include "kldiv/kldiv.hpp"
@@ -220,3 +222,50 @@ void kldiv_set_thread_cuda_stream(void *stream) { set_thread_cuda_stream(stream)
 void kldiv_clear_thread_cuda_stream(void) { clear_thread_cuda_stream(); }
 
 }  // extern "C"
+
+namespace {
+
+runtime::DistillOptions to_distill_options(const kldiv_distill_options *options) {
+    if (options == nullptr) runtime::fail(ErrorCode::InvalidArgument, "options is null");
+    runtime::DistillOptions o;
+    o.temperature = options->temperature == 0.0 ? 1.0 : options->temperature;
+    o.reduction = to_reduction(options->reduction);
+    o.reverse = options->reverse != 0;
+    o.temperature_squared = options->temperature_squared != 0;
+    o.row_mask = options->row_mask;
+    return o;
+}
+
+}  // namespace
+
+int kldiv_distill_forward(const kldiv_tensor *student, const kldiv_tensor *teacher,
+                          const kldiv_distill_options *options, const kldiv_tensor *out, double *row_stats) {
+    return guarded([&] {
+        runtime::distill_forward(to_tensor(student, "student"), to_tensor(teacher, "teacher"),
+                                 to_distill_options(options), to_tensor(out, "out"), row_stats);
+    });
+}
+
+int kldiv_distill_forward_backward(const kldiv_tensor *student, const kldiv_tensor *teacher,
+                                   const kldiv_distill_options *options, const kldiv_tensor *out,
+                                   const kldiv_tensor *grad_student, double *row_stats) {
+    return guarded([&] {
+        runtime::distill_forward_backward(to_tensor(student, "student"), to_tensor(teacher, "teacher"),
+                                          to_distill_options(options), to_tensor(out, "out"),
+                                          to_tensor(grad_student, "grad_student"), row_stats);
+    });
+}
+
+int kldiv_distill_backward(const kldiv_tensor *grad_output, const kldiv_tensor *student,
+                           const kldiv_tensor *teacher, const kldiv_distill_options *options,
+                           const double *row_stats, const kldiv_tensor *grad_student,
+                           const kldiv_tensor *grad_teacher) {
+    return guarded([&] {
+        std::optional<Tensor> gs, gt;
+        if (grad_student) gs = to_tensor(grad_student, "grad_student");
+        if (grad_teacher) gt = to_tensor(grad_teacher, "grad_teacher");
+        runtime::distill_backward(to_tensor(grad_output, "grad_output"), to_tensor(student, "student"),
+                                  to_tensor(teacher, "teacher"), to_distill_options(options), row_stats,
+                                  gs ? &*gs : nullptr, gt ? &*gt : nullptr);
+    });
+}

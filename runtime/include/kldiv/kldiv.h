@@ -102,6 +102,54 @@ void kldiv_set_num_threads(int threads);
  * best it has, capped by KLDIV_CPU_TARGET (sse41 | avx2 | avx512). */
 const char *kldiv_cpu_target(void);
 
+/* ---- Distillation from logits ----------------------------------------------
+ *
+ * The KL divergence between the teacher's and the student's softmax at
+ * temperature T over the last dimension (the vocabulary), per row of the
+ * leading dimensions: with p = softmax(teacher / T), q = softmax(student / T),
+ *   forward KL: sum_j p_j (log p_j - log q_j)  (reverse: sum_j q_j (log q_j - log p_j)),
+ * which equals kl_div(log_softmax(student / T), log_softmax(teacher / T),
+ * log_target=True) summed over the row, except that a token the teacher
+ * gives probability 0 (logit -inf) adds 0 where that composite gives NaN.
+ * Logits: float32, float64, float16 or bfloat16 CPU tensors of one shape and
+ * dtype, whose leading dimensions can be viewed as one strided dimension;
+ * the loss and gradients have their dtype. Sums and exps are float32
+ * (float64 for float64), and no [rows, vocab] intermediate is made. */
+
+typedef struct {
+    double temperature;          /* > 0; 0 in a zero-initialised struct means 1 */
+    kldiv_reduction reduction;   /* NONE: the loss per row (the leading shape); SUM; BATCHMEAN:
+                                    divided by the unmasked rows; MEAN: by unmasked rows x vocabulary */
+    int32_t reverse;             /* nonzero: reverse KL */
+    int32_t temperature_squared; /* nonzero: the loss (and gradients) times T^2 */
+    const uint8_t *row_mask;     /* NULL: every row; else one byte per row, 0 = the row adds
+                                    nothing, is left out of the divisors and gets gradient 0 */
+} kldiv_distill_options;
+
+/* Row statistics a forward call may save for backward: this many doubles per row. */
+#define KLDIV_DISTILL_STATS_PER_ROW 5
+
+/* The loss into `out`. `row_stats`: NULL, or room for
+ * KLDIV_DISTILL_STATS_PER_ROW doubles per row, which kldiv_distill_backward
+ * takes to skip a pass. */
+int kldiv_distill_forward(const kldiv_tensor *student, const kldiv_tensor *teacher,
+                          const kldiv_distill_options *options, const kldiv_tensor *out, double *row_stats);
+
+/* The loss and the student's gradient for upstream gradient 1, in one pass
+ * over each row. `grad_student` may be `student` itself (the same data,
+ * shape and strides): the gradient is then written over the logits. */
+int kldiv_distill_forward_backward(const kldiv_tensor *student, const kldiv_tensor *teacher,
+                                   const kldiv_distill_options *options, const kldiv_tensor *out,
+                                   const kldiv_tensor *grad_student, double *row_stats);
+
+/* Gradients for upstream gradient `grad_output` (the loss's shape). Either
+ * gradient may be NULL; neither may share memory with an input. `row_stats`:
+ * from kldiv_distill_forward on the same logits and options, or NULL. */
+int kldiv_distill_backward(const kldiv_tensor *grad_output, const kldiv_tensor *student,
+                           const kldiv_tensor *teacher, const kldiv_distill_options *options,
+                           const double *row_stats, const kldiv_tensor *grad_student,
+                           const kldiv_tensor *grad_teacher);
+
 /* ---- Runtimes: JIT-compiled kernels and kernel caches ----------------------
  *
  * The functions above use the process's default runtime. A runtime of one's

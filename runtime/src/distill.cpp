@@ -1,0 +1,381 @@
+#include "distill.h"
+
+#include <HalideRuntime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <memory>
+#include <limits>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "aot_registry.h"
+#include "errors.h"
+#include "host_convert.h"
+#include "kernel_args.h"
+#include "validation.h"
+
+namespace kldiv::runtime {
+
+namespace {
+
+// Logits as rows of the last dimension: the leading dimensions must be one
+// strided dimension (any contiguous tensor, and most views, are).
+struct Rows {
+    int64_t rows = 1;
+    int64_t vocab = 0;
+    int64_t row_stride = 0;
+    int64_t vocab_stride = 1;
+};
+
+std::optional<Rows> rows_of(const Tensor &t) {
+    Rows r;
+    r.vocab = t.sizes.back();
+    r.vocab_stride = t.strides.back();
+    for (int d = t.rank() - 2; d >= 0; d--) {
+        const int64_t size = t.sizes[d];
+        if (size == 0) {
+            r.rows = 0;
+            return r;
+        }
+        if (size == 1) continue;
+        if (r.rows == 1) {
+            r.row_stride = t.strides[d];
+        } else if (t.strides[d] != r.row_stride * r.rows) {
+            return std::nullopt;
+        }
+        r.rows *= size;
+    }
+    // The row count cannot overflow: check_tensor counted the elements.
+    for (int d = 0; d + 1 < t.rank(); d++) {
+        if (t.sizes[d] == 0) r.rows = 0;
+    }
+    return r;
+}
+
+std::vector<int64_t> leading_shape(const Tensor &t) { return {t.sizes.begin(), t.sizes.end() - 1}; }
+
+// What a call validated: rows of both logits, the options, and the divisor.
+struct Call {
+    Rows student, teacher;
+    std::vector<uint8_t> row_on;
+    int64_t rows_on = 0;
+    double divisor = 1.0;  // of the summed row losses
+    double loss_factor = 1.0;  // T^2 or 1
+};
+
+Call validate(const Tensor &student, const Tensor &teacher, const DistillOptions &options) {
+    check_tensor(student, "student");
+    check_tensor(teacher, "teacher");
+    check_same_dtype(student, "student", teacher, "teacher");
+    for (const auto &[t, name] : {std::pair{&student, "student"}, std::pair{&teacher, "teacher"}}) {
+        if (t->device != Device::CPU) {
+            fail(ErrorCode::Device, std::string(name) + " is a CUDA tensor; distillation kernels run on the CPU in this version");
+        }
+    }
+    if (student.rank() == 0) fail(ErrorCode::Shape, "student: logits need at least one dimension (the vocabulary)");
+    if (student.sizes != teacher.sizes) {
+        fail(ErrorCode::Shape, "student has shape " + shape_text(student.sizes) + " but teacher has shape " +
+                                   shape_text(teacher.sizes) + "; the logits must have one shape");
+    }
+    if (!(options.temperature > 0.0) || !std::isfinite(options.temperature)) {
+        fail(ErrorCode::InvalidArgument, "temperature must be positive and finite, got " + std::to_string(options.temperature));
+    }
+    check_reduction(options.reduction);
+    Call c;
+    const std::optional<Rows> s = rows_of(student), t = rows_of(teacher);
+    if (!s) fail(ErrorCode::Shape, "student: the leading dimensions cannot be viewed as one dimension of rows (make it contiguous)");
+    if (!t) fail(ErrorCode::Shape, "teacher: the leading dimensions cannot be viewed as one dimension of rows (make it contiguous)");
+    c.student = *s;
+    c.teacher = *t;
+    const int64_t rows = c.student.rows;
+    c.row_on.assign((size_t)rows, 1);
+    if (options.row_mask) {
+        for (int64_t r = 0; r < rows; r++) c.row_on[r] = options.row_mask[r] != 0;
+    }
+    for (uint8_t on : c.row_on) c.rows_on += on;
+    switch (options.reduction) {
+    case Reduction::BatchMean: c.divisor = (double)c.rows_on; break;
+    case Reduction::Mean: c.divisor = (double)c.rows_on * (double)c.student.vocab; break;
+    default: c.divisor = 1.0;
+    }
+    c.loss_factor = options.temperature_squared ? options.temperature * options.temperature : 1.0;
+    return c;
+}
+
+void check_loss_shape(const Tensor &t, const char *name, const Tensor &student, Reduction reduction) {
+    check_tensor(t, name);
+    check_same_dtype(t, name, student, "student");
+    if (t.device != Device::CPU) fail(ErrorCode::Device, std::string(name) + " is a CUDA tensor but the logits are on the CPU");
+    check_shape(t, name, reduction == Reduction::None ? leading_shape(student) : std::vector<int64_t>{});
+}
+
+void check_grad(const Tensor &grad, const char *name, const Tensor &student) {
+    check_tensor(grad, name);
+    check_same_dtype(grad, name, student, "student");
+    if (grad.device != Device::CPU) fail(ErrorCode::Device, std::string(name) + " is a CUDA tensor but the logits are on the CPU");
+    check_shape(grad, name, student.sizes);
+    if (!rows_of(grad)) {
+        fail(ErrorCode::Shape, std::string(name) + ": the leading dimensions cannot be viewed as one dimension of rows");
+    }
+}
+
+// ---- kernels --------------------------------------------------------------
+
+std::string kernel_name(const char *pass, bool reverse, DType dtype) {
+    return std::string("kldiv_distill_") + pass + (reverse ? "_rkl_" : "_kl_") + short_name(dtype);
+}
+
+int (*entry(const std::string &name))(void **) {
+    static const std::unordered_map<std::string, int (*)(void **)> table = [] {
+        std::unordered_map<std::string, int (*)(void **)> t;
+        for (const AotKernel &k : aot_kernels()) t[k.name] = k.argv;
+        return t;
+    }();
+    auto it = table.find(name);
+    if (it == table.end()) fail(ErrorCode::Internal, "no kernel " + name + " in this build");
+    return it->second;
+}
+
+// A 2-d buffer of rows [row0, row0 + rows) of a view.
+struct Buffer2 {
+    halide_buffer_t buffer{};
+    halide_dimension_t dims[2];
+    Buffer2(void *data, halide_type_t type, int64_t element_bytes, int64_t extent0, int64_t stride0, int64_t row0,
+            int64_t rows, int64_t row_stride) {
+        dims[0] = halide_dimension_t(0, (int32_t)extent0, (int32_t)stride0);
+        dims[1] = halide_dimension_t(0, (int32_t)rows, (int32_t)row_stride);
+        buffer.host = static_cast<uint8_t *>(data) + row0 * row_stride * element_bytes;
+        buffer.type = type;
+        buffer.dimensions = 2;
+        buffer.dim = dims;
+    }
+};
+
+struct Buffer1 {
+    halide_buffer_t buffer{};
+    halide_dimension_t dim;
+    Buffer1(const void *data, halide_type_t type, int64_t extent) {
+        dim = halide_dimension_t(0, (int32_t)extent, 1);
+        buffer.host = static_cast<uint8_t *>(const_cast<void *>(data));
+        buffer.type = type;
+        buffer.dimensions = 1;
+        buffer.dim = &dim;
+    }
+};
+
+// Rows per kernel call: Halide 14 indexes a buffer with int32, so a call's
+// rows span less than 2^31 elements of every operand.
+int64_t rows_per_call(const std::vector<Rows> &views) {
+    constexpr int64_t limit = std::numeric_limits<int32_t>::max();
+    int64_t rows = limit;
+    for (const Rows &v : views) {
+        const int64_t vocab_span = (v.vocab - 1) * v.vocab_stride;
+        if (v.vocab > limit || vocab_span >= limit || v.vocab_stride > limit) {
+            fail(ErrorCode::InvalidArgument, "a row of " + std::to_string(v.vocab) + " logits spans more than 2^31 elements");
+        }
+        if (v.row_stride > 0) rows = std::min(rows, (limit - vocab_span - 1) / v.row_stride + 1);
+        if (v.row_stride > limit) rows = 1;
+    }
+    return std::max<int64_t>(rows, 1);
+}
+
+// One kernel over every row: `buffers(row0, rows)` gives the argv for a call.
+void run_rows(const std::string &name, int64_t rows, int64_t per_call,
+              const std::function<std::vector<void *>(int64_t, int64_t, std::vector<std::unique_ptr<Buffer2>> &,
+                                                      std::vector<std::unique_ptr<Buffer1>> &)> &args) {
+    install_aot_error_handler();
+    int (*kernel)(void **) = entry(name);
+    for (int64_t row0 = 0; row0 < rows; row0 += per_call) {
+        const int64_t n = std::min(per_call, rows - row0);
+        std::vector<std::unique_ptr<Buffer2>> b2;
+        std::vector<std::unique_ptr<Buffer1>> b1;
+        std::vector<void *> argv = args(row0, n, b2, b1);
+        if (kernel(argv.data()) != 0) fail(ErrorCode::Internal, name + " failed: " + take_kernel_error());
+    }
+}
+
+struct Operands {
+    const Tensor &student, &teacher;
+    const Call &call;
+    halide_type_t storage;
+    int64_t bytes;
+
+    Buffer2 *logits(const Tensor &t, const Rows &r, int64_t row0, int64_t n,
+                    std::vector<std::unique_ptr<Buffer2>> &keep) const {
+        keep.push_back(std::make_unique<Buffer2>(t.data, storage, bytes, r.vocab, r.vocab_stride, row0, n, r.row_stride));
+        return keep.back().get();
+    }
+};
+
+// The statistics of every row (and the student's gradient when `grad` is
+// given) into `stats` (kDistillStatsPerRow per row).
+void run_stats(const Operands &o, const DistillOptions &options, double grad_scale, const Tensor *grad,
+               double *stats) {
+    const Call &c = o.call;
+    double inv_temperature = 1.0 / options.temperature;
+    std::vector<Rows> views = {c.student, c.teacher};
+    const std::optional<Rows> g = grad ? rows_of(*grad) : std::nullopt;
+    if (g) views.push_back(*g);
+    const std::string name = kernel_name(grad ? "fused" : "fwd", options.reverse, o.student.dtype);
+    run_rows(name, c.student.rows, rows_per_call(views), [&](int64_t row0, int64_t n, auto &b2, auto &b1) {
+        std::vector<void *> argv;
+        argv.push_back(&o.logits(o.student, c.student, row0, n, b2)->buffer);
+        argv.push_back(&o.logits(o.teacher, c.teacher, row0, n, b2)->buffer);
+        b1.push_back(std::make_unique<Buffer1>(c.row_on.data() + row0, halide_type_t(halide_type_uint, 8), n));
+        argv.push_back(&b1.back()->buffer);
+        argv.push_back(&inv_temperature);
+        if (grad) argv.push_back(&grad_scale);
+        b2.push_back(std::make_unique<Buffer2>(stats, halide_type_t(halide_type_float, 64), 8, kDistillStatsPerRow, 1,
+                                               row0, n, kDistillStatsPerRow));
+        argv.push_back(&b2.back()->buffer);
+        if (grad) argv.push_back(&o.logits(*grad, *g, row0, n, b2)->buffer);
+        return argv;
+    });
+}
+
+// Writes the loss from the row losses in `stats`.
+void store_loss(const Tensor &out, const Call &c, const DistillOptions &options, const std::vector<double> &stats) {
+    const int64_t rows = c.student.rows;
+    if (options.reduction == Reduction::None) {
+        // Row r of the leading dimensions, in row-major order.
+        std::vector<int64_t> index(out.sizes.size(), 0);
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t offset = 0;
+            for (size_t d = 0; d < index.size(); d++) offset += index[d] * out.strides[d];
+            store_from_double(static_cast<uint8_t *>(out.data) + offset * (int64_t)element_size(out.dtype), out.dtype,
+                              c.loss_factor * stats[r * kDistillStatsPerRow]);
+            for (int d = (int)index.size() - 1; d >= 0 && ++index[d] == out.sizes[d]; d--) index[d] = 0;
+        }
+        return;
+    }
+    double total = 0.0;
+    for (int64_t r = 0; r < rows; r++) total += stats[r * kDistillStatsPerRow];
+    store_from_double(out.data, out.dtype, c.loss_factor * total / c.divisor);
+}
+
+std::vector<double> empty_stats(const Call &c) {
+    return std::vector<double>((size_t)(c.student.rows * kDistillStatsPerRow), 0.0);
+}
+
+}  // namespace
+
+void distill_forward(const Tensor &student, const Tensor &teacher, const DistillOptions &options, const Tensor &out,
+                     double *stats) {
+    const Call c = validate(student, teacher, options);
+    check_loss_shape(out, "out", student, options.reduction);
+    for (const auto &[t, name] : {std::pair{&student, "student"}, std::pair{&teacher, "teacher"}}) {
+        if (overlaps(out, *t)) fail(ErrorCode::Alias, std::string("out overlaps ") + name);
+    }
+    std::vector<double> row_stats = empty_stats(c);
+    const Operands o{student, teacher, c, storage_halide_type(student.dtype), (int64_t)element_size(student.dtype)};
+    if (c.student.rows > 0 && c.student.vocab > 0) run_stats(o, options, 0.0, nullptr, row_stats.data());
+    store_loss(out, c, options, row_stats);
+    if (stats) std::copy(row_stats.begin(), row_stats.end(), stats);
+}
+
+void distill_forward_backward(const Tensor &student, const Tensor &teacher, const DistillOptions &options,
+                              const Tensor &out, const Tensor &grad_student, double *stats) {
+    const Call c = validate(student, teacher, options);
+    check_loss_shape(out, "out", student, options.reduction);
+    check_grad(grad_student, "grad_student", student);
+    // The gradient may be written over the student's logits (the same view):
+    // each row is read for its statistics before its gradient is written, and
+    // each element before it is overwritten.
+    check_outputs({{&out, "out"}, {&grad_student, "grad_student"}}, {});
+    for (const auto &[t, name] : {std::pair{&out, "out"}, std::pair{&grad_student, "grad_student"}}) {
+        if (overlaps(*t, teacher)) fail(ErrorCode::Alias, std::string(name) + " overlaps teacher");
+    }
+    if (overlaps(out, student)) fail(ErrorCode::Alias, "out overlaps student");
+    if (overlaps(grad_student, student) && !same_view(grad_student, student)) {
+        fail(ErrorCode::Alias, "grad_student partially overlaps student");
+    }
+    std::vector<double> row_stats = empty_stats(c);
+    const double scale = c.loss_factor / options.temperature / c.divisor;
+    const Operands o{student, teacher, c, storage_halide_type(student.dtype), (int64_t)element_size(student.dtype)};
+    if (c.student.rows > 0 && c.student.vocab > 0) run_stats(o, options, scale, &grad_student, row_stats.data());
+    store_loss(out, c, options, row_stats);
+    if (stats) std::copy(row_stats.begin(), row_stats.end(), stats);
+}
+
+void distill_backward(const Tensor &grad_output, const Tensor &student, const Tensor &teacher,
+                      const DistillOptions &options, const double *stats, const Tensor *grad_student,
+                      const Tensor *grad_teacher) {
+    const Call c = validate(student, teacher, options);
+    check_loss_shape(grad_output, "grad_output", student, options.reduction);
+    std::vector<std::pair<const Tensor *, const char *>> outputs;
+    if (grad_student) {
+        check_grad(*grad_student, "grad_student", student);
+        outputs.push_back({grad_student, "grad_student"});
+    }
+    if (grad_teacher) {
+        check_grad(*grad_teacher, "grad_teacher", student);
+        outputs.push_back({grad_teacher, "grad_teacher"});
+    }
+    if (outputs.empty()) return;
+    // Both gradients are written element by element while both logits are
+    // read: no output may share memory with an input.
+    check_outputs(outputs, {{&grad_output, "grad_output"}});
+    for (const auto &[t, name] : outputs) {
+        for (const auto &[in, in_name] : {std::pair{&student, "student"}, std::pair{&teacher, "teacher"}}) {
+            if (overlaps(*t, *in)) fail(ErrorCode::Alias, std::string(name) + " overlaps " + in_name);
+        }
+    }
+    const int64_t rows = c.student.rows;
+    if (rows == 0 || c.student.vocab == 0) return;
+
+    // Each row's scale: the upstream gradient, the divisor, T^2 and the 1/T
+    // of the logits' scaling.
+    const double common = c.loss_factor / options.temperature / c.divisor;
+    std::vector<double> row_scale((size_t)rows);
+    if (options.reduction == Reduction::None) {
+        std::vector<int64_t> index(grad_output.sizes.size(), 0);
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t offset = 0;
+            for (size_t d = 0; d < index.size(); d++) offset += index[d] * grad_output.strides[d];
+            row_scale[r] = common * load_as_double(static_cast<const uint8_t *>(grad_output.data) +
+                                                       offset * (int64_t)element_size(grad_output.dtype),
+                                                   grad_output.dtype);
+            for (int d = (int)index.size() - 1; d >= 0 && ++index[d] == grad_output.sizes[d]; d--) index[d] = 0;
+        }
+    } else {
+        const double g = load_as_double(grad_output.data, grad_output.dtype);
+        for (double &s : row_scale) s = common * g;
+    }
+
+    const Operands o{student, teacher, c, storage_halide_type(student.dtype), (int64_t)element_size(student.dtype)};
+    std::vector<double> own_stats;
+    if (!stats) {
+        own_stats = empty_stats(c);
+        run_stats(o, options, 0.0, nullptr, own_stats.data());
+        stats = own_stats.data();
+    }
+    std::vector<Rows> views = {c.student, c.teacher};
+    std::optional<Rows> gs, gt;
+    if (grad_student) views.push_back(*(gs = rows_of(*grad_student)));
+    if (grad_teacher) views.push_back(*(gt = rows_of(*grad_teacher)));
+    const char *pass = grad_student && grad_teacher ? "bwd_st" : grad_student ? "bwd_s" : "bwd_t";
+    double inv_temperature = 1.0 / options.temperature;
+    run_rows(kernel_name(pass, options.reverse, student.dtype), rows, rows_per_call(views),
+             [&](int64_t row0, int64_t n, auto &b2, auto &b1) {
+                 std::vector<void *> argv;
+                 argv.push_back(&o.logits(student, c.student, row0, n, b2)->buffer);
+                 argv.push_back(&o.logits(teacher, c.teacher, row0, n, b2)->buffer);
+                 b1.push_back(std::make_unique<Buffer1>(c.row_on.data() + row0, halide_type_t(halide_type_uint, 8), n));
+                 argv.push_back(&b1.back()->buffer);
+                 argv.push_back(&inv_temperature);
+                 b2.push_back(std::make_unique<Buffer2>(const_cast<double *>(stats), halide_type_t(halide_type_float, 64),
+                                                        8, kDistillStatsPerRow, 1, row0, n, kDistillStatsPerRow));
+                 argv.push_back(&b2.back()->buffer);
+                 b1.push_back(std::make_unique<Buffer1>(row_scale.data() + row0, halide_type_t(halide_type_float, 64), n));
+                 argv.push_back(&b1.back()->buffer);
+                 if (grad_student) argv.push_back(&o.logits(*grad_student, *gs, row0, n, b2)->buffer);
+                 if (grad_teacher) argv.push_back(&o.logits(*grad_teacher, *gt, row0, n, b2)->buffer);
+                 return argv;
+             });
+}
+
+}  // namespace kldiv::runtime

@@ -1,0 +1,37 @@
+// Distillation from logits (kldiv_distill_* in kldiv.h): validation, the
+// calls of the AOT kernels (dsl/distill.h) and the reduction over rows.
+#pragma once
+
+#include <cstdint>
+
+#include "kldiv/kldiv.hpp"
+
+namespace kldiv::runtime {
+
+struct DistillOptions {
+    double temperature = 1.0;
+    Reduction reduction = Reduction::BatchMean;
+    bool reverse = false;
+    bool temperature_squared = false;
+    const uint8_t *row_mask = nullptr;  // rows bytes, 0 = masked; null: every row
+};
+
+// Row statistics, kDistillStats doubles per row (dsl::DistillStat order).
+constexpr int kDistillStatsPerRow = 5;
+
+// The loss into `out`; with `stats`, the rows' statistics for a backward call.
+void distill_forward(const Tensor &student, const Tensor &teacher, const DistillOptions &options, const Tensor &out,
+                     double *stats);
+
+// The loss and the student's gradient for upstream gradient 1, from one pass
+// over each row. `grad_student` may be `student` itself (the same view).
+void distill_forward_backward(const Tensor &student, const Tensor &teacher, const DistillOptions &options,
+                              const Tensor &out, const Tensor &grad_student, double *stats);
+
+// Gradients for upstream gradient `grad_output` (the loss's shape); `stats`
+// from a forward call on the same logits, or null (then computed again).
+void distill_backward(const Tensor &grad_output, const Tensor &student, const Tensor &teacher,
+                      const DistillOptions &options, const double *stats, const Tensor *grad_student,
+                      const Tensor *grad_teacher);
+
+}  // namespace kldiv::runtime
