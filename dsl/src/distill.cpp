@@ -18,11 +18,13 @@ Expr minus_inf(Halide::Type t) { return constant(t, -std::numeric_limits<double>
 // Which operand: the student's logits or the teacher's.
 enum Operand { kStudent = 0, kTeacher = 1 };
 
-// One element of a row, its logits over T in the compute type: the step
-// loops of the reductions read whole steps of kDistillLanes elements; the
-// last, partial one reads the row's last element in place of those past the
-// end and adds `pad` for them. The test is made once per step and the steady
-// state tagged likely, so that Halide's loop partitioning leaves it no select.
+// The elements of a row, their logits over T in the compute type, a step of
+// kDistillLanes at a time. Every step loads kDistillLanes adjacent logits
+// (one dense vector load, no per-lane clamp): the last, partial step loads the
+// row's last kDistillLanes, overlapping its predecessor, and steps past the
+// end load them too. Lanes that belong to another step take `pad`; maxima,
+// which an element counted twice does not change, take no test at all. Rows
+// of fewer than kDistillLanes logits are the runtime's to pad (with -inf).
 struct RowReader {
     const DistillInputs &in;
     DType dtype;
@@ -33,15 +35,15 @@ struct RowReader {
         return widen(logits(j, row), dtype) * Halide::cast(type, in.inv_temperature);
     }
 
-    // f(operand's scaled logit) at element step_start + lane of the row, or
-    // `pad` past its end.
+    // f(j, row) at element step_start + lane of the row, or `pad` (unless
+    // `idempotent`) where that lane belongs to another step or is past the end.
     template<typename F>
-    Expr step(const Expr &step_start, const Expr &lane, const Expr &row, const Expr &pad, F f) const {
-        // (The clamps tell bounds inference what the tests keep.)
-        const Expr j = step_start + lane;
-        const Expr dense = f(Halide::min(Halide::likely(j), in.vocab - 1), row);
-        const Expr guarded = Halide::select(j < in.vocab, f(Halide::min(j, in.vocab - 1), row), pad);
-        return Halide::select(step_start + kDistillLanes <= in.vocab, Halide::likely(dense), guarded);
+    Expr step(const Expr &step_start, const Expr &lane, const Expr &row, const Expr &pad, F f,
+              bool idempotent = false) const {
+        const Expr start = Halide::min(step_start, in.vocab - kDistillLanes);
+        const Expr value = f(start + lane, row);
+        if (idempotent) return value;
+        return Halide::select(start + lane >= step_start, value, pad);
     }
 };
 
@@ -91,9 +93,9 @@ DistillAlgorithm distill(const DistillInputs &in, const DistillOptions &options)
         for (int o : {kStudent, kTeacher}) {
             lane_max.push_back(Halide::max(
                 a.block_max_lanes(lane, a.block, row)[o],
-                reader.step(start, lane, row, minus_inf(ct), [&](const Expr &j, const Expr &r) {
-                    return reader.scaled(Operand(o), j, r);
-                })));
+                reader.step(
+                    start, lane, row, minus_inf(ct),
+                    [&](const Expr &j, const Expr &r) { return reader.scaled(Operand(o), j, r); }, true)));
         }
         a.block_max_lanes(lane, a.block, row) = Tuple(lane_max);
 
@@ -123,21 +125,28 @@ DistillAlgorithm distill(const DistillInputs &in, const DistillOptions &options)
         a.block_sum(a.block, row) = Tuple(a.block_sum(a.block, row)[0] + a.block_sum_lanes(lanes, a.block, row)[0],
                                           a.block_sum(a.block, row)[1] + a.block_sum_lanes(lanes, a.block, row)[1]);
 
+        // Both per block in one place, so that a schedule can compute a
+        // block's sums right after its maximum, while the block is in cache.
+        a.block_stats = Func("block_stats");
+        a.block_stats(a.block, row) = Tuple(a.block_max(a.block, row)[0], a.block_max(a.block, row)[1],
+                                            a.block_sum(a.block, row)[0], a.block_sum(a.block, row)[1]);
+
         // The row: the blocks' maxima, and their sums rescaled to it. A block
         // of -inf adds 0 * exp(-inf - max) = 0; a row of -inf, whose maximum
         // is -inf, adds 0 * exp(NaN): NaN, as log_softmax gives.
         const RDom each_block(0, blocks, "each_block");
         a.row_max = Func("row_max");
         a.row_max(row) = Tuple(minus_inf(ct), minus_inf(ct));
-        a.row_max(row) = Tuple(Halide::max(a.row_max(row)[0], a.block_max(each_block, row)[0]),
-                               Halide::max(a.row_max(row)[1], a.block_max(each_block, row)[1]));
+        a.row_max(row) = Tuple(Halide::max(a.row_max(row)[0], a.block_stats(each_block, row)[0]),
+                               Halide::max(a.row_max(row)[1], a.block_stats(each_block, row)[1]));
         Func row_sum("row_sum");
         row_sum(row) = Tuple(constant(f64, 0.0), constant(f64, 0.0));
         std::vector<Expr> sums;
         for (int o : {kStudent, kTeacher}) {
-            const Expr rescale = exp(Halide::cast(f64, a.block_max(each_block, row)[o]) - Halide::cast(f64, a.row_max(row)[o]),
+            const Expr rescale = exp(Halide::cast(f64, a.block_stats(each_block, row)[o]) -
+                                         Halide::cast(f64, a.row_max(row)[o]),
                                      options.math);
-            sums.push_back(row_sum(row)[o] + a.block_sum(each_block, row)[o] * rescale);
+            sums.push_back(row_sum(row)[o] + a.block_stats(each_block, row)[2 + o] * rescale);
         }
         row_sum(row) = Tuple(sums);
         a.row_log_sum = Func("row_log_sum");

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <limits>
@@ -257,6 +258,69 @@ void store_loss(const Tensor &out, const Call &c, const DistillOptions &options,
     store_from_double(out.data, out.dtype, c.loss_factor * total / c.divisor);
 }
 
+// Rows of fewer than kDistillLanes logits (the kernels' step, whose loads
+// are whole) go through copies padded with -inf: a logit of -inf has
+// probability 0, so it adds nothing to the sums or the loss and changes no
+// maximum; its gradient is dropped.
+constexpr int64_t kDistillLanes = 32;  // dsl::kDistillLanes
+
+struct Padded {
+    std::vector<uint8_t> bytes;
+    Tensor tensor;
+    Rows rows;
+};
+
+Padded padded(DType dtype, int64_t rows, const Tensor *source, const Rows *source_rows) {
+    const int64_t size = (int64_t)element_size(dtype);
+    Padded p;
+    p.bytes.resize((size_t)(rows * kDistillLanes * size));
+    p.tensor = Tensor::contiguous(p.bytes.data(), dtype, {rows, kDistillLanes});
+    p.rows = Rows{rows, kDistillLanes, kDistillLanes, 1};
+    if (!source) return p;
+    const double minus_infinity = -std::numeric_limits<double>::infinity();
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t j = 0; j < kDistillLanes; j++) {
+            uint8_t *to = p.bytes.data() + (r * kDistillLanes + j) * size;
+            if (j < source_rows->vocab) {
+                const int64_t offset = r * source_rows->row_stride + j * source_rows->vocab_stride;
+                std::memcpy(to, static_cast<const uint8_t *>(source->data) + offset * size, (size_t)size);
+            } else {
+                store_from_double(to, dtype, minus_infinity);
+            }
+        }
+    }
+    return p;
+}
+
+// The first `vocab` logits of each padded row into `out`.
+void unpad(const Padded &p, const Tensor &out) {
+    const Rows r = *rows_of(out);
+    const int64_t size = (int64_t)element_size(out.dtype);
+    for (int64_t row = 0; row < r.rows; row++) {
+        for (int64_t j = 0; j < r.vocab; j++) {
+            std::memcpy(static_cast<uint8_t *>(out.data) + (row * r.row_stride + j * r.vocab_stride) * size,
+                        p.bytes.data() + (row * kDistillLanes + j) * size, (size_t)size);
+        }
+    }
+}
+
+// The logits as the kernels take them: the call's own, or padded copies.
+struct Logits {
+    std::optional<Padded> student_copy, teacher_copy;
+    const Tensor *student, *teacher;
+    Call call;
+    Logits(const Tensor &s, const Tensor &t, const Call &c) : student(&s), teacher(&t), call(c) {
+        if (c.student.vocab == 0 || c.student.vocab >= kDistillLanes) return;
+        student_copy = padded(s.dtype, c.student.rows, &s, &c.student);
+        teacher_copy = padded(t.dtype, c.teacher.rows, &t, &c.teacher);
+        student = &student_copy->tensor;
+        teacher = &teacher_copy->tensor;
+        call.student = student_copy->rows;
+        call.teacher = teacher_copy->rows;
+    }
+    bool padded_rows() const { return student_copy.has_value(); }
+};
+
 std::vector<double> empty_stats(const Call &c) {
     return std::vector<double>((size_t)(c.student.rows * kDistillStatsPerRow), 0.0);
 }
@@ -271,8 +335,12 @@ void distill_forward(const Tensor &student, const Tensor &teacher, const Distill
         if (overlaps(out, *t)) fail(ErrorCode::Alias, std::string("out overlaps ") + name);
     }
     std::vector<double> row_stats = empty_stats(c);
-    const Operands o{student, teacher, c, storage_halide_type(student.dtype), (int64_t)element_size(student.dtype)};
-    if (c.student.rows > 0 && c.student.vocab > 0) run_stats(o, options, 0.0, nullptr, row_stats.data());
+    if (c.student.rows > 0 && c.student.vocab > 0) {
+        const Logits l(student, teacher, c);
+        const Operands o{*l.student, *l.teacher, l.call, storage_halide_type(student.dtype),
+                         (int64_t)element_size(student.dtype)};
+        run_stats(o, options, 0.0, nullptr, row_stats.data());
+    }
     store_loss(out, c, options, row_stats);
     if (stats) std::copy(row_stats.begin(), row_stats.end(), stats);
 }
@@ -295,8 +363,18 @@ void distill_forward_backward(const Tensor &student, const Tensor &teacher, cons
     }
     std::vector<double> row_stats = empty_stats(c);
     const double scale = c.loss_factor / options.temperature / c.divisor;
-    const Operands o{student, teacher, c, storage_halide_type(student.dtype), (int64_t)element_size(student.dtype)};
-    if (c.student.rows > 0 && c.student.vocab > 0) run_stats(o, options, scale, &grad_student, row_stats.data());
+    if (c.student.rows > 0 && c.student.vocab > 0) {
+        const Logits l(student, teacher, c);
+        const Operands o{*l.student, *l.teacher, l.call, storage_halide_type(student.dtype),
+                         (int64_t)element_size(student.dtype)};
+        if (l.padded_rows()) {
+            Padded grad = padded(student.dtype, c.student.rows, nullptr, nullptr);
+            run_stats(o, options, scale, &grad.tensor, row_stats.data());
+            unpad(grad, grad_student);
+        } else {
+            run_stats(o, options, scale, &grad_student, row_stats.data());
+        }
+    }
     store_loss(out, c, options, row_stats);
     if (stats) std::copy(row_stats.begin(), row_stats.end(), stats);
 }
@@ -346,24 +424,33 @@ void distill_backward(const Tensor &grad_output, const Tensor &student, const Te
         for (double &s : row_scale) s = common * g;
     }
 
-    const Operands o{student, teacher, c, storage_halide_type(student.dtype), (int64_t)element_size(student.dtype)};
+    const Logits l(student, teacher, c);
+    const Operands o{*l.student, *l.teacher, l.call, storage_halide_type(student.dtype),
+                     (int64_t)element_size(student.dtype)};
+    std::optional<Padded> student_copy, teacher_copy;
+    if (l.padded_rows()) {
+        if (grad_student) student_copy = padded(student.dtype, rows, nullptr, nullptr);
+        if (grad_teacher) teacher_copy = padded(student.dtype, rows, nullptr, nullptr);
+    }
+    const Tensor *gs_out = student_copy ? &student_copy->tensor : grad_student;
+    const Tensor *gt_out = teacher_copy ? &teacher_copy->tensor : grad_teacher;
     std::vector<double> own_stats;
     if (!stats) {
         own_stats = empty_stats(c);
         run_stats(o, options, 0.0, nullptr, own_stats.data());
         stats = own_stats.data();
     }
-    std::vector<Rows> views = {c.student, c.teacher};
+    std::vector<Rows> views = {l.call.student, l.call.teacher};
     std::optional<Rows> gs, gt;
-    if (grad_student) views.push_back(*(gs = rows_of(*grad_student)));
-    if (grad_teacher) views.push_back(*(gt = rows_of(*grad_teacher)));
+    if (gs_out) views.push_back(*(gs = rows_of(*gs_out)));
+    if (gt_out) views.push_back(*(gt = rows_of(*gt_out)));
     const char *pass = grad_student && grad_teacher ? "bwd_st" : grad_student ? "bwd_s" : "bwd_t";
     double inv_temperature = 1.0 / options.temperature;
     run_rows(kernel_name(pass, options.reverse, student.dtype), rows, rows_per_call(views),
              [&](int64_t row0, int64_t n, auto &b2, auto &b1) {
                  std::vector<void *> argv;
-                 argv.push_back(&o.logits(student, c.student, row0, n, b2)->buffer);
-                 argv.push_back(&o.logits(teacher, c.teacher, row0, n, b2)->buffer);
+                 argv.push_back(&o.logits(*l.student, l.call.student, row0, n, b2)->buffer);
+                 argv.push_back(&o.logits(*l.teacher, l.call.teacher, row0, n, b2)->buffer);
                  b1.push_back(std::make_unique<Buffer1>(c.row_on.data() + row0, halide_type_t(halide_type_uint, 8), n));
                  argv.push_back(&b1.back()->buffer);
                  argv.push_back(&inv_temperature);
@@ -372,10 +459,12 @@ void distill_backward(const Tensor &grad_output, const Tensor &student, const Te
                  argv.push_back(&b2.back()->buffer);
                  b1.push_back(std::make_unique<Buffer1>(row_scale.data() + row0, halide_type_t(halide_type_float, 64), n));
                  argv.push_back(&b1.back()->buffer);
-                 if (grad_student) argv.push_back(&o.logits(*grad_student, *gs, row0, n, b2)->buffer);
-                 if (grad_teacher) argv.push_back(&o.logits(*grad_teacher, *gt, row0, n, b2)->buffer);
+                 if (gs_out) argv.push_back(&o.logits(*gs_out, *gs, row0, n, b2)->buffer);
+                 if (gt_out) argv.push_back(&o.logits(*gt_out, *gt, row0, n, b2)->buffer);
                  return argv;
              });
+    if (student_copy) unpad(*student_copy, *grad_student);
+    if (teacher_copy) unpad(*teacher_copy, *grad_teacher);
 }
 
 }  // namespace kldiv::runtime

@@ -49,7 +49,13 @@ void apply_distill_cpu(dsl::DistillAlgorithm &a, const dsl::DistillOptions &opti
     }
     a.stats.compute_root().bound(a.k, 0, dsl::kDistillStats).unroll(a.k).parallel(a.row);
     const Halide::LoopLevel at_row(a.stats, a.row);
-    for (Func f : {a.block_max, a.block_sum, a.row_max, a.row_log_sum, a.row_loss}) f.compute_at(at_row);
+    for (Func f : {a.block_stats, a.row_max, a.row_log_sum, a.row_loss}) f.compute_at(at_row);
+    // A block's exp sums right after its maximum: the first reads the block
+    // from memory, the second from L1, and the hardware prefetcher streams
+    // the next block in while the exps are computed.
+    const Halide::LoopLevel at_block(a.block_stats, a.block);
+    a.block_max.compute_at(at_block);
+    a.block_sum.compute_at(at_block);
     schedule_lanes(a.block_max_lanes, Halide::LoopLevel(a.block_max, a.block), a.lane, a.block_steps.x);
     schedule_lanes(a.block_sum_lanes, Halide::LoopLevel(a.block_sum, a.block), a.lane, a.block_steps.x);
     schedule_lanes(a.loss_lanes, at_row, a.lane, a.row_steps.x);

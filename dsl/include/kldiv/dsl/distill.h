@@ -26,11 +26,14 @@ namespace kldiv::dsl {
 // log of its sum of exp(logit / T - maximum). Backward passes read them.
 enum DistillStat { kRowLoss = 0, kStudentMax, kStudentLogSum, kTeacherMax, kTeacherLogSum, kDistillStats };
 
-// The sums of a row: `kDistillLanes` interleaved partial sums in float64
-// (element j in lane j % kDistillLanes), added in lane order; the maxima and
-// exp sums are taken over blocks of kDistillBlock elements, whose float64 sums
-// are rescaled to the row's maximum and added in block order. A property of
-// the numerics, not of the vector width: every target sums in this order.
+// The sums of a row: `kDistillLanes` partial sums in float64, one per lane of
+// the steps of kDistillLanes adjacent elements (the last step is the row's
+// last kDistillLanes elements, its lanes already counted masked), added in
+// lane order; the maxima and exp sums are taken over blocks of kDistillBlock
+// elements, whose float64 sums are rescaled to the row's maximum and added in
+// block order. A property of the numerics, not of the vector width: every
+// target sums in this order. Kernels take rows of at least kDistillLanes
+// logits (the runtime pads shorter ones with -inf).
 constexpr int kDistillLanes = 32;
 constexpr int kDistillBlock = 2048;
 
@@ -68,6 +71,7 @@ struct DistillAlgorithm {
     Halide::Func block_max;        // (block, row): Tuple, compute type
     Halide::Func block_sum_lanes;  // (lane, block, row): Tuple, float64
     Halide::Func block_sum;        // (block, row): Tuple, float64
+    Halide::Func block_stats;      // (block, row): Tuple (both maxima, both sums)
     Halide::Func row_max;      // (row): Tuple, compute type
     Halide::Func row_log_sum;  // (row): Tuple, compute type
     Halide::Func loss_lanes;   // (lane, row): float64
