@@ -25,6 +25,21 @@ class Tensor(ctypes.Structure):
     ]
 
 
+class DistillOptions(ctypes.Structure):
+    """kldiv_distill_options."""
+
+    _fields_ = [
+        ("temperature", ctypes.c_double),
+        ("reduction", ctypes.c_int),
+        ("reverse", ctypes.c_int32),
+        ("temperature_squared", ctypes.c_int32),
+        ("row_mask", ctypes.c_void_p),
+    ]
+
+
+DISTILL_STATS_PER_ROW = 5
+
+
 def library_path():
     """The libkldiv this package uses: $KLDIV_LIBRARY, else the copy installed with it."""
     return os.environ.get("KLDIV_LIBRARY") or str(Path(__file__).with_name("libkldiv.so"))
@@ -40,10 +55,14 @@ def _load():
             "from a kldiv build (see the README), or set KLDIV_LIBRARY to a libkldiv.so."
         ) from error
     tensor_p = ctypes.POINTER(Tensor)
+    options_p = ctypes.POINTER(DistillOptions)
     for name, args in {
         "kldiv_forward": [tensor_p, tensor_p, ctypes.c_int, ctypes.c_int, tensor_p],
         "kldiv_backward": [tensor_p, tensor_p, tensor_p, ctypes.c_int, ctypes.c_int, tensor_p, tensor_p],
         "kldiv_forward_backward": [tensor_p, tensor_p, ctypes.c_int, ctypes.c_int, tensor_p, tensor_p],
+        "kldiv_distill_forward": [tensor_p, tensor_p, options_p, tensor_p, ctypes.c_void_p],
+        "kldiv_distill_forward_backward": [tensor_p, tensor_p, options_p, tensor_p, tensor_p, ctypes.c_void_p],
+        "kldiv_distill_backward": [tensor_p, tensor_p, tensor_p, options_p, ctypes.c_void_p, tensor_p, tensor_p],
     }.items():
         function = getattr(lib, name)
         function.argtypes = args

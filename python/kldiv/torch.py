@@ -24,7 +24,7 @@ from torch.nn import _reduction as _Reduction
 
 from . import _lib
 
-__all__ = ["kl_div", "KLDivLoss", "empty_cache"]
+__all__ = ["kl_div", "KLDivLoss", "distill_kl", "empty_cache"]
 
 _DTYPES = {
     torch.float32: _lib.FLOAT32,
@@ -396,3 +396,6 @@ class KLDivLoss(torch.nn.KLDivLoss):
 
     def forward(self, input, target):
         return kl_div(input, target, reduction=self.reduction, log_target=self.log_target)
+
+
+from ._distill import distill_kl  # noqa: E402 (it uses the helpers above)

@@ -1,5 +1,7 @@
 """Vocabulary-parallel KL: input and target sharded along the last dimension
 across 2 gloo processes, against the unsharded loss and gradients."""
+import itertools
+import math
 import os
 import tempfile
 
@@ -56,3 +58,45 @@ def _rank_main(rank, init_file, dtype):
 def test_sharded_loss_and_gradients_equal_the_unsharded_ones(dtype):
     with tempfile.TemporaryDirectory() as folder:
         mp.spawn(_rank_main, args=(os.path.join(folder, "rendezvous"), dtype), nprocs=WORLD, join=True)
+
+
+def _distill_rank_main(rank, init_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        group = dist.new_group([0, 1])
+        generator = torch.Generator().manual_seed(8)
+        s = torch.randn(2, 3, 301, generator=generator, dtype=torch.float64) * 3
+        t = torch.randn(2, 3, 301, generator=generator, dtype=torch.float64) * 3
+        t[0, 0, 10:20] = -math.inf        # suppressed tokens, on one shard
+        t[0, 1, :152] = -math.inf         # one shard with no teacher mass at all
+        s[1, 2, 200:] = -math.inf         # no student mass on the other shard: +inf in forward KL
+        mask = torch.tensor([[True, True, False], [True, True, True]])
+        for reduction, reverse, m, temperature in itertools.product(REDUCTIONS, (False, True), (None, mask),
+                                                                  (0.5, 2.0)):
+            for needs_teacher in (False, True):
+                where = f"rank {rank} {reduction} reverse={reverse} mask={m is not None} T={temperature}"
+                full_s, full_t = s.clone().requires_grad_(), t.clone().requires_grad_(needs_teacher)
+                want = kldiv.torch.distill_kl(full_s, full_t, temperature, reduction, reverse, m, True)
+                ss = _shard(s, rank).clone().requires_grad_()
+                ts = _shard(t, rank).clone().requires_grad_(needs_teacher)
+                got = kldiv.torch.distill_kl(ss, ts, temperature, reduction, reverse, m, True, process_group=group)
+                torch.testing.assert_close(got.detach(), want.detach(), msg=where, equal_nan=True)
+                finite = torch.isfinite(want) if reduction == "none" else None
+                if reduction != "none" and not torch.isfinite(want):
+                    continue  # (an infinite loss has no useful gradient to compare)
+                upstream = torch.linspace(0.5, 1.5, want.numel(), dtype=torch.float64).view(want.shape)
+                if finite is not None:
+                    upstream = torch.where(finite, upstream, torch.zeros_like(upstream))
+                want.backward(upstream)
+                got.backward(upstream)
+                torch.testing.assert_close(ss.grad, _shard(full_s.grad, rank), msg=where, equal_nan=True)
+                if needs_teacher:
+                    torch.testing.assert_close(ts.grad, _shard(full_t.grad, rank), msg=where, equal_nan=True)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not in this torch")
+def test_sharded_distillation_equals_the_unsharded_one():
+    with tempfile.TemporaryDirectory() as folder:
+        mp.spawn(_distill_rank_main, args=(os.path.join(folder, "rendezvous"),), nprocs=WORLD, join=True)

@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Distillation from logits: kldiv.torch.distill_kl against the composite
+PyTorch users write, in a training step, on the same data in one process.
+
+    loss = kl_div(log_softmax(s / T), log_softmax(t / T), log_target=True, reduction='batchmean')
+    loss.backward()    # the student's logits s require grad; the teacher's t do not
+
+Contenders: kldiv.torch.distill_kl (its fused pass: the loss and the student's
+gradient from one pass over each row), the composite in eager mode, and
+torch.compile of the composite where torch has it. Prints the median time per
+step (a contender's steps back to back, after one to warm up), the speed-up over eager, kldiv's GB/s against the bytes its step must
+move (read s and t, write the gradient) with the percentage of a copy's
+bandwidth measured in the same run, and each contender's peak memory on top of
+the data (the peak resident set of a fresh process per contender).
+
+    .venv/bin/python bench/distill_bench.py [--shapes 4096x32000 8192x128256] [--dtype float32 bfloat16]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import kldiv
+import kldiv.torch
+
+SHAPES = ["4096x32000"]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+TEMPERATURE = 2.0
+
+
+def composite(s, t):
+    return F.kl_div(F.log_softmax(s / TEMPERATURE, -1), F.log_softmax(t / TEMPERATURE, -1), log_target=True,
+                    reduction="batchmean")
+
+
+def fused(s, t):
+    return kldiv.torch.distill_kl(s, t, TEMPERATURE, "batchmean")
+
+
+def contenders():
+    found = {"kldiv": fused, "eager": composite}
+    if hasattr(torch, "compile"):
+        found["torch.compile"] = torch.compile(composite)
+    return found
+
+
+def data(rows, vocab, dtype, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    s = (torch.randn(rows, vocab, generator=generator) * 2).to(dtype).requires_grad_()
+    t = (torch.randn(rows, vocab, generator=generator) * 2).to(dtype)
+    return s, t
+
+
+def step(function, s, t):
+    s.grad = None
+    loss = function(s, t)
+    loss.backward()
+    return loss
+
+
+def median_seconds(function, repeats, warmup=1):
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def copy_bandwidth(s, repeats):
+    """Bytes per second of a copy of s (one read, one write) in this process."""
+    source = s.detach()
+    out = torch.empty_like(source)
+    seconds = median_seconds(lambda: out.copy_(source), repeats, warmup=2)
+    return 2 * source.numel() * source.element_size() / seconds
+
+
+def resident_kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def peak_memory_child(name, rows, vocab, dtype_name):
+    """In a fresh process: the peak memory of the steps on top of the data, in bytes."""
+    s, t = data(rows, vocab, DTYPES[dtype_name])
+    function = contenders()[name]
+    small_s, small_t = data(2, 64, DTYPES[dtype_name])
+    step(function, small_s, small_t)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # Linux: the peak resident set (VmHWM) starts again from the current one
+    base = resident_kib("VmRSS") * 1024
+    for _ in range(2):
+        step(function, s, t)
+    return resident_kib("VmHWM") * 1024 - base
+
+
+def peak_memory(name, rows, vocab, dtype_name, threads):
+    run = subprocess.run([sys.executable, __file__, "--memory-child", name, str(rows), str(vocab), dtype_name,
+                          "--threads", str(threads)], capture_output=True, text=True, check=True)
+    return int(run.stdout.split()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=list(DTYPES))
+    parser.add_argument("--shapes", nargs="+", default=SHAPES, help="rows x vocab, e.g. 8192x128256")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="CPU threads of PyTorch and kldiv alike (default: the cores this process may use)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    kldiv.set_num_threads(args.threads)
+    if args.memory_child:
+        name, rows, vocab, dtype_name = args.memory_child
+        print(peak_memory_child(name, int(rows), int(vocab), dtype_name))
+        return
+
+    print(f"torch {torch.__version__}, kldiv library {kldiv.library_path()} ({kldiv.cpu_target()}), "
+          f"{args.threads} CPU threads for each; T = {TEMPERATURE}")
+    if not hasattr(torch, "compile"):
+        print("[SKIP] torch.compile: this torch has none")
+    names = list(contenders())
+    print("\nloss + backward per step ('batchmean'); x eager = eager's time over kldiv's; "
+          "ceiling: a copy of the logits in this run")
+    header = "  ".join(f"{n:>14s}" for n in names)
+    print(f"{'shape':>12s} {'dtype':>9s}  {header}  {'x eager':>8s} {'kldiv GB/s':>10s} {'% ceil':>6s}  "
+          f"peak MiB over the data: " + " / ".join(names))
+    results = {"torch": torch.__version__, "temperature": TEMPERATURE, "steps": []}
+    for shape in args.shapes:
+        rows, vocab = (int(v) for v in shape.split("x"))
+        for dtype_name in args.dtype:
+            s, t = data(rows, vocab, DTYPES[dtype_name])
+            functions = contenders()
+            # Each contender's steps back to back, as a training loop calls it
+            # (interleaving them would hand each one the other's memory state).
+            seconds = {name: median_seconds(lambda: step(function, s, t), args.repeats, warmup=1)
+                       for name, function in functions.items()}
+            moved = 3 * s.numel() * s.element_size()
+            ceiling = copy_bandwidth(s, args.repeats)
+            achieved = moved / seconds["kldiv"]
+            memory = {} if args.no_memory else {
+                name: peak_memory(name, rows, vocab, dtype_name, args.threads) for name in functions}
+            cells = "  ".join(f"{seconds[n] * 1e3:11.1f} ms" for n in names)
+            peaks = " / ".join(f"{memory[n] / 2**20:.0f}" for n in names) if memory else "-"
+            print(f"{shape:>12s} {dtype_name:>9s}  {cells}  {seconds['eager'] / seconds['kldiv']:7.1f}x "
+                  f"{achieved / 1e9:10.1f} {100 * achieved / ceiling:5.0f}%  {peaks}", flush=True)
+            results["steps"].append({"shape": [rows, vocab], "dtype": dtype_name, "seconds": seconds,
+                                     "kldiv_bytes": moved, "copy_bytes_per_second": ceiling,
+                                     "peak_bytes": memory, "logits_bytes": s.numel() * s.element_size()})
+            del s, t
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
