@@ -237,6 +237,9 @@ def distill_kl(student_logits, teacher_logits, temperature=1.0, reduction="batch
              and student_logits.layout == torch.strided and teacher_logits.layout == torch.strided
              and (mask is None or mask.device.type == "cpu"))
     if not takes:
+        if process_group is not None:
+            raise NotImplementedError("distill_kl: process_group takes CPU logits of float32, float64, float16 or "
+                                      "bfloat16 in this version")
         return _composite(student_logits, teacher_logits, temperature, reduction, reverse, mask, temperature_squared)
     # The kernels take leading dimensions that view as one; other layouts are copied.
     student, teacher = (x if _one_row_dim(x) else x.contiguous() for x in (student_logits, teacher_logits))

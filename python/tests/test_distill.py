@@ -310,6 +310,18 @@ def test_errors():
         kt.distill_kl(s, t, mask=torch.ones(3))
     with pytest.raises(RuntimeError, match="at least one dimension"):
         kt.distill_kl(torch.tensor(1.0), torch.tensor(2.0))
+    with pytest.raises(NotImplementedError, match="process_group"):
+        kt.distill_kl(s.to(torch.int32), t.to(torch.int32), process_group=object())
+
+
+def test_fallback_agrees():
+    # Tensors the kernels do not take (here: mixed dtypes) run the same definition on PyTorch's operators.
+    s, t = logits((4, 50), torch.float64, seed=22), logits((4, 50), torch.float64, seed=23)
+    t[0, :10] = -math.inf
+    for reverse in (False, True):
+        got = kt.distill_kl(s, t.to(torch.float32), 2.0, "none", reverse)
+        expected, _ = reference(s, t.to(torch.float32), 2.0, "none", reverse)
+        assert torch.allclose(got, expected, rtol=1e-6)
 
 
 def _c_view(tensor):
