@@ -12,12 +12,12 @@ namespace kldiv::codegen {
 
 class DistillGenerator : public Halide::Generator<DistillGenerator> {
 public:
-    Halide::GeneratorParam<DType> dtype{"dtype", DType::Float32,
-                                        {{"f32", DType::Float32},
-                                         {"f64", DType::Float64},
-                                         {"f16", DType::Float16},
-                                         {"bf16", DType::BFloat16}}};
-    Halide::GeneratorParam<dsl::DistillPass> pass{"pass", dsl::DistillPass::Forward,
+    Halide::GeneratorParam<DType> dtype{
+        "dtype",
+        DType::Float32,
+        {{"f32", DType::Float32}, {"f64", DType::Float64}, {"f16", DType::Float16}, {"bf16", DType::BFloat16}}};
+    Halide::GeneratorParam<dsl::DistillPass> pass{"pass",
+                                                  dsl::DistillPass::Forward,
                                                   {{"forward", dsl::DistillPass::Forward},
                                                    {"fused", dsl::DistillPass::Fused},
                                                    {"backward", dsl::DistillPass::Backward}}};
@@ -101,8 +101,7 @@ private:
     Halide::GeneratorInput<Halide::Buffer<>> *student_ = nullptr, *teacher_ = nullptr, *row_on_ = nullptr;
     Halide::GeneratorInput<Halide::Buffer<>> *stats_in_ = nullptr, *row_scale_ = nullptr;
     Halide::GeneratorInput<Halide::Expr> *inv_temperature_ = nullptr, *grad_scale_ = nullptr;
-    Halide::GeneratorOutput<Halide::Buffer<>> *stats_out_ = nullptr, *grad_student_ = nullptr,
-                                              *grad_teacher_ = nullptr;
+    Halide::GeneratorOutput<Halide::Buffer<>> *stats_out_ = nullptr, *grad_student_ = nullptr, *grad_teacher_ = nullptr;
 };
 
 }  // namespace kldiv::codegen

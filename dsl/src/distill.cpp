@@ -91,19 +91,20 @@ DistillAlgorithm distill(const DistillInputs &in, const DistillOptions &options)
         a.block_max_lanes(lane, a.block, row) = Tuple(minus_inf(ct), minus_inf(ct));
         std::vector<Expr> lane_max;
         for (int o : {kStudent, kTeacher}) {
-            lane_max.push_back(Halide::max(
-                a.block_max_lanes(lane, a.block, row)[o],
-                reader.step(
-                    start, lane, row, minus_inf(ct),
-                    [&](const Expr &j, const Expr &r) { return reader.scaled(Operand(o), j, r); }, true)));
+            lane_max.push_back(
+                Halide::max(a.block_max_lanes(lane, a.block, row)[o],
+                            reader.step(
+                                start, lane, row, minus_inf(ct),
+                                [&](const Expr &j, const Expr &r) { return reader.scaled(Operand(o), j, r); }, true)));
         }
         a.block_max_lanes(lane, a.block, row) = Tuple(lane_max);
 
         const RDom lanes(0, kDistillLanes, "lanes");
         a.block_max = Func("block_max");
         a.block_max(a.block, row) = Tuple(minus_inf(ct), minus_inf(ct));
-        a.block_max(a.block, row) = Tuple(Halide::max(a.block_max(a.block, row)[0], a.block_max_lanes(lanes, a.block, row)[0]),
-                                          Halide::max(a.block_max(a.block, row)[1], a.block_max_lanes(lanes, a.block, row)[1]));
+        a.block_max(a.block, row) =
+            Tuple(Halide::max(a.block_max(a.block, row)[0], a.block_max_lanes(lanes, a.block, row)[0]),
+                  Halide::max(a.block_max(a.block, row)[1], a.block_max_lanes(lanes, a.block, row)[1]));
 
         // exp(x - the block's maximum), in float64 sums. A block of -inf
         // subtracts 0 instead (its exps are 0, not NaN).
@@ -143,9 +144,9 @@ DistillAlgorithm distill(const DistillInputs &in, const DistillOptions &options)
         row_sum(row) = Tuple(constant(f64, 0.0), constant(f64, 0.0));
         std::vector<Expr> sums;
         for (int o : {kStudent, kTeacher}) {
-            const Expr rescale = exp(Halide::cast(f64, a.block_stats(each_block, row)[o]) -
-                                         Halide::cast(f64, a.row_max(row)[o]),
-                                     options.math);
+            const Expr rescale =
+                exp(Halide::cast(f64, a.block_stats(each_block, row)[o]) - Halide::cast(f64, a.row_max(row)[o]),
+                    options.math);
             sums.push_back(row_sum(row)[o] + a.block_stats(each_block, row)[2 + o] * rescale);
         }
         row_sum(row) = Tuple(sums);
@@ -158,8 +159,12 @@ DistillAlgorithm distill(const DistillInputs &in, const DistillOptions &options)
         }
     }
 
-    auto log_p = [&](const Expr &j, const Expr &r) { return log_probability(reader.scaled(kTeacher, j, r), max[kTeacher], log_sum[kTeacher]); };
-    auto log_q = [&](const Expr &j, const Expr &r) { return log_probability(reader.scaled(kStudent, j, r), max[kStudent], log_sum[kStudent]); };
+    auto log_p = [&](const Expr &j, const Expr &r) {
+        return log_probability(reader.scaled(kTeacher, j, r), max[kTeacher], log_sum[kTeacher]);
+    };
+    auto log_q = [&](const Expr &j, const Expr &r) {
+        return log_probability(reader.scaled(kStudent, j, r), max[kStudent], log_sum[kStudent]);
+    };
 
     Expr loss;
     if (options.pass == DistillPass::Backward) {
@@ -171,16 +176,16 @@ DistillAlgorithm distill(const DistillInputs &in, const DistillOptions &options)
         a.row_steps = RDom(0, steps, "row_steps");
         a.loss_lanes = Func("loss_lanes");
         a.loss_lanes(lane, row) = constant(f64, 0.0);
-        a.loss_lanes(lane, row) += reader.step(a.row_steps * kDistillLanes, lane, row, constant(f64, 0.0),
-                                               [&](const Expr &j, const Expr &r) {
-                                                   const Expr lp = log_p(j, r), lq = log_q(j, r);
-                                                   const Expr weight_log = options.reverse ? lq : lp;
-                                                   const Expr other_log = options.reverse ? lp : lq;
-                                                   const Expr w = exp(weight_log, options.math);
-                                                   const Expr term = Halide::select(w == constant(ct, 0.0), constant(ct, 0.0),
-                                                                                    w * (weight_log - other_log));
-                                                   return Halide::cast(f64, term);
-                                               });
+        a.loss_lanes(lane, row) +=
+            reader.step(a.row_steps * kDistillLanes, lane, row, constant(f64, 0.0), [&](const Expr &j, const Expr &r) {
+                const Expr lp = log_p(j, r), lq = log_q(j, r);
+                const Expr weight_log = options.reverse ? lq : lp;
+                const Expr other_log = options.reverse ? lp : lq;
+                const Expr w = exp(weight_log, options.math);
+                const Expr term =
+                    Halide::select(w == constant(ct, 0.0), constant(ct, 0.0), w * (weight_log - other_log));
+                return Halide::cast(f64, term);
+            });
         const RDom lanes(0, kDistillLanes, "loss_lane");
         Func lane_total("loss_total");
         lane_total(row) = constant(f64, 0.0);
@@ -190,16 +195,15 @@ DistillAlgorithm distill(const DistillInputs &in, const DistillOptions &options)
         loss = Halide::cast(ct, a.row_loss(row));
 
         a.stats = Func("stats");
-        a.stats(a.k, row) = Halide::select(a.k == kRowLoss, a.row_loss(row),
-                                           a.k == kStudentMax, Halide::cast(f64, max[kStudent]),
-                                           a.k == kStudentLogSum, Halide::cast(f64, log_sum[kStudent]),
-                                           a.k == kTeacherMax, Halide::cast(f64, max[kTeacher]),
-                                           Halide::cast(f64, log_sum[kTeacher]));
+        a.stats(a.k, row) =
+            Halide::select(a.k == kRowLoss, a.row_loss(row), a.k == kStudentMax, Halide::cast(f64, max[kStudent]),
+                           a.k == kStudentLogSum, Halide::cast(f64, log_sum[kStudent]), a.k == kTeacherMax,
+                           Halide::cast(f64, max[kTeacher]), Halide::cast(f64, log_sum[kTeacher]));
     }
 
     if (options.pass == DistillPass::Forward) return a;
-    const Expr scale = options.pass == DistillPass::Fused ? Halide::cast(ct, in.grad_scale)
-                                                          : Halide::cast(ct, in.row_scale(row));
+    const Expr scale =
+        options.pass == DistillPass::Fused ? Halide::cast(ct, in.grad_scale) : Halide::cast(ct, in.row_scale(row));
     auto gradient_func = [&](Operand operand, const char *name) {
         Func f(name);
         const Expr g = gradient(operand, options.reverse, log_p(a.j, row), log_q(a.j, row), loss, options.math);

@@ -31,7 +31,8 @@ def _forward(student, teacher, settings, row_on, want_stats):
     out = torch.empty(_loss_shape(student, settings[1]), dtype=student.dtype)
     stats = _new_stats(student) if want_stats else None
     options = _options(*settings, row_on)
-    _lib.check(_lib.lib.kldiv_distill_forward(_ops._view(student), _ops._view(teacher), ctypes.byref(options), _ops._view(out),
+    _lib.check(_lib.lib.kldiv_distill_forward(_ops._view(student), _ops._view(teacher), ctypes.byref(options),
+                                              _ops._view(out),
                                               stats.data_ptr() if stats is not None else None))
     return out, stats
 

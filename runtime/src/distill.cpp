@@ -50,10 +50,7 @@ std::optional<Rows> rows_of(const Tensor &t) {
         }
         r.rows *= size;
     }
-    // The row count cannot overflow: check_tensor counted the elements.
-    for (int d = 0; d + 1 < t.rank(); d++) {
-        if (t.sizes[d] == 0) r.rows = 0;
-    }
+    // (The row count cannot overflow: check_tensor counted the elements.)
     return r;
 }
 
@@ -64,7 +61,7 @@ struct Call {
     Rows student, teacher;
     std::vector<uint8_t> row_on;
     int64_t rows_on = 0;
-    double divisor = 1.0;  // of the summed row losses
+    double divisor = 1.0;      // of the summed row losses
     double loss_factor = 1.0;  // T^2 or 1
 };
 
@@ -74,7 +71,8 @@ Call validate(const Tensor &student, const Tensor &teacher, const DistillOptions
     check_same_dtype(student, "student", teacher, "teacher");
     for (const auto &[t, name] : {std::pair{&student, "student"}, std::pair{&teacher, "teacher"}}) {
         if (t->device != Device::CPU) {
-            fail(ErrorCode::Device, std::string(name) + " is a CUDA tensor; distillation kernels run on the CPU in this version");
+            fail(ErrorCode::Device,
+                 std::string(name) + " is a CUDA tensor; distillation kernels run on the CPU in this version");
         }
     }
     if (student.rank() == 0) fail(ErrorCode::Shape, "student: logits need at least one dimension (the vocabulary)");
@@ -83,13 +81,18 @@ Call validate(const Tensor &student, const Tensor &teacher, const DistillOptions
                                    shape_text(teacher.sizes) + "; the logits must have one shape");
     }
     if (!(options.temperature > 0.0) || !std::isfinite(options.temperature)) {
-        fail(ErrorCode::InvalidArgument, "temperature must be positive and finite, got " + std::to_string(options.temperature));
+        fail(ErrorCode::InvalidArgument,
+             "temperature must be positive and finite, got " + std::to_string(options.temperature));
     }
     check_reduction(options.reduction);
     Call c;
     const std::optional<Rows> s = rows_of(student), t = rows_of(teacher);
-    if (!s) fail(ErrorCode::Shape, "student: the leading dimensions cannot be viewed as one dimension of rows (make it contiguous)");
-    if (!t) fail(ErrorCode::Shape, "teacher: the leading dimensions cannot be viewed as one dimension of rows (make it contiguous)");
+    if (!s)
+        fail(ErrorCode::Shape,
+             "student: the leading dimensions cannot be viewed as one dimension of rows (make it contiguous)");
+    if (!t)
+        fail(ErrorCode::Shape,
+             "teacher: the leading dimensions cannot be viewed as one dimension of rows (make it contiguous)");
     c.student = *s;
     c.teacher = *t;
     const int64_t rows = c.student.rows;
@@ -99,9 +102,14 @@ Call validate(const Tensor &student, const Tensor &teacher, const DistillOptions
     }
     for (uint8_t on : c.row_on) c.rows_on += on;
     switch (options.reduction) {
-    case Reduction::BatchMean: c.divisor = (double)c.rows_on; break;
-    case Reduction::Mean: c.divisor = (double)c.rows_on * (double)c.student.vocab; break;
-    default: c.divisor = 1.0;
+        case Reduction::BatchMean:
+            c.divisor = (double)c.rows_on;
+            break;
+        case Reduction::Mean:
+            c.divisor = (double)c.rows_on * (double)c.student.vocab;
+            break;
+        default:
+            c.divisor = 1.0;
     }
     c.loss_factor = options.temperature_squared ? options.temperature * options.temperature : 1.0;
     return c;
@@ -110,17 +118,20 @@ Call validate(const Tensor &student, const Tensor &teacher, const DistillOptions
 void check_loss_shape(const Tensor &t, const char *name, const Tensor &student, Reduction reduction) {
     check_tensor(t, name);
     check_same_dtype(t, name, student, "student");
-    if (t.device != Device::CPU) fail(ErrorCode::Device, std::string(name) + " is a CUDA tensor but the logits are on the CPU");
+    if (t.device != Device::CPU)
+        fail(ErrorCode::Device, std::string(name) + " is a CUDA tensor but the logits are on the CPU");
     check_shape(t, name, reduction == Reduction::None ? leading_shape(student) : std::vector<int64_t>{});
 }
 
 void check_grad(const Tensor &grad, const char *name, const Tensor &student) {
     check_tensor(grad, name);
     check_same_dtype(grad, name, student, "student");
-    if (grad.device != Device::CPU) fail(ErrorCode::Device, std::string(name) + " is a CUDA tensor but the logits are on the CPU");
+    if (grad.device != Device::CPU)
+        fail(ErrorCode::Device, std::string(name) + " is a CUDA tensor but the logits are on the CPU");
     check_shape(grad, name, student.sizes);
     if (!rows_of(grad)) {
-        fail(ErrorCode::Shape, std::string(name) + ": the leading dimensions cannot be viewed as one dimension of rows");
+        fail(ErrorCode::Shape,
+             std::string(name) + ": the leading dimensions cannot be viewed as one dimension of rows");
     }
 }
 
@@ -176,7 +187,8 @@ int64_t rows_per_call(const std::vector<Rows> &views) {
     for (const Rows &v : views) {
         const int64_t vocab_span = (v.vocab - 1) * v.vocab_stride;
         if (v.vocab > limit || vocab_span >= limit || v.vocab_stride > limit) {
-            fail(ErrorCode::InvalidArgument, "a row of " + std::to_string(v.vocab) + " logits spans more than 2^31 elements");
+            fail(ErrorCode::InvalidArgument,
+                 "a row of " + std::to_string(v.vocab) + " logits spans more than 2^31 elements");
         }
         if (v.row_stride > 0) rows = std::min(rows, (limit - vocab_span - 1) / v.row_stride + 1);
         if (v.row_stride > limit) rows = 1;
@@ -184,7 +196,8 @@ int64_t rows_per_call(const std::vector<Rows> &views) {
     return std::max<int64_t>(rows, 1);
 }
 
-// One kernel over every row: `buffers(row0, rows)` gives the argv for a call.
+// One kernel over every row, `per_call` rows a call: `args(row0, rows, ...)`
+// gives a call's argv, its buffers kept alive in the two vectors.
 void run_rows(const std::string &name, int64_t rows, int64_t per_call,
               const std::function<std::vector<void *>(int64_t, int64_t, std::vector<std::unique_ptr<Buffer2>> &,
                                                       std::vector<std::unique_ptr<Buffer1>> &)> &args) {
@@ -207,15 +220,15 @@ struct Operands {
 
     Buffer2 *logits(const Tensor &t, const Rows &r, int64_t row0, int64_t n,
                     std::vector<std::unique_ptr<Buffer2>> &keep) const {
-        keep.push_back(std::make_unique<Buffer2>(t.data, storage, bytes, r.vocab, r.vocab_stride, row0, n, r.row_stride));
+        keep.push_back(
+            std::make_unique<Buffer2>(t.data, storage, bytes, r.vocab, r.vocab_stride, row0, n, r.row_stride));
         return keep.back().get();
     }
 };
 
 // The statistics of every row (and the student's gradient when `grad` is
 // given) into `stats` (kDistillStatsPerRow per row).
-void run_stats(const Operands &o, const DistillOptions &options, double grad_scale, const Tensor *grad,
-               double *stats) {
+void run_stats(const Operands &o, const DistillOptions &options, double grad_scale, const Tensor *grad, double *stats) {
     const Call &c = o.call;
     double inv_temperature = 1.0 / options.temperature;
     std::vector<Rows> views = {c.student, c.teacher};
@@ -446,23 +459,24 @@ void distill_backward(const Tensor &grad_output, const Tensor &student, const Te
     if (gt_out) views.push_back(*(gt = rows_of(*gt_out)));
     const char *pass = grad_student && grad_teacher ? "bwd_st" : grad_student ? "bwd_s" : "bwd_t";
     double inv_temperature = 1.0 / options.temperature;
-    run_rows(kernel_name(pass, options.reverse, student.dtype), rows, rows_per_call(views),
-             [&](int64_t row0, int64_t n, auto &b2, auto &b1) {
-                 std::vector<void *> argv;
-                 argv.push_back(&o.logits(*l.student, l.call.student, row0, n, b2)->buffer);
-                 argv.push_back(&o.logits(*l.teacher, l.call.teacher, row0, n, b2)->buffer);
-                 b1.push_back(std::make_unique<Buffer1>(c.row_on.data() + row0, halide_type_t(halide_type_uint, 8), n));
-                 argv.push_back(&b1.back()->buffer);
-                 argv.push_back(&inv_temperature);
-                 b2.push_back(std::make_unique<Buffer2>(const_cast<double *>(stats), halide_type_t(halide_type_float, 64),
-                                                        8, kDistillStatsPerRow, 1, row0, n, kDistillStatsPerRow));
-                 argv.push_back(&b2.back()->buffer);
-                 b1.push_back(std::make_unique<Buffer1>(row_scale.data() + row0, halide_type_t(halide_type_float, 64), n));
-                 argv.push_back(&b1.back()->buffer);
-                 if (gs_out) argv.push_back(&o.logits(*gs_out, *gs, row0, n, b2)->buffer);
-                 if (gt_out) argv.push_back(&o.logits(*gt_out, *gt, row0, n, b2)->buffer);
-                 return argv;
-             });
+    run_rows(
+        kernel_name(pass, options.reverse, student.dtype), rows, rows_per_call(views),
+        [&](int64_t row0, int64_t n, auto &b2, auto &b1) {
+            std::vector<void *> argv;
+            argv.push_back(&o.logits(*l.student, l.call.student, row0, n, b2)->buffer);
+            argv.push_back(&o.logits(*l.teacher, l.call.teacher, row0, n, b2)->buffer);
+            b1.push_back(std::make_unique<Buffer1>(c.row_on.data() + row0, halide_type_t(halide_type_uint, 8), n));
+            argv.push_back(&b1.back()->buffer);
+            argv.push_back(&inv_temperature);
+            b2.push_back(std::make_unique<Buffer2>(const_cast<double *>(stats), halide_type_t(halide_type_float, 64), 8,
+                                                   kDistillStatsPerRow, 1, row0, n, kDistillStatsPerRow));
+            argv.push_back(&b2.back()->buffer);
+            b1.push_back(std::make_unique<Buffer1>(row_scale.data() + row0, halide_type_t(halide_type_float, 64), n));
+            argv.push_back(&b1.back()->buffer);
+            if (gs_out) argv.push_back(&o.logits(*gs_out, *gs, row0, n, b2)->buffer);
+            if (gt_out) argv.push_back(&o.logits(*gt_out, *gt, row0, n, b2)->buffer);
+            return argv;
+        });
     if (student_copy) unpad(*student_copy, *grad_student);
     if (teacher_copy) unpad(*teacher_copy, *grad_teacher);
 }
