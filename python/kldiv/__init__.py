@@ -1,6 +1,6 @@
 """kldiv: PyTorch's KL-divergence loss and its gradients as generated kernels.
 
-``kldiv.torch`` holds the PyTorch ops (``kl_div``, ``KLDivLoss``). This module
+``kldiv.torch`` holds the PyTorch ops (``kl_div``, ``KLDivLoss``, ``distill_kl``). This module
 loads the kldiv library the package was installed with ($KLDIV_LIBRARY
 overrides it) and says what it runs.
 """

@@ -10,6 +10,10 @@ PyTorch's own ``kl_div``, so it gives PyTorch's result or PyTorch's error.
 When only ``input`` requires grad, the forward runs kldiv's fused kernel: one
 read of ``input`` and ``target`` gives the loss and the gradient for an upstream
 gradient of 1, which backward only scales.
+
+``kldiv.torch.distill_kl`` is the distillation loss from logits (the KL
+divergence between the teacher's and the student's softmax at a temperature,
+per row), fused, with masks and a vocabulary-parallel form.
 """
 import ctypes
 import math
