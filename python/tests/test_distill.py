@@ -4,6 +4,8 @@ import ctypes
 import itertools
 import math
 import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -156,6 +158,38 @@ def test_threads_at_once():
         thread.join()
     for loss, grad in results:
         assert torch.equal(loss, want) and torch.equal(grad, results[0][1])
+
+
+_LEVEL_SCRIPT = """
+import sys, torch, kldiv, kldiv.torch as kt
+g = torch.Generator().manual_seed(3)
+out = {"level": kldiv.cpu_target()}
+for dt in (torch.float32, torch.bfloat16, torch.float64):
+    s = (torch.randn(16, 5003, generator=g) * 3).to(dt)
+    t = (torch.randn(16, 5003, generator=g) * 3).to(dt)
+    for reverse in (False, True):
+        x = s.clone().requires_grad_()
+        y = t.clone().requires_grad_()
+        loss = kt.distill_kl(x, y, 2.0, "none", reverse)
+        loss.sum().backward()
+        out[f"{dt} {reverse}"] = (loss.detach(), x.grad, y.grad)
+torch.save(out, sys.argv[1])
+"""
+
+
+def test_same_bits_at_avx2_and_avx512(tmp_path):
+    """AVX2 and AVX-512 sum in one order with the same fused multiply-adds: the same bits."""
+    if "avx512" not in kldiv.cpu_target():
+        pytest.skip("this CPU has no AVX-512")
+    results = {}
+    for level in ("avx2", "avx512"):
+        path = tmp_path / f"{level}.pt"
+        subprocess.run([sys.executable, "-c", _LEVEL_SCRIPT, str(path)], check=True,
+                       env={**os.environ, "KLDIV_CPU_TARGET": level})
+        results[level] = torch.load(path)
+    assert "avx2" in results["avx2"].pop("level") and "avx512" in results["avx512"].pop("level")
+    for key, tensors in results["avx2"].items():
+        assert all(torch.equal(a, b) for a, b in zip(tensors, results["avx512"][key])), key
 
 
 # ---- edge values ----------------------------------------------------------
