@@ -17,17 +17,15 @@ the data (the peak resident set of a fresh process per contender).
 """
 import argparse
 import json
-import os
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 import kldiv
 import kldiv.torch
+from bench_common import add_common_arguments, median_seconds, peak_resident_since, reset_peak_resident, use_threads
 
 SHAPES = ["4096x32000"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
@@ -64,17 +62,6 @@ def step(function, s, t):
     return loss
 
 
-def median_seconds(function, repeats, warmup=1):
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def copy_bandwidth(s, repeats):
     """Bytes per second of a copy of s (one read, one write) in this process."""
     source = s.detach()
@@ -83,23 +70,16 @@ def copy_bandwidth(s, repeats):
     return 2 * source.numel() * source.element_size() / seconds
 
 
-def resident_kib(field):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
 def peak_memory_child(name, rows, vocab, dtype_name):
     """In a fresh process: the peak memory of the steps on top of the data, in bytes."""
     s, t = data(rows, vocab, DTYPES[dtype_name])
     function = contenders()[name]
     small_s, small_t = data(2, 64, DTYPES[dtype_name])
     step(function, small_s, small_t)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # Linux: the peak resident set (VmHWM) starts again from the current one
-    base = resident_kib("VmRSS") * 1024
+    base = reset_peak_resident()
     for _ in range(2):
         step(function, s, t)
-    return resident_kib("VmHWM") * 1024 - base
+    return peak_resident_since(base)
 
 
 def peak_memory(name, rows, vocab, dtype_name, threads):
@@ -112,15 +92,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=list(DTYPES))
     parser.add_argument("--shapes", nargs="+", default=SHAPES, help="rows x vocab, e.g. 8192x128256")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                        help="CPU threads of PyTorch and kldiv alike (default: the cores this process may use)")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
-    parser.add_argument("--json", help="also write the results to this file")
-    parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
+    add_common_arguments(parser, repeats=3)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    kldiv.set_num_threads(args.threads)
+    use_threads(args.threads)
     if args.memory_child:
         name, rows, vocab, dtype_name = args.memory_child
         print(peak_memory_child(name, int(rows), int(vocab), dtype_name))

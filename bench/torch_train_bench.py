@@ -21,11 +21,9 @@ descriptors), interleaved.
 import argparse
 import ctypes
 import json
-import os
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -33,29 +31,15 @@ import torch.nn.functional as F
 import kldiv
 import kldiv.torch
 from kldiv import _lib
+from bench_common import add_common_arguments, peak_resident_since, reset_peak_resident, use_threads
+from bench_common import median_seconds as common_median_seconds
 
 SHAPES = [(32, 32000), (128, 32000), (64, 128256), (256, 128256), (512, 128256)]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
-def synchronize(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def median_seconds(function, device, repeats, inner=1, warmup=1):
-    """Median over `repeats` of the time of `inner` back-to-back calls, per call."""
-    for _ in range(warmup):
-        function()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(inner):
-            function()
-        synchronize(device)
-        times.append((time.perf_counter() - start) / inner)
-    return statistics.median(times)
+    return common_median_seconds(function, repeats, inner, warmup, device)
 
 
 def data(rows, vocab, dtype, device, seed=0):
@@ -88,11 +72,6 @@ def copy_bandwidth(x, t, device, repeats):
     return 3 * a.numel() * a.element_size() / seconds
 
 
-def resident_kib(field):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
 def peak_memory_child(name, rows, vocab, dtype_name, device):
     """In a fresh process: the peak memory of the steps on top of the data, in bytes."""
     x, t = data(rows, vocab, DTYPES[dtype_name], device)
@@ -106,15 +85,13 @@ def peak_memory_child(name, rows, vocab, dtype_name, device):
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # Linux: the peak resident set (VmHWM) starts again from the current one
-        base = resident_kib("VmRSS") * 1024
+        base = reset_peak_resident()
     for _ in range(3):
         step(function, x, t)
     if device == "cuda":
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    return resident_kib("VmHWM") * 1024 - base
+    return peak_resident_since(base)
 
 
 def peak_memory(name, rows, vocab, dtype_name, device):
@@ -162,15 +139,9 @@ def main():
     parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=list(DTYPES))
     parser.add_argument("--shapes", nargs="+", default=[f"{r}x{v}" for r, v in SHAPES],
                         help="rows x vocab, e.g. 64x128256")
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                        help="CPU threads of PyTorch and kldiv alike (default: the cores this process may use)")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
-    parser.add_argument("--json", help="also write the results to this file")
-    parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
+    add_common_arguments(parser, repeats=7)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    kldiv.set_num_threads(args.threads)
+    use_threads(args.threads)
     if args.memory_child:
         name, rows, vocab, dtype_name = args.memory_child
         print(peak_memory_child(name, int(rows), int(vocab), dtype_name, args.device))

@@ -1,0 +1,60 @@
+"""What the PyTorch benchmarks share: timing, the peak resident set of a child
+process, and the command-line options for threads, memory and output."""
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+import kldiv
+
+
+def synchronize(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_seconds(function, repeats, inner=1, warmup=1, device="cpu"):
+    """Median over `repeats` of the time of `inner` back-to-back calls, per call."""
+    for _ in range(warmup):
+        function()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            function()
+        synchronize(device)
+        times.append((time.perf_counter() - start) / inner)
+    return statistics.median(times)
+
+
+def resident_kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def reset_peak_resident():
+    """Starts the peak resident set (VmHWM) again from the current one (Linux); returns that, in bytes."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return resident_kib("VmRSS") * 1024
+
+
+def peak_resident_since(base):
+    return resident_kib("VmHWM") * 1024 - base
+
+
+def add_common_arguments(parser, repeats):
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="CPU threads of PyTorch and kldiv alike (default: the cores this process may use)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
+
+
+def use_threads(threads):
+    torch.set_num_threads(threads)
+    kldiv.set_num_threads(threads)
