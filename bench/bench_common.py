@@ -58,3 +58,11 @@ def add_common_arguments(parser, repeats):
 def use_threads(threads):
     torch.set_num_threads(threads)
     kldiv.set_num_threads(threads)
+
+
+def result_line(shape, dtype_name, names, seconds, achieved, ceiling, memory, decimals):
+    """One table row: each contender's time, eager over kldiv, kldiv's GB/s and share of the ceiling, peaks."""
+    cells = "  ".join(f"{seconds[n] * 1e3:11.{decimals}f} ms" for n in names)
+    peaks = " / ".join(f"{memory[n] / 2**20:.0f}" for n in names) if memory else "-"
+    return (f"{shape:>12s} {dtype_name:>9s}  {cells}  {seconds['eager'] / seconds['kldiv']:7.{max(decimals - 1, 1)}f}x "
+            f"{achieved / 1e9:10.1f} {100 * achieved / ceiling:5.0f}%  {peaks}")

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 import kldiv
 import kldiv.torch
-from bench_common import add_common_arguments, median_seconds, peak_resident_since, reset_peak_resident, use_threads
+from bench_common import (add_common_arguments, median_seconds, peak_resident_since, reset_peak_resident,
+                          result_line, use_threads)
 
 SHAPES = ["4096x32000"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
@@ -125,10 +126,7 @@ def main():
             achieved = moved / seconds["kldiv"]
             memory = {} if args.no_memory else {
                 name: peak_memory(name, rows, vocab, dtype_name, args.threads) for name in functions}
-            cells = "  ".join(f"{seconds[n] * 1e3:11.1f} ms" for n in names)
-            peaks = " / ".join(f"{memory[n] / 2**20:.0f}" for n in names) if memory else "-"
-            print(f"{shape:>12s} {dtype_name:>9s}  {cells}  {seconds['eager'] / seconds['kldiv']:7.1f}x "
-                  f"{achieved / 1e9:10.1f} {100 * achieved / ceiling:5.0f}%  {peaks}", flush=True)
+            print(result_line(shape, dtype_name, names, seconds, achieved, ceiling, memory, 1), flush=True)
             results["steps"].append({"shape": [rows, vocab], "dtype": dtype_name, "seconds": seconds,
                                      "kldiv_bytes": moved, "copy_bytes_per_second": ceiling,
                                      "peak_bytes": memory, "logits_bytes": s.numel() * s.element_size()})

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 import kldiv
 import kldiv.torch
 from kldiv import _lib
-from bench_common import add_common_arguments, peak_resident_since, reset_peak_resident, use_threads
+from bench_common import add_common_arguments, peak_resident_since, reset_peak_resident, result_line, use_threads
 from bench_common import median_seconds as common_median_seconds
 
 SHAPES = [(32, 32000), (128, 32000), (64, 128256), (256, 128256), (512, 128256)]
@@ -183,10 +183,7 @@ def main():
             achieved = moved / seconds["kldiv"]
             memory = {} if args.no_memory else {
                 name: peak_memory(name, rows, vocab, dtype_name, args.device) for name in functions}
-            cells = "  ".join(f"{seconds[n] * 1e3:11.3f} ms" for n in names)
-            peaks = " / ".join(f"{memory[n] / 2**20:.0f}" for n in names) if memory else "-"
-            print(f"{shape:>12s} {dtype_name:>9s}  {cells}  {seconds['eager'] / seconds['kldiv']:7.2f}x "
-                  f"{achieved / 1e9:10.1f} {100 * achieved / ceiling:5.0f}%  {peaks}", flush=True)
+            print(result_line(shape, dtype_name, names, seconds, achieved, ceiling, memory, 3), flush=True)
             results["steps"].append({"shape": [rows, vocab], "dtype": dtype_name, "seconds": seconds,
                                      "kldiv_bytes": moved, "copy_bytes_per_second": ceiling,
                                      "peak_bytes": memory})
