@@ -135,11 +135,14 @@ class _ShardedDistill(torch.autograd.Function):
         rows_on = int(row_on.sum()) if row_on is not None else rows
         factor = temperature * temperature if temperature_squared else 1.0
         divisor = {"none": 1.0, "sum": 1.0, "batchmean": rows_on, "mean": rows_on * vocab}[reduction]
-        ctx.settings, ctx.scale = (temperature, reduction, reverse, temperature_squared), 1.0 / divisor
+        # (No rows: 0/0, NaN, as the unsharded call gives.)
+        ctx.settings = (temperature, reduction, reverse, temperature_squared)
+        ctx.scale = 1.0 / divisor if divisor else math.inf
         ctx.save_for_backward(student, teacher, row_on, stats)
         if reduction == "none":
             return (part * factor).to(student.dtype).view(student.shape[:-1])
-        return (part.sum() * factor / divisor).to(student.dtype)
+        total = part.sum() * factor
+        return (total / divisor if divisor else total * math.nan).to(student.dtype)
 
     @staticmethod
     @once_differentiable

@@ -71,8 +71,9 @@ def _distill_rank_main(rank, init_file):
         t[0, 1, :152] = -math.inf         # one shard with no teacher mass at all
         s[1, 2, 200:] = -math.inf         # no student mass on the other shard: +inf in forward KL
         mask = torch.tensor([[True, True, False], [True, True, True]])
-        for reduction, reverse, m, temperature in itertools.product(REDUCTIONS, (False, True), (None, mask),
-                                                                  (0.5, 2.0)):
+        no_rows = torch.zeros(2, 3, dtype=torch.bool)
+        for reduction, reverse, m, temperature in itertools.product(REDUCTIONS, (False, True),
+                                                                  (None, mask, no_rows), (0.5, 2.0)):
             for needs_teacher in (False, True):
                 where = f"rank {rank} {reduction} reverse={reverse} mask={m is not None} T={temperature}"
                 full_s, full_t = s.clone().requires_grad_(), t.clone().requires_grad_(needs_teacher)
