@@ -9,15 +9,17 @@
 
 namespace kldiv::runtime {
 
-int (*aot_entry(const codegen::KernelSpec &spec))(void **) {
+int (*aot_entry(const std::string &name))(void **) {
     static const std::unordered_map<std::string, int (*)(void **)> table = [] {
         std::unordered_map<std::string, int (*)(void **)> t;
         for (const AotKernel &k : aot_kernels()) t[k.name] = k.argv;
         return t;
     }();
-    auto it = table.find(spec.name());
+    auto it = table.find(name);
     return it == table.end() ? nullptr : it->second;
 }
+
+int (*aot_entry(const codegen::KernelSpec &spec))(void **) { return aot_entry(spec.name()); }
 
 void install_aot_error_handler() {
     static const bool installed = [] {

@@ -1,6 +1,7 @@
 // The AOT kernels linked into the library, by KernelSpec::name().
 #pragma once
 
+#include <string>
 #include <vector>
 
 #include "kldiv/codegen/kernel_spec.h"
@@ -14,8 +15,9 @@ struct AotKernel {
 
 const std::vector<AotKernel> &aot_kernels();
 
-// The AOT kernel of `spec`, or null when the library has none.
+// The AOT kernel of `spec` (or of that name), or null when the library has none.
 int (*aot_entry(const codegen::KernelSpec &spec))(void **);
+int (*aot_entry(const std::string &name))(void **);
 
 // Routes the AOT kernels' Halide errors to record_kernel_error (once).
 void install_aot_error_handler();

@@ -10,13 +10,13 @@
 #include <limits>
 #include <optional>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "aot_registry.h"
 #include "errors.h"
 #include "host_convert.h"
 #include "kernel_args.h"
+#include "layout.h"
 #include "validation.h"
 
 namespace kldiv::runtime {
@@ -141,17 +141,6 @@ std::string kernel_name(const char *pass, bool reverse, DType dtype) {
     return std::string("kldiv_distill_") + pass + (reverse ? "_rkl_" : "_kl_") + short_name(dtype);
 }
 
-int (*entry(const std::string &name))(void **) {
-    static const std::unordered_map<std::string, int (*)(void **)> table = [] {
-        std::unordered_map<std::string, int (*)(void **)> t;
-        for (const AotKernel &k : aot_kernels()) t[k.name] = k.argv;
-        return t;
-    }();
-    auto it = table.find(name);
-    if (it == table.end()) fail(ErrorCode::Internal, "no kernel " + name + " in this build");
-    return it->second;
-}
-
 // A 2-d buffer of rows [row0, row0 + rows) of a view.
 struct Buffer2 {
     halide_buffer_t buffer{};
@@ -202,7 +191,8 @@ void run_rows(const std::string &name, int64_t rows, int64_t per_call,
               const std::function<std::vector<void *>(int64_t, int64_t, std::vector<std::unique_ptr<Buffer2>> &,
                                                       std::vector<std::unique_ptr<Buffer1>> &)> &args) {
     install_aot_error_handler();
-    int (*kernel)(void **) = entry(name);
+    int (*kernel)(void **) = aot_entry(name);
+    if (!kernel) fail(ErrorCode::Internal, "no kernel " + name + " in this build");
     for (int64_t row0 = 0; row0 < rows; row0 += per_call) {
         const int64_t n = std::min(per_call, rows - row0);
         std::vector<std::unique_ptr<Buffer2>> b2;
@@ -256,14 +246,10 @@ void store_loss(const Tensor &out, const Call &c, const DistillOptions &options,
     const int64_t rows = c.student.rows;
     if (options.reduction == Reduction::None) {
         // Row r of the leading dimensions, in row-major order.
-        std::vector<int64_t> index(out.sizes.size(), 0);
-        for (int64_t r = 0; r < rows; r++) {
-            int64_t offset = 0;
-            for (size_t d = 0; d < index.size(); d++) offset += index[d] * out.strides[d];
+        for_each_offset(out.sizes, out.strides, [&](int64_t r, int64_t offset) {
             store_from_double(static_cast<uint8_t *>(out.data) + offset * (int64_t)element_size(out.dtype), out.dtype,
                               c.loss_factor * stats[r * kDistillStatsPerRow]);
-            for (int d = (int)index.size() - 1; d >= 0 && ++index[d] == out.sizes[d]; d--) index[d] = 0;
-        }
+        });
         return;
     }
     double total = 0.0;
@@ -423,15 +409,11 @@ void distill_backward(const Tensor &grad_output, const Tensor &student, const Te
     const double common = c.loss_factor / options.temperature / c.divisor;
     std::vector<double> row_scale((size_t)rows);
     if (options.reduction == Reduction::None) {
-        std::vector<int64_t> index(grad_output.sizes.size(), 0);
-        for (int64_t r = 0; r < rows; r++) {
-            int64_t offset = 0;
-            for (size_t d = 0; d < index.size(); d++) offset += index[d] * grad_output.strides[d];
+        for_each_offset(grad_output.sizes, grad_output.strides, [&](int64_t r, int64_t offset) {
             row_scale[r] = common * load_as_double(static_cast<const uint8_t *>(grad_output.data) +
                                                        offset * (int64_t)element_size(grad_output.dtype),
                                                    grad_output.dtype);
-            for (int d = (int)index.size() - 1; d >= 0 && ++index[d] == grad_output.sizes[d]; d--) index[d] = 0;
-        }
+        });
     } else {
         const double g = load_as_double(grad_output.data, grad_output.dtype);
         for (double &s : row_scale) s = common * g;

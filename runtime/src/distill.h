@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "kldiv/kldiv.h"
 #include "kldiv/kldiv.hpp"
 
 namespace kldiv::runtime {
@@ -17,7 +18,7 @@ struct DistillOptions {
 };
 
 // Row statistics, kDistillStats doubles per row (dsl::DistillStat order).
-constexpr int kDistillStatsPerRow = 5;
+constexpr int kDistillStatsPerRow = KLDIV_DISTILL_STATS_PER_ROW;
 
 // The loss into `out`; with `stats`, the rows' statistics for a backward call.
 void distill_forward(const Tensor &student, const Tensor &teacher, const DistillOptions &options, const Tensor &out,

@@ -52,4 +52,19 @@ void for_each_piece(const std::vector<int64_t> &shape, const std::vector<std::ve
 // a multiple of `alignment` bytes.
 bool aligned_run(const Piece &piece, const std::vector<const void *> &starts, int alignment);
 
+// Calls fn(i, offset) for every element of `sizes` in row-major order i, with
+// its offset under `strides` (host loops over results and gradients).
+template<typename F>
+void for_each_offset(const std::vector<int64_t> &sizes, const std::vector<int64_t> &strides, F &&fn) {
+    std::vector<int64_t> idx(sizes.size(), 0);
+    int64_t n = 1;
+    for (int64_t s : sizes) n *= s;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t offset = 0;
+        for (size_t d = 0; d < idx.size(); d++) offset += idx[d] * strides[d];
+        fn(i, offset);
+        for (int d = (int)idx.size() - 1; d >= 0 && ++idx[d] == sizes[d]; d--) idx[d] = 0;
+    }
+}
+
 }  // namespace kldiv::runtime
