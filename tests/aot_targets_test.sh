@@ -35,6 +35,30 @@ for name in kldiv_fwd_sum_bf16_logt kldiv_fused_sum_f32 kldiv_bwd_input_target_t
     grep -q "int $name(" "$work/$cuda/include/${name}_halide.h" || { echo "FAIL: no $name in its header" >&2; exit 1; }
 done
 
+# The 40 distillation kernels for CUDA: PTX for every one (5 to 9 launches
+# each), none spilling to local memory.
+distill=()
+for d in f32 f64 f16 bf16; do
+    for r in "" ":reverse"; do
+        for p in fwd fused bwd bwd_student bwd_teacher; do distill+=(--spec "distill:$p:$d$r"); done
+    done
+done
+"$tool" aot "${distill[@]}" --target "$cuda" --output "$work/distill-cuda" --tuning-db off > /dev/null
+mkdir -p "$work/distill-cuda/objects"
+(cd "$work/distill-cuda/objects" && ar x "../$cuda/libkldiv_kernels.a")
+count=0
+for object in "$work"/distill-cuda/objects/kldiv_distill_*.o; do
+    entries=$(strings "$object" | grep -c '\.entry ' || true)
+    spills=$(strings "$object" | grep -cE '(ld|st)\.local' || true)
+    if [ "$entries" -lt 1 ] || [ "$spills" -ne 0 ]; then
+        echo "FAIL: $(basename "$object"): $entries PTX entries, $spills local-memory accesses" >&2
+        exit 1
+    fi
+    count=$((count + 1))
+done
+[ "$count" -eq 40 ] || { echo "FAIL: $count distillation objects for CUDA, expected 40" >&2; exit 1; }
+echo "PTX: 40 distillation kernels for sm_80, no local memory"
+
 # GPU schedule parameters from a tuning record for the exact CUDA target: four
 # elements per thread give each thread four loads of each operand.
 full=$(sed -n 's/^kldiv aot: [^ ]* (\(.*\)): .*/\1/p' "$work/cuda.out")
@@ -69,8 +93,16 @@ for d in f32 f64 f16 bf16; do
     specs+=(--spec "fwd:$d:none" --spec "fwd:$d:sum" --spec "fwd:$d:sum:logt" --spec "fused:$d:none"
             --spec "fused:$d:batchmean" --spec "bwd:$d:none" --spec "bwd_input:$d:sum")
 done
+# Distillation kernels too (tests/arm64 runs them; here their library and headers).
+specs+=(--spec distill:fused:f32 --spec distill:bwd:bf16:reverse --spec distill:fwd:f16)
 "$tool" aot "${specs[@]}" --target x86-64-linux-avx2 --output "$work"
 out=$work/x86-64-linux-avx2
+nm "$out/libkldiv_kernels.a" > "$work/symbols.txt"
+for name in kldiv_distill_fused_kl_f32 kldiv_distill_bwd_st_rkl_bf16 kldiv_distill_fwd_kl_f16; do
+    grep -q "int $name(" "$out/include/${name}_halide.h" || { echo "FAIL: no $name in its header" >&2; exit 1; }
+    grep -q "Distillation from logits" "$out/include/$name.h" || { echo "FAIL: $name.h is undocumented" >&2; exit 1; }
+    grep -q " T $name\$" "$work/symbols.txt" || { echo "FAIL: no $name in the library" >&2; exit 1; }
+done
 ${CC:-cc} -std=c11 -O2 -Wall -Werror -I "$out/include" "$consumer" "$out/libkldiv_kernels.a" \
     "$out/libkldiv_kernels_runtime.a" -lm -lpthread -ldl -o "$work/consumer_avx2"
 "$work/consumer_avx2"

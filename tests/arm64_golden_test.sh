@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The golden file through arm64 kernels: builds tests/arm64 with the aarch64
-# cross compiler and runs its golden_test under qemu-aarch64.
+# The golden file and the distillation suite through arm64 kernels: builds
+# tests/arm64 with the aarch64 cross compiler and runs its golden_test and
+# distill_test under qemu-aarch64.
 #   arm64_golden_test.sh KLDIV_TOOL SOURCE_DIR WORK_DIR GOLDEN_FILE
 set -euo pipefail
 tool=$(realpath "$1") source=$(realpath "$2") work=$3 golden=$(realpath "$4")
@@ -17,6 +18,7 @@ cmake -S "$source/tests/arm64" -B "$work" -G Ninja -DKLDIV_TOOL="$tool" -DKLDIV_
     -DCMAKE_C_COMPILER=aarch64-linux-gnu-gcc -DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++ "${launcher[@]}" > /dev/null
 start=$(date +%s%N)
 cmake --build "$work" > "$work/build.log" || { tail -40 "$work/build.log"; exit 1; }
-echo "arm64 build (80 kernels generated): $(( ($(date +%s%N) - start) / 1000000 )) ms"
+echo "arm64 build (120 kernels generated): $(( ($(date +%s%N) - start) / 1000000 )) ms"
 file "$work/golden_test" 2> /dev/null || true
 qemu-aarch64 -L /usr/aarch64-linux-gnu "$work/golden_test" --gtest_brief=1
+qemu-aarch64 -L /usr/aarch64-linux-gnu "$work/distill_test" --gtest_brief=1

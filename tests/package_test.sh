@@ -63,4 +63,9 @@ if [ "$variant" = host ]; then
     expect_usage_error --spec fwd:f32:sum --target no-such-target
     expect_usage_error --spec fwd:f32:sum --target host-cudda
     expect_usage_error --spec fwd:f32:sum --target host --target arm-64-linux-bogus
+    expect_usage_error --spec distill:bwd_both:f32
+    expect_usage_error --spec distill:fwd:f8
+    expect_usage_error --spec distill:fwd:f32:sum
+    expect_usage_error --spec distill:fused:f32:reverse:64x32000
+    expect_usage_error --spec distill:fused:f32 --spec distill:fused:f32
 fi

@@ -1,5 +1,5 @@
-// The text form of a kernel spec, PASS:DTYPE:REDUCTION[:logt][:aligned][:SHAPE], as
-// `kldiv aot` and `kldiv tune` take it. No Halide here, so that it can be
+// The text form of a kernel spec, PASS:DTYPE:REDUCTION[:logt][:aligned][:SHAPE]
+// or distill:PASS:DTYPE[:reverse], as `kldiv aot` and `kldiv tune` take it. No Halide here, so that it can be
 // tested and fuzzed alone.
 #include "spec_text.h"
 
@@ -23,11 +23,41 @@ std::vector<std::string> split(const std::string &text, char sep) {
     return parts;
 }
 
+// distill:PASS:DTYPE[:reverse].
+AotSpec parse_distill_spec(const std::string &text, const std::vector<std::string> &parts) {
+    using dsl::DistillPass;
+    auto bad = [&](const std::string &why) { return UsageError("invalid spec '" + text + "': " + why); };
+    if (parts.size() < 3 || parts.size() > 4) throw bad("expected distill:PASS:DTYPE[:reverse]");
+    codegen::DistillSpec d;
+    const std::string &pass = parts[1];
+    if (pass == "fwd") {
+        d.pass = DistillPass::Forward;
+    } else if (pass == "fused") {
+        d.pass = DistillPass::Fused;
+    } else if (pass == "bwd" || pass == "bwd_student" || pass == "bwd_teacher") {
+        d.pass = DistillPass::Backward;
+        d.grad_student = pass != "bwd_teacher";
+        d.grad_teacher = pass != "bwd_student";
+    } else {
+        throw bad("unknown distillation pass '" + pass + "' (fwd, fused, bwd, bwd_student, bwd_teacher)");
+    }
+    if (!parse_dtype(parts[2], &d.dtype)) throw bad("unknown dtype '" + parts[2] + "' (f32, f64, f16, bf16)");
+    if (parts.size() == 4) {
+        if (parts[3] != "reverse") throw bad("unexpected '" + parts[3] + "' (reverse)");
+        d.reverse = true;
+    }
+    AotSpec a;
+    a.distill = d;
+    a.function = d.name();
+    return a;
+}
+
 }  // namespace
 
 AotSpec parse_spec(const std::string &text) {
     const std::vector<std::string> parts = split(text, ':');
     auto bad = [&](const std::string &why) { return UsageError("invalid spec '" + text + "': " + why); };
+    if (!parts.empty() && parts[0] == "distill") return parse_distill_spec(text, parts);
     if (parts.size() < 3 || parts.size() > 6) throw bad("expected PASS:DTYPE:REDUCTION[:logt][:aligned][:SHAPE]");
     AotSpec a;
     const std::string &pass = parts[0];
@@ -38,7 +68,7 @@ AotSpec parse_spec(const std::string &text) {
     } else if (pass == "bwd" || pass == "bwd_input" || pass == "bwd_target") {
         a.spec = {Pass::Backward, DType::Float32, false, false, pass != "bwd_target", pass != "bwd_input"};
     } else {
-        throw bad("unknown pass '" + pass + "' (fwd, fused, bwd, bwd_input, bwd_target)");
+        throw bad("unknown pass '" + pass + "' (fwd, fused, bwd, bwd_input, bwd_target, distill)");
     }
     if (!parse_dtype(parts[1], &a.spec.dtype)) throw bad("unknown dtype '" + parts[1] + "' (f32, f64, f16, bf16)");
     a.reduction = parts[2];

@@ -137,6 +137,8 @@ Options parse_options(const std::vector<std::string> &args) {
             o.help = true;
         } else if (option == "--spec") {
             o.spec = parse_spec(reader.value());
+            if (o.spec->distill) throw UsageError("distillation kernels ('" + o.spec->function + "') are not tuned "
+                                                  "in this version");
         } else if (option == "--size") {
             o.size = parse_size(reader.value());
         } else if (option == "--target") {

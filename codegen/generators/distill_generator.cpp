@@ -5,8 +5,6 @@
 
 #include "kldiv/codegen/build.h"
 #include "kldiv/codegen/math_code.h"
-#include "kldiv/dsl/distill.h"
-#include "kldiv/schedules/distill_schedule.h"
 
 namespace kldiv::codegen {
 
@@ -49,14 +47,7 @@ public:
 
     void generate() {
         const Halide::Target target = with_kernel_features(get_target());
-        dsl::DistillOptions options;
-        options.dtype = dtype;
-        options.pass = pass;
-        options.reverse = reverse;
-        options.grad_student = grad_student;
-        options.grad_teacher = grad_teacher;
-        options.math = math_options(target);
-
+        const DistillSpec spec{pass, dtype, reverse, grad_student, grad_teacher};
         dsl::DistillInputs in;
         in.student = *student_;
         in.teacher = *teacher_;
@@ -71,24 +62,15 @@ public:
         for (int d = 0; d < 2; d++) {
             teacher_->dim(d).set_bounds(student_->dim(d).min(), student_->dim(d).extent());
         }
-        dsl::DistillAlgorithm a = dsl::distill(in, options);
-        if (stats_out_) *stats_out_ = a.stats;
-        if (grad_student_) *grad_student_ = a.grad_student;
-        if (grad_teacher_) *grad_teacher_ = a.grad_teacher;
-
         // Any stride is valid along the vocabulary; the schedule specialises
         // for unit stride.
-        Halide::Expr unit_stride = Halide::Internal::const_true();
-        for (auto *b : {student_, teacher_}) {
-            (*b).dim(0).set_stride(Halide::Expr());
-            unit_stride = unit_stride && (*b).dim(0).stride() == 1;
+        for (auto *b : {student_, teacher_}) (*b).dim(0).set_stride(Halide::Expr());
+        const std::vector<Halide::Func> outputs = build_distill(
+            spec, target, in, student_->dim(0).stride() == 1 && teacher_->dim(0).stride() == 1);
+        size_t next = 0;
+        for (auto *out : {stats_out_, grad_student_, grad_teacher_}) {
+            if (out) *out = outputs.at(next++);
         }
-        for (auto *b : {grad_student_, grad_teacher_}) {
-            if (!b) continue;
-            b->dim(0).set_stride(Halide::Expr());
-            unit_stride = unit_stride && b->dim(0).stride() == 1;
-        }
-        schedules::apply_distill_cpu(a, options, target, unit_stride);
         for (const Halide::ExternalCode &code : fma_code(target)) get_externs_map()->emplace(code.name(), code);
 
         // Estimates for tools: 64 rows of 32000.

@@ -18,6 +18,7 @@
 #include "kldiv/codegen/math_code.h"
 #include "kldiv/dsl/math.h"
 #include "kldiv/schedules/cpu_schedule.h"
+#include "kldiv/schedules/distill_schedule.h"
 
 namespace kldiv::codegen {
 
@@ -290,6 +291,91 @@ Halide::Module compile_module(const KernelSpec &spec, const std::optional<FixedS
     }
     Halide::Module module = pipeline.compile_to_module(halide_args, function, target);
     for (const Halide::ExternalCode &code : math_code(spec, target, tables)) module.append(code);
+    return module;
+}
+
+// ---- distillation -----------------------------------------------------------
+
+Halide::Type argument_type(const DistillSpec &spec, const Argument &argument) {
+    if (argument.name == "row_on") return Halide::UInt(8);
+    if (argument.kind == Argument::Scalar || argument.name == "stats" || argument.name == "stats_out" ||
+        argument.name == "row_scale") {
+        return Halide::Float(64);
+    }
+    return dsl::storage_type(spec.dtype);
+}
+
+std::vector<Halide::Func> build_distill(const DistillSpec &spec, const Halide::Target &target,
+                                        const dsl::DistillInputs &in, const Halide::Expr &inputs_unit_stride) {
+    const bool cuda = target.has_feature(Halide::Target::CUDA);
+    if (target.has_gpu_feature() && !cuda) {
+        throw std::invalid_argument("distillation kernels run on CPU and CUDA targets, not " + target.to_string());
+    }
+    if (cuda) keep_ptx_roundings();
+    dsl::DistillOptions options;
+    options.dtype = spec.dtype;
+    options.pass = spec.pass;
+    options.reverse = spec.reverse;
+    options.grad_student = spec.grad_student;
+    options.grad_teacher = spec.grad_teacher;
+    options.math = math_options(target);
+    dsl::DistillAlgorithm a = dsl::distill(in, options);
+    std::vector<Halide::Func> outputs;
+    for (const Argument &argument : arguments(spec)) {
+        if (argument.name == "stats_out") outputs.push_back(a.stats);
+        if (argument.name == "grad_student") outputs.push_back(a.grad_student);
+        if (argument.name == "grad_teacher") outputs.push_back(a.grad_teacher);
+    }
+    // The gradients may have any stride along the vocabulary too.
+    Halide::Expr unit_stride = inputs_unit_stride;
+    for (Halide::Func gradient : {a.grad_student, a.grad_teacher}) {
+        if (!gradient.defined()) continue;
+        gradient.output_buffer().dim(0).set_stride(Halide::Expr());
+        unit_stride = unit_stride && gradient.output_buffer().dim(0).stride() == 1;
+    }
+    if (cuda) {
+        schedules::apply_distill_gpu(a);
+    } else {
+        schedules::apply_distill_cpu(a, options, target, unit_stride);
+    }
+    return outputs;
+}
+
+Halide::Module compile_distill_module(const DistillSpec &spec, const Halide::Target &target,
+                                      const std::string &function) {
+    dsl::DistillInputs in;
+    std::vector<Halide::Argument> halide_args;
+    std::map<std::string, Halide::ImageParam> images;
+    for (const Argument &a : arguments(spec)) {
+        if (a.is_output) continue;
+        const Halide::Type type = argument_type(spec, a);
+        if (a.kind == Argument::Scalar) {
+            Halide::Param<> scalar(type, a.name);
+            (a.name == "grad_scale" ? in.grad_scale : in.inv_temperature) = scalar;
+            halide_args.push_back(scalar);
+            continue;
+        }
+        Halide::ImageParam image(type, a.dimensions, a.name);
+        images.emplace(a.name, image);
+        halide_args.push_back(image);
+    }
+    Halide::ImageParam student = images.at("student"), teacher = images.at("teacher");
+    in.student = student;
+    in.teacher = teacher;
+    in.row_on = images.at("row_on");
+    if (spec.pass == dsl::DistillPass::Backward) {
+        in.stats = images.at("stats");
+        in.row_scale = images.at("row_scale");
+    }
+    in.vocab = student.dim(0).extent();
+    for (int d = 0; d < 2; d++) teacher.dim(d).set_bounds(student.dim(d).min(), student.dim(d).extent());
+    // Any stride along the vocabulary; the schedule specialises for unit stride.
+    student.dim(0).set_stride(Halide::Expr());
+    teacher.dim(0).set_stride(Halide::Expr());
+    const std::vector<Halide::Func> outputs =
+        build_distill(spec, target, in, student.dim(0).stride() == 1 && teacher.dim(0).stride() == 1);
+    Halide::Module module = Halide::Pipeline(outputs).compile_to_module(halide_args, function, target);
+    for (const Halide::ExternalCode &code : fma_code(target)) module.append(code);
     return module;
 }
 

@@ -79,4 +79,56 @@ std::vector<KernelSpec> aot_specs(bool cuda) {
     return specs;
 }
 
+std::string DistillSpec::name() const {
+    std::string n = "kldiv_distill_";
+    switch (pass) {
+    case dsl::DistillPass::Forward: n += "fwd"; break;
+    case dsl::DistillPass::Fused: n += "fused"; break;
+    case dsl::DistillPass::Backward:
+        n += "bwd_";
+        if (grad_student) n += "s";
+        if (grad_teacher) n += "t";
+        break;
+    }
+    n += reverse ? "_rkl_" : "_kl_";
+    return n + short_name(dtype);
+}
+
+std::vector<Argument> arguments(const DistillSpec &spec) {
+    using dsl::DistillPass;
+    std::vector<Argument> args = {{Argument::Buffer, "student", false, 2},
+                                  {Argument::Buffer, "teacher", false, 2},
+                                  {Argument::Buffer, "row_on", false, 1},
+                                  {Argument::Scalar, "inv_temperature", false, 0}};
+    if (spec.pass == DistillPass::Fused) args.push_back({Argument::Scalar, "grad_scale", false, 0});
+    if (spec.pass == DistillPass::Backward) {
+        args.push_back({Argument::Buffer, "stats", false, 2});
+        args.push_back({Argument::Buffer, "row_scale", false, 1});
+    } else {
+        args.push_back({Argument::Buffer, "stats_out", true, 2});
+    }
+    if (spec.pass == DistillPass::Fused || (spec.pass == DistillPass::Backward && spec.grad_student)) {
+        args.push_back({Argument::Buffer, "grad_student", true, 2});
+    }
+    if (spec.pass == DistillPass::Backward && spec.grad_teacher) {
+        args.push_back({Argument::Buffer, "grad_teacher", true, 2});
+    }
+    return args;
+}
+
+std::vector<DistillSpec> distill_aot_specs() {
+    using dsl::DistillPass;
+    std::vector<DistillSpec> specs;
+    for (DType dtype : kAllDTypes) {
+        for (bool reverse : {false, true}) {
+            specs.push_back({DistillPass::Forward, dtype, reverse});
+            specs.push_back({DistillPass::Fused, dtype, reverse});
+            for (auto [s, t] : {std::pair{true, false}, {false, true}, {true, true}}) {
+                specs.push_back({DistillPass::Backward, dtype, reverse, s, t});
+            }
+        }
+    }
+    return specs;
+}
+
 }  // namespace kldiv::codegen

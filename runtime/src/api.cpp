@@ -4,6 +4,7 @@
 
 #include "cuda_device.h"
 #include "dispatch.h"
+#include "distill.h"
 #include "errors.h"
 
 namespace kldiv {
@@ -95,6 +96,22 @@ Runtime &Runtime::process_default() {
     // Never destroyed: kernels may still run during static destruction.
     static Runtime *instance = new Runtime(process_default_options());
     return *instance;
+}
+
+void distill_kl(const Tensor &student, const Tensor &teacher, const Tensor &out, const DistillOptions &options,
+                double *row_stats) {
+    runtime::distill_forward(student, teacher, options, out, row_stats);
+}
+
+void distill_kl_forward_backward(const Tensor &student, const Tensor &teacher, const Tensor &out,
+                                 const Tensor &grad_student, const DistillOptions &options, double *row_stats) {
+    runtime::distill_forward_backward(student, teacher, options, out, grad_student, row_stats);
+}
+
+void distill_kl_backward(const Tensor &grad_output, const Tensor &student, const Tensor &teacher,
+                         const DistillOptions &options, const double *row_stats, const Tensor *grad_student,
+                         const Tensor *grad_teacher) {
+    runtime::distill_backward(grad_output, student, teacher, options, row_stats, grad_student, grad_teacher);
 }
 
 void kl_div(const Tensor &input, const Tensor &target, const Tensor &out, const FunctionalOptions &options) {

@@ -225,9 +225,9 @@ void kldiv_clear_thread_cuda_stream(void) { clear_thread_cuda_stream(); }
 
 namespace {
 
-runtime::DistillOptions to_distill_options(const kldiv_distill_options *options) {
+DistillOptions to_distill_options(const kldiv_distill_options *options) {
     if (options == nullptr) runtime::fail(ErrorCode::InvalidArgument, "options is null");
-    runtime::DistillOptions o;
+    DistillOptions o;
     o.temperature = options->temperature == 0.0 ? 1.0 : options->temperature;
     o.reduction = to_reduction(options->reduction);
     o.reverse = options->reverse != 0;

@@ -15,6 +15,7 @@
 #include "aot_registry.h"
 #include "errors.h"
 #include "host_convert.h"
+#include "kldiv/codegen/kernel_spec.h"
 #include "kernel_args.h"
 #include "layout.h"
 #include "validation.h"
@@ -95,12 +96,20 @@ Call validate(const Tensor &student, const Tensor &teacher, const DistillOptions
              "teacher: the leading dimensions cannot be viewed as one dimension of rows (make it contiguous)");
     c.student = *s;
     c.teacher = *t;
+    // The mask as the kernels take it, for rows with logits (a view of no
+    // elements may have any number of rows).
     const int64_t rows = c.student.rows;
-    c.row_on.assign((size_t)rows, 1);
+    c.rows_on = rows;
     if (options.row_mask) {
-        for (int64_t r = 0; r < rows; r++) c.row_on[r] = options.row_mask[r] != 0;
+        c.rows_on = 0;
+        for (int64_t r = 0; r < rows; r++) c.rows_on += options.row_mask[r] != 0;
     }
-    for (uint8_t on : c.row_on) c.rows_on += on;
+    if (rows > 0 && c.student.vocab > 0) {
+        c.row_on.assign((size_t)rows, 1);
+        if (options.row_mask) {
+            for (int64_t r = 0; r < rows; r++) c.row_on[r] = options.row_mask[r] != 0;
+        }
+    }
     switch (options.reduction) {
         case Reduction::BatchMean:
             c.divisor = (double)c.rows_on;
@@ -137,8 +146,9 @@ void check_grad(const Tensor &grad, const char *name, const Tensor &student) {
 
 // ---- kernels --------------------------------------------------------------
 
-std::string kernel_name(const char *pass, bool reverse, DType dtype) {
-    return std::string("kldiv_distill_") + pass + (reverse ? "_rkl_" : "_kl_") + short_name(dtype);
+std::string kernel_name(dsl::DistillPass pass, bool reverse, DType dtype, bool grad_student = true,
+                        bool grad_teacher = false) {
+    return codegen::DistillSpec{pass, dtype, reverse, grad_student, grad_teacher}.name();
 }
 
 // A 2-d buffer of rows [row0, row0 + rows) of a view.
@@ -224,7 +234,8 @@ void run_stats(const Operands &o, const DistillOptions &options, double grad_sca
     std::vector<Rows> views = {c.student, c.teacher};
     const std::optional<Rows> g = grad ? rows_of(*grad) : std::nullopt;
     if (g) views.push_back(*g);
-    const std::string name = kernel_name(grad ? "fused" : "fwd", options.reverse, o.student.dtype);
+    const std::string name =
+        kernel_name(grad ? dsl::DistillPass::Fused : dsl::DistillPass::Forward, options.reverse, o.student.dtype);
     run_rows(name, c.student.rows, rows_per_call(views), [&](int64_t row0, int64_t n, auto &b2, auto &b1) {
         std::vector<void *> argv;
         argv.push_back(&o.logits(o.student, c.student, row0, n, b2)->buffer);
@@ -241,19 +252,23 @@ void run_stats(const Operands &o, const DistillOptions &options, double grad_sca
     });
 }
 
-// Writes the loss from the row losses in `stats`.
+// Whether a call has logits to run kernels on (a view of no elements may
+// have any number of rows, each of loss 0).
+bool has_logits(const Call &c) { return c.student.rows > 0 && c.student.vocab > 0; }
+
+// Writes the loss from the row losses in `stats` (empty: every row's is 0).
 void store_loss(const Tensor &out, const Call &c, const DistillOptions &options, const std::vector<double> &stats) {
-    const int64_t rows = c.student.rows;
+    auto row_loss = [&](int64_t r) { return stats.empty() ? 0.0 : stats[r * kDistillStatsPerRow]; };
     if (options.reduction == Reduction::None) {
         // Row r of the leading dimensions, in row-major order.
         for_each_offset(out.sizes, out.strides, [&](int64_t r, int64_t offset) {
             store_from_double(static_cast<uint8_t *>(out.data) + offset * (int64_t)element_size(out.dtype), out.dtype,
-                              c.loss_factor * stats[r * kDistillStatsPerRow]);
+                              c.loss_factor * row_loss(r));
         });
         return;
     }
     double total = 0.0;
-    for (int64_t r = 0; r < rows; r++) total += stats[r * kDistillStatsPerRow];
+    for (int64_t r = 0; r < (int64_t)stats.size() / kDistillStatsPerRow; r++) total += row_loss(r);
     store_from_double(out.data, out.dtype, c.loss_factor * total / c.divisor);
 }
 
@@ -261,7 +276,7 @@ void store_loss(const Tensor &out, const Call &c, const DistillOptions &options,
 // are whole) go through copies padded with -inf: a logit of -inf has
 // probability 0, so it adds nothing to the sums or the loss and changes no
 // maximum; its gradient is dropped.
-constexpr int64_t kDistillLanes = 32;  // dsl::kDistillLanes
+constexpr int64_t kDistillLanes = dsl::kDistillLanes;
 
 struct Padded {
     std::vector<uint8_t> bytes;
@@ -324,6 +339,16 @@ std::vector<double> empty_stats(const Call &c) {
     return std::vector<double>((size_t)(c.student.rows * kDistillStatsPerRow), 0.0);
 }
 
+// The caller's copy of the statistics: every row's, zeros when no kernel ran.
+void save_stats(const Call &c, const std::vector<double> &row_stats, double *stats) {
+    if (!stats) return;
+    if (row_stats.empty()) {
+        std::fill(stats, stats + c.student.rows * kDistillStatsPerRow, 0.0);
+    } else {
+        std::copy(row_stats.begin(), row_stats.end(), stats);
+    }
+}
+
 }  // namespace
 
 void distill_forward(const Tensor &student, const Tensor &teacher, const DistillOptions &options, const Tensor &out,
@@ -333,15 +358,16 @@ void distill_forward(const Tensor &student, const Tensor &teacher, const Distill
     for (const auto &[t, name] : {std::pair{&student, "student"}, std::pair{&teacher, "teacher"}}) {
         if (overlaps(out, *t)) fail(ErrorCode::Alias, std::string("out overlaps ") + name);
     }
-    std::vector<double> row_stats = empty_stats(c);
-    if (c.student.rows > 0 && c.student.vocab > 0) {
+    std::vector<double> row_stats;
+    if (has_logits(c)) {
+        row_stats = empty_stats(c);
         const Logits l(student, teacher, c);
         const Operands o{*l.student, *l.teacher, l.call, storage_halide_type(student.dtype),
                          (int64_t)element_size(student.dtype)};
         run_stats(o, options, 0.0, nullptr, row_stats.data());
     }
     store_loss(out, c, options, row_stats);
-    if (stats) std::copy(row_stats.begin(), row_stats.end(), stats);
+    save_stats(c, row_stats, stats);
 }
 
 void distill_forward_backward(const Tensor &student, const Tensor &teacher, const DistillOptions &options,
@@ -360,9 +386,10 @@ void distill_forward_backward(const Tensor &student, const Tensor &teacher, cons
     if (overlaps(grad_student, student) && !same_view(grad_student, student)) {
         fail(ErrorCode::Alias, "grad_student partially overlaps student");
     }
-    std::vector<double> row_stats = empty_stats(c);
+    std::vector<double> row_stats;
     const double scale = c.loss_factor / options.temperature / c.divisor;
-    if (c.student.rows > 0 && c.student.vocab > 0) {
+    if (has_logits(c)) {
+        row_stats = empty_stats(c);
         const Logits l(student, teacher, c);
         const Operands o{*l.student, *l.teacher, l.call, storage_halide_type(student.dtype),
                          (int64_t)element_size(student.dtype)};
@@ -375,7 +402,7 @@ void distill_forward_backward(const Tensor &student, const Tensor &teacher, cons
         }
     }
     store_loss(out, c, options, row_stats);
-    if (stats) std::copy(row_stats.begin(), row_stats.end(), stats);
+    save_stats(c, row_stats, stats);
 }
 
 void distill_backward(const Tensor &grad_output, const Tensor &student, const Tensor &teacher,
@@ -402,7 +429,7 @@ void distill_backward(const Tensor &grad_output, const Tensor &student, const Te
         }
     }
     const int64_t rows = c.student.rows;
-    if (rows == 0 || c.student.vocab == 0) return;
+    if (!has_logits(c)) return;
 
     // Each row's scale: the upstream gradient, the divisor, T^2 and the 1/T
     // of the logits' scaling.
@@ -439,10 +466,11 @@ void distill_backward(const Tensor &grad_output, const Tensor &student, const Te
     std::optional<Rows> gs, gt;
     if (gs_out) views.push_back(*(gs = rows_of(*gs_out)));
     if (gt_out) views.push_back(*(gt = rows_of(*gt_out)));
-    const char *pass = grad_student && grad_teacher ? "bwd_st" : grad_student ? "bwd_s" : "bwd_t";
     double inv_temperature = 1.0 / options.temperature;
     run_rows(
-        kernel_name(pass, options.reverse, student.dtype), rows, rows_per_call(views),
+        kernel_name(dsl::DistillPass::Backward, options.reverse, student.dtype, grad_student != nullptr,
+                    grad_teacher != nullptr),
+        rows, rows_per_call(views),
         [&](int64_t row0, int64_t n, auto &b2, auto &b1) {
             std::vector<void *> argv;
             argv.push_back(&o.logits(*l.student, l.call.student, row0, n, b2)->buffer);

@@ -4,21 +4,14 @@
 
 #include <cstdint>
 
+#include "kldiv/dsl/distill_layout.h"
 #include "kldiv/kldiv.h"
 #include "kldiv/kldiv.hpp"
 
 namespace kldiv::runtime {
 
-struct DistillOptions {
-    double temperature = 1.0;
-    Reduction reduction = Reduction::BatchMean;
-    bool reverse = false;
-    bool temperature_squared = false;
-    const uint8_t *row_mask = nullptr;  // rows bytes, 0 = masked; null: every row
-};
-
-// Row statistics, kDistillStats doubles per row (dsl::DistillStat order).
-constexpr int kDistillStatsPerRow = KLDIV_DISTILL_STATS_PER_ROW;
+static_assert(kDistillStatsPerRow == KLDIV_DISTILL_STATS_PER_ROW && kDistillStatsPerRow == dsl::kDistillStats,
+              "the C ABI's, the C++ API's and the kernels' statistics per row are one layout");
 
 // The loss into `out`; with `stats`, the rows' statistics for a backward call.
 void distill_forward(const Tensor &student, const Tensor &teacher, const DistillOptions &options, const Tensor &out,

@@ -65,4 +65,70 @@ void apply_distill_cpu(dsl::DistillAlgorithm &a, const dsl::DistillOptions &opti
     if (!Halide::Internal::is_const(unit_stride)) a.stats.specialize(unit_stride);
 }
 
+namespace {
+
+// A row statistic over rows: `threads_per_block` rows per CUDA block, a thread
+// each, its update stages too.
+void schedule_per_row_gpu(Func f, const Var &row, int threads_per_block) {
+    Var rows("rows"), row_thread("row_thread");
+    f.compute_root().split(row, rows, row_thread, threads_per_block, TailStrategy::GuardWithIf).gpu_blocks(rows).gpu_threads(
+        row_thread);
+    for (int u = 0; u < f.num_update_definitions(); u++) {
+        f.update(u).split(row, rows, row_thread, threads_per_block, TailStrategy::GuardWithIf).gpu_blocks(rows).gpu_threads(
+            row_thread);
+    }
+}
+
+// A row's (or a block's) partial sums, one thread per lane, computed inside
+// the CUDA block of `at`; each thread walks its steps `unroll` at a time, as
+// many loads in flight.
+void schedule_lanes_gpu(Func lanes, const Halide::LoopLevel &at, const Var &lane, const Halide::RVar &step,
+                        int unroll) {
+    lanes.compute_at(at).bound(lane, 0, dsl::kDistillLanes).gpu_threads(lane);
+    Halide::RVar outer(step.name() + "_outer"), inner(step.name() + "_inner");
+    lanes.update()
+        .reorder(step, lane)
+        .split(step, outer, inner, unroll, TailStrategy::GuardWithIf)
+        .unroll(inner)
+        .gpu_threads(lane);
+}
+
+}  // namespace
+
+void apply_distill_gpu(dsl::DistillAlgorithm &a, int threads, int elements) {
+    constexpr int kRowThreads = 64;
+    constexpr int kUnroll = 8;
+    for (Func g : {a.grad_student, a.grad_teacher}) {
+        if (!g.defined()) continue;
+        Var block("block"), in_block("in_block"), thread("thread"), element("element");
+        g.compute_root()
+            .split(a.j, block, in_block, threads * elements, TailStrategy::GuardWithIf)
+            .split(in_block, thread, element, elements, TailStrategy::GuardWithIf)
+            .reorder(element, thread, block, a.row)
+            .unroll(element)
+            .gpu_blocks(block, a.row)
+            .gpu_threads(thread);
+    }
+    if (!a.stats.defined()) return;  // Backward: the statistics are inputs.
+
+    // 1.-2. A block's maximum, then its sums: a launch each. (In one launch,
+    // the sums' lane loop after the maximum's single-thread stage, Halide 14
+    // drops the whole launch from the pipeline: its simplifier removes the
+    // loop; seen in the generated code.)
+    a.block_max.compute_root().gpu_blocks(a.block, a.row);
+    a.block_max.update().gpu_blocks(a.block, a.row);
+    schedule_lanes_gpu(a.block_max_lanes, Halide::LoopLevel(a.block_max, a.block), a.lane, a.block_steps.x, kUnroll);
+    a.block_stats.compute_root().gpu_blocks(a.block, a.row);
+    const Halide::LoopLevel at_block(a.block_stats, a.block);
+    a.block_sum.compute_at(at_block);
+    schedule_lanes_gpu(a.block_sum_lanes, at_block, a.lane, a.block_steps.x, kUnroll);
+    // 3.-5.
+    schedule_per_row_gpu(a.row_max, a.row, kRowThreads);
+    schedule_per_row_gpu(a.row_log_sum, a.row, kRowThreads);
+    a.row_loss.compute_root().gpu_blocks(a.row);
+    schedule_lanes_gpu(a.loss_lanes, Halide::LoopLevel(a.row_loss, a.row), a.lane, a.row_steps.x, kUnroll);
+    schedule_per_row_gpu(a.stats, a.row, kRowThreads);
+    a.stats.bound(a.k, 0, dsl::kDistillStats).unroll(a.k);
+}
+
 }  // namespace kldiv::schedules

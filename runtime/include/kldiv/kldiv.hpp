@@ -112,6 +112,45 @@ private:
 void kl_div(const Tensor &input, const Tensor &target, const Tensor &out,
             const FunctionalOptions &options);
 
+// ---- Distillation from logits ----------------------------------------------
+//
+// The KL divergence between the teacher's and the student's softmax at
+// temperature T over the last dimension (the vocabulary), per row of the
+// leading dimensions: with p = softmax(teacher / T), q = softmax(student / T),
+// forward KL sum_j p_j (log p_j - log q_j) (reverse: sum_j q_j (log q_j -
+// log p_j)); a token of probability 0 adds 0. As kldiv_distill_* in kldiv.h
+// (README, "Distillation from logits"): CPU tensors of one shape and dtype,
+// the loss and gradients of that dtype.
+struct DistillOptions {
+    double temperature = 1.0;  // > 0
+    // None: the loss per row (the leading shape); BatchMean: divided by the
+    // unmasked rows; Mean: by unmasked rows x vocabulary.
+    Reduction reduction = Reduction::BatchMean;
+    bool reverse = false;              // reverse KL
+    bool temperature_squared = false;  // the loss and gradients times T^2
+    const uint8_t *row_mask = nullptr;  // null: every row; else a byte per row, 0: left out
+};
+
+// Doubles per row of the statistics a forward call may save for backward.
+constexpr int kDistillStatsPerRow = 5;
+
+// The loss into `out`; with `row_stats` (kDistillStatsPerRow x rows), the
+// rows' statistics for distill_kl_backward.
+void distill_kl(const Tensor &student, const Tensor &teacher, const Tensor &out, const DistillOptions &options = {},
+                double *row_stats = nullptr);
+
+// The loss and the student's gradient for upstream gradient 1, in one pass
+// over each row; `grad_student` may be `student` itself (the same view).
+void distill_kl_forward_backward(const Tensor &student, const Tensor &teacher, const Tensor &out,
+                                 const Tensor &grad_student, const DistillOptions &options = {},
+                                 double *row_stats = nullptr);
+
+// Gradients for upstream `grad_output` (the loss's shape); either output may
+// be null; `row_stats` from distill_kl on the same logits and options, or null.
+void distill_kl_backward(const Tensor &grad_output, const Tensor &student, const Tensor &teacher,
+                         const DistillOptions &options, const double *row_stats, const Tensor *grad_student,
+                         const Tensor *grad_teacher);
+
 // Threads used by the CPU kernels (0: one per core). One thread pool serves
 // every kernel in the process, AOT and JIT alike.
 void set_num_threads(int threads);

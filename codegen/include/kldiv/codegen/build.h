@@ -10,6 +10,7 @@
 #include <Halide.h>
 
 #include "kldiv/codegen/kernel_spec.h"
+#include "kldiv/dsl/distill.h"
 #include "kldiv/schedules/params.h"
 
 namespace kldiv::codegen {
@@ -64,6 +65,22 @@ Halide::Module compile_module(const KernelSpec &spec, const std::optional<FixedS
                               const schedules::Params &params, const Halide::Target &target,
                               const std::string &function, const std::string &autoscheduler = "",
                               InnerStride inner_stride = InnerStride::Any, Tables tables = Tables::Embedded);
+
+// A distillation kernel: its argument types; its pipeline over `in`
+// (dsl::distill), scheduled for `target` (a CPU or CUDA target;
+// std::invalid_argument for another GPU), the outputs in the order of
+// arguments(spec), their dimension 0 of any stride. `inputs_unit_stride`
+// holds when the input logits' dimension 0 has stride 1; with the outputs'
+// it selects the schedule's fast path.
+Halide::Type argument_type(const DistillSpec &spec, const Argument &argument);
+std::vector<Halide::Func> build_distill(const DistillSpec &spec, const Halide::Target &target,
+                                        const dsl::DistillInputs &in, const Halide::Expr &inputs_unit_stride);
+
+// The distillation kernel as a Halide Module named `function`, as the AOT
+// library's generator makes it: any strides, rows of at least
+// dsl::kDistillLanes logits. For `kldiv aot`.
+Halide::Module compile_distill_module(const DistillSpec &spec, const Halide::Target &target,
+                                      const std::string &function);
 
 // This CPU's Halide target, without features Halide 14 reports wrongly (see
 // build.cpp). `kldiv aot` and the JIT use it for "host".

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "kldiv/dsl/distill_layout.h"
 #include "kldiv/dsl/dtype.h"
 
 namespace kldiv::codegen {
@@ -93,5 +94,32 @@ enum class Tables { Embedded, Process };
 // Every spec the AOT library is built with (each dtype, log_target, pass
 // variant), for the CPU or for CUDA (each with its `aligned` twin after it).
 std::vector<KernelSpec> aot_specs(bool cuda = false);
+
+// A distillation kernel (dsl/distill.h): logits as 2-d (vocab, rows) views,
+// CPU targets.
+struct DistillSpec {
+    dsl::DistillPass pass = dsl::DistillPass::Forward;
+    DType dtype = DType::Float32;
+    bool reverse = false;        // reverse KL
+    bool grad_student = true;    // Backward: which gradients it writes
+    bool grad_teacher = false;
+
+    // e.g. kldiv_distill_fwd_kl_f32, kldiv_distill_fused_rkl_bf16,
+    // kldiv_distill_bwd_st_kl_f16 (bwd_s, bwd_t, bwd_st: the student's, the
+    // teacher's, both gradients).
+    std::string name() const;
+    bool operator==(const DistillSpec &other) const { return name() == other.name(); }
+};
+
+// A distillation kernel's arguments: `student` and `teacher` (2-d, storage
+// type), `row_on` (1-d uint8), the float64 scalar `inv_temperature`; Fused
+// adds the float64 scalar `grad_scale`, Backward the float64 `stats` (2-d,
+// kDistillStats x rows) and `row_scale` (1-d); outputs `stats_out` (Forward,
+// Fused), `grad_student` (Fused; Backward when asked), `grad_teacher`.
+std::vector<Argument> arguments(const DistillSpec &spec);
+
+// Every distillation spec the AOT library is built with: 4 dtypes x forward
+// and reverse KL x forward, fused and the three backward variants.
+std::vector<DistillSpec> distill_aot_specs();
 
 }  // namespace kldiv::codegen

@@ -14,4 +14,17 @@ namespace kldiv::schedules {
 void apply_distill_cpu(dsl::DistillAlgorithm &algorithm, const dsl::DistillOptions &options,
                        const Halide::Target &target, const Halide::Expr &unit_stride);
 
+// CUDA: a launch per stage, each over rows or (block, row) pairs.
+//   1. each block's maxima (kDistillBlock logits of a row): a CUDA block of
+//      kDistillLanes threads, one per lane, the lanes' maxima in shared memory;
+//   2. each block's sums: the same shape, reading the block again (from L2);
+//   3. the rows' maxima and log-sums: a thread per row;
+//   4. the rows' losses: a CUDA block of kDistillLanes threads per row;
+//   5. the statistics: a thread per row;
+//   6. the gradients: elementwise, `threads` threads per CUDA block along the
+//      vocabulary, each `elements` logits.
+// The sums keep the algorithm's order, so results do not depend on the launch
+// shape or on timing.
+void apply_distill_gpu(dsl::DistillAlgorithm &algorithm, int threads = 256, int elements = 4);
+
 }  // namespace kldiv::schedules
