@@ -1,5 +1,7 @@
-// The C ABI on calls decoded from the fuzz input: which function, the
-// reduction and log_target (enum values out of range included), and for every
+// The C ABI on calls decoded from the fuzz input: which function (the loss's
+// three and distillation's three), the reduction and log_target (enum values
+// out of range included), distillation's options (temperatures of every kind,
+// a row mask or none, saved row statistics or none), and for every
 // tensor slot its presence, dtype, device, rank (negative, over the limit),
 // sizes and strides (zero, huge, negative, products past int64), and where
 // its data lies: its own buffer, another slot's (outputs aliasing inputs or
@@ -33,6 +35,7 @@ constexpr size_t kMaxBytes = 1 << 16;      // the most a slot's buffer holds
 constexpr int64_t kMaxElements = 1 << 14;  // more would only spend time
 constexpr int kSlots = 5;
 constexpr int kArrayLength = 8;  // sizes and strides arrays: a larger rank must not be read
+constexpr std::array<double, 8> kTemperatures = {1.0, 0.0, 2.0, 0.25, -1.0, __builtin_nan(""), __builtin_inf(), 1e-300};
 
 // One slot's memory: [guard page][kMaxBytes][guard page].
 struct GuardedRegion {
@@ -124,7 +127,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static GuardedRegion regions[kSlots];
     Reader in{data, size};
 
-    const int function = in.byte() % 3;  // forward, backward, forward_backward
+    // The loss's forward, backward, forward_backward; distillation's forward,
+    // forward_backward, backward.
+    const int function = in.byte() % 6;
     const int reduction_pick = in.byte() % 6;
     // Values that are no enumerator on purpose (the enums span every int).
     const auto reduction = (kldiv_reduction)(reduction_pick < 4 ? reduction_pick : reduction_pick == 4 ? 17 : -1);
@@ -133,7 +138,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
     // forward: input, target, out; backward: grad_output, input, target,
     // grad_input, grad_target; forward_backward: input, target, out, grad_input.
-    const int slot_count = function == 1 ? 5 : function == 0 ? 3 : 4;
+    // Distillation likewise, with student and teacher for input and target.
+    const int slot_count = function == 1 || function == 5 ? 5 : function == 0 || function == 3 ? 3 : 4;
     Slot slots[kSlots];
     for (int s = 0; s < slot_count; s++) {
         Slot &slot = slots[s];
@@ -196,13 +202,44 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
     }
 
+    // Distillation's options. The mask and the statistics hold one byte and
+    // KLDIV_DISTILL_STATS_PER_ROW doubles per row of the student's leading
+    // dimensions: given only where those fit here (the library reads them).
+    kldiv_distill_options distill{};
+    distill.temperature = kTemperatures[in.byte() % kTemperatures.size()];
+    distill.reduction = reduction;
+    distill.reverse = in.byte() % 2;
+    distill.temperature_squared = in.byte() % 2;
+    const Slot &student = slots[function == 5 ? 1 : 0];
+    int64_t rows = -1;  // unknown: not given memory
+    if (student.view.rank >= 1 && student.view.rank <= kArrayLength) {
+        __int128 product = 1;
+        for (int d = 0; d + 1 < student.view.rank; d++) {
+            product *= std::max<int64_t>(student.sizes[d], 0);
+            if (product > kMaxElements) break;
+        }
+        if (product <= kMaxElements) rows = (int64_t)product;
+    }
+    static std::vector<uint8_t> mask(kMaxElements);
+    static std::vector<double> stats(kMaxElements * KLDIV_DISTILL_STATS_PER_ROW);
+    const uint8_t extras = in.byte();
+    if (rows >= 0 && extras % 2 == 1) {
+        for (int64_t r = 0; r < rows; r++) mask[r] = in.byte() % 3;
+        distill.row_mask = mask.data();
+    }
+    double *row_stats = rows >= 0 && extras % 4 >= 2 ? stats.data() : nullptr;
+    const size_t stats_length = row_stats ? (size_t)rows * KLDIV_DISTILL_STATS_PER_ROW : 0;
+    for (size_t i = 0; i < stats_length; i++) stats[i] = (double)in.byte() - 100.0;
+    const std::vector<double> stats_before(stats.begin(), stats.begin() + stats_length);
+
     // What every buffer held before the call.
     std::vector<unsigned char> before[kSlots];
     for (int s = 0; s < slot_count; s++) before[s].assign(slots[s].bytes, slots[s].bytes + slots[s].length);
 
     auto arg = [&](int s) -> const kldiv_tensor * { return slots[s].present ? &slots[s].view : nullptr; };
     if (std::getenv("KLDIV_FUZZ_VERBOSE")) {  // describes the call (run a saved input to see it)
-        std::fprintf(stderr, "function %d reduction %d log_target %d\n", function, reduction_pick, log_target);
+        std::fprintf(stderr, "function %d reduction %d log_target %d temperature %g mask %d stats %d\n", function,
+                     reduction_pick, log_target, distill.temperature, distill.row_mask != nullptr, row_stats != nullptr);
         for (int s = 0; s < slot_count; s++) {
             const kldiv_tensor &v = slots[s].view;
             std::fprintf(stderr, "  slot %d%s dtype %d rank %d data %p (own %p, %zu bytes):", s,
@@ -225,10 +262,28 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         status = kldiv_backward(arg(0), arg(1), arg(2), reduction, log_target, arg(3), arg(4));
         output[3] = output[4] = true;
         break;
-    default:
+    case 2:
         status = kldiv_forward_backward(arg(0), arg(1), reduction, log_target, arg(2), arg(3));
         output[2] = output[3] = true;
         break;
+    case 3:
+        status = kldiv_distill_forward(arg(0), arg(1), &distill, arg(2), row_stats);
+        output[2] = true;
+        break;
+    case 4:
+        status = kldiv_distill_forward_backward(arg(0), arg(1), &distill, arg(2), arg(3), row_stats);
+        output[2] = output[3] = true;
+        break;
+    default:
+        status = kldiv_distill_backward(arg(0), arg(1), arg(2), &distill, row_stats, arg(3), arg(4));
+        output[3] = output[4] = true;
+        break;
+    }
+    // Statistics are written by a successful forward call only.
+    const bool stats_changed = !std::equal(stats_before.begin(), stats_before.end(), stats.begin());
+    if (stats_changed && (status != 0 || function == 5)) {
+        std::fprintf(stderr, "the row statistics were written (call status %d)\n", status);
+        std::abort();
     }
 
     if (std::getenv("KLDIV_FUZZ_VERBOSE")) std::fprintf(stderr, "status %d: %s\n", status, kldiv_last_error());
