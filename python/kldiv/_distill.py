@@ -1,6 +1,7 @@
 """Distillation from logits on kldiv's kernels: ``kldiv.torch.distill_kl``."""
 import ctypes
 import math
+import typing
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -253,9 +254,17 @@ def distill_kl(student_logits, teacher_logits, temperature=1.0, reduction="batch
         vocab = torch.tensor([float(student.shape[-1])], dtype=torch.float64)
         torch.distributed.all_reduce(vocab, group=process_group)
         return _ShardedDistill.apply(student, teacher, row_on, process_group, *settings, int(vocab.item()))
+    if _compiling():
+        return _compiled_loss(student, teacher, row_on, *settings)
     if torch.is_grad_enabled() and (student.requires_grad or teacher.requires_grad):
         return _DistillFunction.apply(student, teacher, row_on, *settings)
     return _forward(student, teacher, settings, row_on, want_stats=False)[0]
+
+
+def _compiling():
+    """Whether torch.compile is tracing this call (and kldiv's custom ops can stand in for the kernels' calls)."""
+    compiler = getattr(torch, "compiler", None)
+    return _HAS_OPS and compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling()
 
 
 def _one_row_dim(x):
@@ -270,6 +279,88 @@ def _one_row_dim(x):
             stride = step
         rows *= size
     return True
+
+
+# ---- torch.compile (torch 2.4 and later) -------------------------------------
+# Custom ops that torch.compile traces without a graph break, with the same
+# kernels and autograd: the loss with the rows' statistics (backward reads
+# them), the fused loss and student gradient, and the gradients. Eager calls
+# keep the autograd.Function above.
+_HAS_OPS = hasattr(torch.library, "custom_op") and hasattr(torch.library, "register_autograd")
+
+if _HAS_OPS:
+
+    @torch.library.custom_op("kldiv::distill_kl", mutates_args=())
+    def _distill_op(student: torch.Tensor, teacher: torch.Tensor, row_on: typing.Optional[torch.Tensor],
+                    temperature: float, reduction: str, reverse: bool,
+                    temperature_squared: bool) -> typing.Tuple[torch.Tensor, torch.Tensor]:
+        return _forward(student, teacher, (temperature, reduction, reverse, temperature_squared), row_on,
+                        want_stats=True)
+
+    @_distill_op.register_fake
+    def _(student, teacher, row_on, temperature, reduction, reverse, temperature_squared):
+        return (student.new_empty(_loss_shape(student, reduction)),
+                student.new_empty(_rows(student) * _lib.DISTILL_STATS_PER_ROW, dtype=torch.float64))
+
+    @torch.library.custom_op("kldiv::distill_kl_forward_backward", mutates_args=())
+    def _distill_fused_op(student: torch.Tensor, teacher: torch.Tensor, row_on: typing.Optional[torch.Tensor],
+                          temperature: float, reduction: str, reverse: bool,
+                          temperature_squared: bool) -> typing.Tuple[torch.Tensor, torch.Tensor]:
+        return _forward_backward(student, teacher, (temperature, reduction, reverse, temperature_squared), row_on)
+
+    @_distill_fused_op.register_fake
+    def _(student, teacher, row_on, temperature, reduction, reverse, temperature_squared):
+        return student.new_empty(_loss_shape(student, reduction)), student.new_empty(student.shape)
+
+    @torch.library.custom_op("kldiv::distill_kl_backward", mutates_args=())
+    def _distill_backward_op(grad_output: torch.Tensor, student: torch.Tensor, teacher: torch.Tensor,
+                             row_on: typing.Optional[torch.Tensor], stats: torch.Tensor, temperature: float,
+                             reduction: str, reverse: bool, temperature_squared: bool, need_student: bool,
+                             need_teacher: bool) -> typing.Tuple[torch.Tensor, torch.Tensor]:
+        grad_student, grad_teacher = _backward(grad_output.contiguous(), student, teacher,
+                                               (temperature, reduction, reverse, temperature_squared), row_on,
+                                               stats, need_student, need_teacher)
+        # A custom op returns tensors: an empty one stands for a gradient not asked for.
+        return (grad_student if need_student else student.new_empty(0),
+                grad_teacher if need_teacher else teacher.new_empty(0))
+
+    @_distill_backward_op.register_fake
+    def _(grad_output, student, teacher, row_on, stats, temperature, reduction, reverse, temperature_squared,
+          need_student, need_teacher):
+        return (student.new_empty(student.shape if need_student else 0),
+                teacher.new_empty(teacher.shape if need_teacher else 0))
+
+    def _setup_distill(ctx, inputs, output):
+        student, teacher, row_on, *settings = inputs
+        ctx.settings = tuple(settings)
+        ctx.save_for_backward(student, teacher, row_on, output[1])
+
+    def _backward_distill(ctx, grad_loss, grad_of_stats):
+        student, teacher, row_on, stats = ctx.saved_tensors
+        need_student, need_teacher = ctx.needs_input_grad[:2]
+        grad_student, grad_teacher = _distill_backward_op(grad_loss, student, teacher, row_on, stats, *ctx.settings,
+                                                          need_student, need_teacher)
+        return ((grad_student if need_student else None), (grad_teacher if need_teacher else None),
+                None, None, None, None, None)
+
+    def _setup_fused(ctx, inputs, output):
+        ctx.save_for_backward(output[1])
+
+    def _backward_fused(ctx, grad_loss, grad_of_grad):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_loss, None, None, None, None, None, None
+
+    torch.library.register_autograd("kldiv::distill_kl", _backward_distill, setup_context=_setup_distill)
+    torch.library.register_autograd("kldiv::distill_kl_forward_backward", _backward_fused,
+                                    setup_context=_setup_fused)
+
+
+def _compiled_loss(student, teacher, row_on, temperature, reduction, reverse, temperature_squared):
+    """distill_kl through the custom ops (under torch.compile): fused when only the student needs a gradient."""
+    settings = (temperature, reduction, reverse, temperature_squared)
+    if torch.is_grad_enabled() and student.requires_grad and not teacher.requires_grad and reduction != "none":
+        return _distill_fused_op(student, teacher, row_on, *settings)[0]
+    return _distill_op(student, teacher, row_on, *settings)[0]
 
 
 # Last: kldiv.torch imports this module at its end, and either may be imported first.

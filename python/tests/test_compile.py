@@ -1,6 +1,6 @@
 """torch.compile over kldiv.torch (torch 2.4 and later): the custom ops pass
-torch.library.opcheck, and a model that calls kl_div compiles with
-fullgraph=True and gives eager's loss and gradients."""
+torch.library.opcheck, and models that call kl_div or distill_kl compile with
+fullgraph=True and give eager's loss and gradients."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -72,6 +72,79 @@ def test_compiled_gradients_for_both_operands(reduction):
     results = []
     for function in (lambda a, b: F.kl_div(a, b, reduction=reduction), compiled):
         a, b = x.clone().requires_grad_(), t.clone().requires_grad_()
+        loss = function(a, b)
+        loss.backward(torch.ones_like(loss))
+        results.append((loss.detach(), a.grad, b.grad))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)
+
+
+# ---- distill_kl -------------------------------------------------------------
+
+def _logits(shape, dtype=torch.float32, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return (3 * torch.randn(shape, generator=generator)).to(dtype)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "batchmean"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_distill_opcheck(reduction, reverse):
+    s, t = _logits((4, 40), torch.float64), _logits((4, 40), torch.float64, seed=2)
+    row_on = torch.tensor([1, 0, 1, 1], dtype=torch.uint8)
+    settings = (2.0, reduction, reverse, False)
+    for needs in ((True, False), (True, True), (False, True)):
+        a, b = s.clone().requires_grad_(needs[0]), t.clone().requires_grad_(needs[1])
+        torch.library.opcheck(torch.ops.kldiv.distill_kl.default, (a, b, row_on, *settings))
+    if reduction != "none":
+        torch.library.opcheck(torch.ops.kldiv.distill_kl_forward_backward.default,
+                              (s.clone().requires_grad_(), t, None, *settings))
+
+
+def _composite(s, t, temperature, reduction, reverse):
+    """The loss from PyTorch's operators: kl_div(log q, log p) (reverse: kl_div(log p, log q)) per row."""
+    log_q, log_p = F.log_softmax(s / temperature, -1), F.log_softmax(t / temperature, -1)
+    a, b = (log_p, log_q) if reverse else (log_q, log_p)
+    if reduction == "none":
+        return F.kl_div(a, b, reduction="none", log_target=True).sum(-1)
+    return F.kl_div(a, b, reduction=reduction, log_target=True)
+
+
+class DistilledStudent(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(32, 300)
+
+    def forward(self, features, teacher_logits):
+        return kldiv.torch.distill_kl(self.linear(features), teacher_logits, temperature=2.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_distill_compiled_model_has_no_graph_break(dtype):
+    torch.manual_seed(0)
+    model = DistilledStudent().to(dtype)
+    features = torch.randn(8, 32, dtype=dtype)
+    teacher = _logits((8, 300), dtype)
+    compiled = torch.compile(model, fullgraph=True)
+    results = []
+    for function in (model, compiled):
+        model.zero_grad()
+        loss = function(features, teacher)
+        loss.backward()
+        results.append((loss.detach(), model.linear.weight.grad.clone()))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "batchmean"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_distill_compiled_gradients_for_both_logits(reduction, reverse):
+    s, t = _logits((6, 70), torch.float64), _logits((6, 70), torch.float64, seed=2)
+    compiled = torch.compile(
+        lambda a, b: kldiv.torch.distill_kl(a, b, temperature=0.5, reduction=reduction, reverse=reverse),
+        fullgraph=True)
+    results = []
+    for function in (lambda a, b: _composite(a, b, 0.5, reduction, reverse), compiled):
+        a, b = s.clone().requires_grad_(), t.clone().requires_grad_()
         loss = function(a, b)
         loss.backward(torch.ones_like(loss))
         results.append((loss.detach(), a.grad, b.grad))
