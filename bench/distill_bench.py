@@ -14,9 +14,15 @@ bandwidth measured in the same run, and each contender's peak memory on top of
 the data (the peak resident set of a fresh process per contender).
 
     .venv/bin/python bench/distill_bench.py [--shapes 4096x32000 8192x128256] [--dtype float32 bfloat16]
+
+With --device cuda (any NVIDIA GPU) the same on the GPU: kldiv's CUDA kernels
+(experimental, so this sets KLDIV_DISTILL_CUDA=1), times from synchronised
+steps, and peak memory from PyTorch's CUDA allocator (its peak over the data
+during two steps).
 """
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -49,10 +55,10 @@ def contenders():
     return found
 
 
-def data(rows, vocab, dtype, seed=0):
+def data(rows, vocab, dtype, seed=0, device="cpu"):
     generator = torch.Generator().manual_seed(seed)
-    s = (torch.randn(rows, vocab, generator=generator) * 2).to(dtype).requires_grad_()
-    t = (torch.randn(rows, vocab, generator=generator) * 2).to(dtype)
+    s = (torch.randn(rows, vocab, generator=generator) * 2).to(device=device, dtype=dtype).requires_grad_()
+    t = (torch.randn(rows, vocab, generator=generator) * 2).to(device=device, dtype=dtype)
     return s, t
 
 
@@ -63,12 +69,25 @@ def step(function, s, t):
     return loss
 
 
-def copy_bandwidth(s, repeats):
+def copy_bandwidth(s, repeats, device="cpu"):
     """Bytes per second of a copy of s (one read, one write) in this process."""
     source = s.detach()
     out = torch.empty_like(source)
-    seconds = median_seconds(lambda: out.copy_(source), repeats, warmup=2)
+    seconds = median_seconds(lambda: out.copy_(source), repeats, warmup=2, device=device)
     return 2 * source.numel() * source.element_size() / seconds
+
+
+def peak_cuda_memory(function, s, t):
+    """The CUDA allocator's peak over the data during two steps, in bytes."""
+    step(function, s, t)
+    s.grad = None
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(2):
+        step(function, s, t)
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
 
 
 def peak_memory_child(name, rows, vocab, dtype_name):
@@ -93,16 +112,24 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=list(DTYPES))
     parser.add_argument("--shapes", nargs="+", default=SHAPES, help="rows x vocab, e.g. 8192x128256")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     add_common_arguments(parser, repeats=3)
     args = parser.parse_args()
     use_threads(args.threads)
+    device = args.device
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            print("[SKIP] --device cuda: no CUDA GPU visible to this torch")
+            return
+        os.environ["KLDIV_DISTILL_CUDA"] = "1"  # kldiv's CUDA kernels, experimental
     if args.memory_child:
         name, rows, vocab, dtype_name = args.memory_child
         print(peak_memory_child(name, int(rows), int(vocab), dtype_name))
         return
 
-    print(f"torch {torch.__version__}, kldiv library {kldiv.library_path()} ({kldiv.cpu_target()}), "
-          f"{args.threads} CPU threads for each; T = {TEMPERATURE}")
+    where = (torch.cuda.get_device_name() if device == "cuda"
+             else f"{kldiv.cpu_target()}, {args.threads} CPU threads for each")
+    print(f"torch {torch.__version__}, kldiv library {kldiv.library_path()} ({where}); T = {TEMPERATURE}")
     if not hasattr(torch, "compile"):
         print("[SKIP] torch.compile: this torch has none")
     names = list(contenders())
@@ -111,21 +138,25 @@ def main():
     header = "  ".join(f"{n:>14s}" for n in names)
     print(f"{'shape':>12s} {'dtype':>9s}  {header}  {'x eager':>8s} {'kldiv GB/s':>10s} {'% ceil':>6s}  "
           f"peak MiB over the data: " + " / ".join(names))
-    results = {"torch": torch.__version__, "temperature": TEMPERATURE, "steps": []}
+    results = {"torch": torch.__version__, "temperature": TEMPERATURE, "device": device, "steps": []}
     for shape in args.shapes:
         rows, vocab = (int(v) for v in shape.split("x"))
         for dtype_name in args.dtype:
-            s, t = data(rows, vocab, DTYPES[dtype_name])
+            s, t = data(rows, vocab, DTYPES[dtype_name], device=device)
             functions = contenders()
             # Each contender's steps back to back, as a training loop calls it
             # (interleaving them would hand each one the other's memory state).
-            seconds = {name: median_seconds(lambda: step(function, s, t), args.repeats, warmup=1)
+            seconds = {name: median_seconds(lambda: step(function, s, t), args.repeats, warmup=1, device=device)
                        for name, function in functions.items()}
             moved = 3 * s.numel() * s.element_size()
-            ceiling = copy_bandwidth(s, args.repeats)
+            ceiling = copy_bandwidth(s, args.repeats, device)
             achieved = moved / seconds["kldiv"]
-            memory = {} if args.no_memory else {
-                name: peak_memory(name, rows, vocab, dtype_name, args.threads) for name in functions}
+            if args.no_memory:
+                memory = {}
+            elif device == "cuda":
+                memory = {name: peak_cuda_memory(function, s, t) for name, function in functions.items()}
+            else:
+                memory = {name: peak_memory(name, rows, vocab, dtype_name, args.threads) for name in functions}
             print(result_line(shape, dtype_name, names, seconds, achieved, ceiling, memory, 1), flush=True)
             results["steps"].append({"shape": [rows, vocab], "dtype": dtype_name, "seconds": seconds,
                                      "kldiv_bytes": moved, "copy_bytes_per_second": ceiling,

@@ -47,7 +47,7 @@ while read -r lib; do
     esac
 done < <(for f in "${bins[@]}" "${libs[@]}"; do ldd "$f" | awk '/=> \//{print $3}'; done | sort -u)
 cp "$golden" "$stage/golden/"
-cp "$root/bench/cuda_bench.py" "$root/bench/torch_train_bench.py" "$root/bench/bench_common.py" "$stage/bench/"
+cp "$root/bench/cuda_bench.py" "$root/bench/torch_train_bench.py" "$root/bench/bench_common.py" "$root/bench/distill_bench.py" "$stage/bench/"
 mkdir -p "$stage/python"
 cp -r "$root/python/kldiv" "$root/python/tests" "$stage/python/"
 find "$stage/python" -name __pycache__ -prune -exec rm -rf {} +

@@ -60,14 +60,14 @@ step() {  # step NAME SECONDS COMMAND...
 # JIT's CUDA kernels against the host.
 step cuda_spec_test 20 "$here/bin/cuda_spec_test"
 step cuda_test 45 "$here/bin/cuda_test"
-step cuda_test_jit 70 env "${jit_env[@]}" "$here/bin/cuda_test_jit"
-step golden_test_cuda 45 "$here/bin/golden_test_cuda"
-step jit_cuda_test 45 env "${jit_env[@]}" "$here/bin/jit_cuda_test"
+step cuda_test_jit 60 env "${jit_env[@]}" "$here/bin/cuda_test_jit"
+step golden_test_cuda 40 "$here/bin/golden_test_cuda"
+step jit_cuda_test 40 env "${jit_env[@]}" "$here/bin/jit_cuda_test"
 # Time per call at 2^20 elements from C++.
 step cuda_latency 20 "$here/bin/kldiv_cuda_latency"
 # GPU tuning: two kernels at 2^26 elements, their records in OUT/gpu_tuning.jsonl
 # (no GPU: [SKIP]).
-step cuda_tune 60 bash -c 'for s in fwd:bf16:sum fused:f32:none; do
+step cuda_tune 40 bash -c 'for s in fwd:bf16:sum fused:f32:none; do
         log=$("$1" tune --spec $s --target host-cuda --size 2^26 --budget 12s --db "$2" 2>&1); rc=$?
         echo "$log"
         if [ $rc -ne 0 ]; then
@@ -75,13 +75,14 @@ step cuda_tune 60 bash -c 'for s in fwd:bf16:sum fused:f32:none; do
             exit $rc
         fi
     done' tune "$here/bin/kldiv" "$out/gpu_tuning.jsonl"
-# The Python package on CUDA tensors and under torch.compile. (pytest exits 5
+# The Python package on CUDA tensors (distillation's CUDA kernels included)
+# and under torch.compile. (pytest exits 5
 # when it skipped every test: no GPU, or a torch before 2.4.)
 if "$python" -c "import torch, pytest" 2> /dev/null; then
     step python_cuda 50 env PYTHONPATH="$here/python:$here/python/tests" KLDIV_LIBRARY="$here/lib/libkldiv.so" \
         bash -c '"$@"; rc=$?; [ $rc -eq 5 ] && exit 0; exit $rc' pytest \
         "$python" -m pytest -q -x -p no:cacheprovider "$here/python/tests/test_cuda.py" \
-        "$here/python/tests/test_compile.py"
+        "$here/python/tests/test_compile.py" "$here/python/tests/test_distill_cuda.py"
 else
     echo "python_cuda            SKIP (no torch or pytest for $python)" | tee -a "$out/SUMMARY"
 fi
@@ -89,10 +90,19 @@ fi
 if "$python" -c "import torch" 2> /dev/null; then
     liger=()
     [ -d "$here/liger/liger_kernel" ] && liger=(--liger "$here/liger")
-    step cuda_bench 120 "$python" "$here/bench/cuda_bench.py" --lib "$here/lib/libkldiv_aot.so" "${liger[@]}" \
+    step cuda_bench 115 "$python" "$here/bench/cuda_bench.py" --lib "$here/lib/libkldiv_aot.so" "${liger[@]}" \
         --json "$out/cuda_bench.json" --compile-budget 45
 else
     echo "cuda_bench             SKIP (no torch for $python)" | tee -a "$out/SUMMARY"
+fi
+# Distillation from logits on the GPU: kldiv's CUDA kernels against the eager
+# composite and torch.compile of it, time and peak memory.
+if "$python" -c "import torch" 2> /dev/null; then
+    step distill_bench 45 env PYTHONPATH="$here/python:$here/bench" KLDIV_LIBRARY="$here/lib/libkldiv.so" \
+        "$python" "$here/bench/distill_bench.py" --device cuda --shapes 4096x32000 --dtype bfloat16 float32 \
+        --json "$out/distill_bench.json"
+else
+    echo "distill_bench          SKIP (no torch for $python)" | tee -a "$out/SUMMARY"
 fi
 echo "== summary ($out/SUMMARY)"
 cat "$out/SUMMARY"

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <random>
 #include <string>
@@ -337,6 +338,37 @@ TEST_F(Distill, EmptyVocabularyOfManyRows) {
     const kldiv_distill_options mean{1.0, KLDIV_REDUCTION_MEAN, 0, 0, nullptr};
     ASSERT_EQ(forward(student, teacher, mean, out, nullptr), 0) << kldiv_last_error();
     EXPECT_TRUE(std::isnan(out.at(0)));
+}
+
+// CUDA logits: refused unless the build has CUDA kernels and
+// KLDIV_DISTILL_CUDA=1 asks for them (experimental); with it, memory that is
+// not device memory (or no GPU) is a device error too. Mixed devices are
+// refused. Nothing is written.
+TEST_F(Distill, CudaTensorsAreCheckedFirst) {
+    HostTensor student(KLDIV_FLOAT32, {2, 64}), teacher(KLDIV_FLOAT32, {2, 64}), out(KLDIV_FLOAT32, {});
+    out.fill_bytes(0x7f);
+    const std::vector<unsigned char> before = out.bytes;
+    kldiv_tensor sv = student.view(), tv = teacher.view(), ov = out.view();
+    sv.device = tv.device = ov.device = KLDIV_DEVICE_CUDA;
+    const kldiv_distill_options options{1.0, KLDIV_REDUCTION_SUM, 0, 0, nullptr};
+    for (const char *enabled : {"0", "1"}) {
+        ::setenv("KLDIV_DISTILL_CUDA", enabled, 1);
+        EXPECT_EQ(kldiv_distill_forward(&sv, &tv, &options, &ov, nullptr), KLDIV_ERROR_DEVICE) << enabled;
+        const std::string message = kldiv_last_error();
+        if (!kldiv_cuda_in_build()) {
+            EXPECT_NE(message.find("no CUDA kernels"), std::string::npos) << message;
+        } else if (std::string(enabled) == "0") {
+            EXPECT_NE(message.find("KLDIV_DISTILL_CUDA=1"), std::string::npos) << message;
+        } else {
+            EXPECT_EQ(message.find("KLDIV_DISTILL_CUDA=1"), std::string::npos) << message;
+        }
+    }
+    ::unsetenv("KLDIV_DISTILL_CUDA");
+    kldiv_tensor cpu_teacher = teacher.view();
+    EXPECT_EQ(kldiv_distill_forward(&sv, &cpu_teacher, &options, &ov, nullptr), KLDIV_ERROR_DEVICE);
+    EXPECT_NE(std::string(kldiv_last_error()).find("teacher is a CPU tensor"), std::string::npos)
+        << kldiv_last_error();
+    EXPECT_EQ(out.bytes, before);
 }
 
 // The C++ API gives the C ABI's bits, and throws kldiv::Error where the C ABI

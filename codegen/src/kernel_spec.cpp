@@ -80,7 +80,7 @@ std::vector<KernelSpec> aot_specs(bool cuda) {
 }
 
 std::string DistillSpec::name() const {
-    std::string n = "kldiv_distill_";
+    std::string n = cuda ? "kldiv_cuda_distill_" : "kldiv_distill_";
     switch (pass) {
     case dsl::DistillPass::Forward: n += "fwd"; break;
     case dsl::DistillPass::Fused: n += "fused"; break;

@@ -1,6 +1,7 @@
 """Distillation from logits on kldiv's kernels: ``kldiv.torch.distill_kl``."""
 import ctypes
 import math
+import os
 import typing
 
 import torch
@@ -29,9 +30,10 @@ def _new_stats(logits):
 
 
 def _forward(student, teacher, settings, row_on, want_stats):
-    out = torch.empty(_loss_shape(student, settings[1]), dtype=student.dtype)
+    out = torch.empty(_loss_shape(student, settings[1]), dtype=student.dtype, device=student.device)
     stats = _new_stats(student) if want_stats else None
     options = _options(*settings, row_on)
+    _ops._use_stream(student)
     _lib.check(_lib.lib.kldiv_distill_forward(_ops._view(student), _ops._view(teacher), ctypes.byref(options),
                                               _ops._view(out),
                                               stats.data_ptr() if stats is not None else None))
@@ -39,19 +41,24 @@ def _forward(student, teacher, settings, row_on, want_stats):
 
 
 def _forward_backward(student, teacher, settings, row_on):
-    out = torch.empty(_loss_shape(student, settings[1]), dtype=student.dtype)
-    grad = _ops._gradient_memory.empty(tuple(student.shape), student.dtype)
+    out = torch.empty(_loss_shape(student, settings[1]), dtype=student.dtype, device=student.device)
+    if student.is_cuda:
+        grad = torch.empty(student.shape, dtype=student.dtype, device=student.device)
+    else:
+        grad = _ops._gradient_memory.empty(tuple(student.shape), student.dtype)
     options = _options(*settings, row_on)
+    _ops._use_stream(student)
     _lib.check(_lib.lib.kldiv_distill_forward_backward(_ops._view(student), _ops._view(teacher), ctypes.byref(options),
                                                        _ops._view(out), _ops._view(grad), None))
     return out, grad
 
 
 def _backward(grad_output, student, teacher, settings, row_on, stats, need_student, need_teacher):
-    grad_student = torch.empty(student.shape, dtype=student.dtype) if need_student else None
-    grad_teacher = torch.empty(teacher.shape, dtype=teacher.dtype) if need_teacher else None
+    grad_student = torch.empty_like(student, memory_format=torch.contiguous_format) if need_student else None
+    grad_teacher = torch.empty_like(teacher, memory_format=torch.contiguous_format) if need_teacher else None
     options = _options(*settings, row_on)
-    grad_output = grad_output.to(student.dtype)
+    grad_output = grad_output.to(student.dtype).contiguous()
+    _ops._use_stream(student)
     _lib.check(_lib.lib.kldiv_distill_backward(_ops._view(grad_output), _ops._view(student), _ops._view(teacher),
                                                ctypes.byref(options), stats.data_ptr(),
                                                _ops._view(grad_student) if need_student else None,
@@ -237,10 +244,11 @@ def distill_kl(student_logits, teacher_logits, temperature=1.0, reduction="batch
         if tuple(mask.shape) != tuple(student_logits.shape[:-1]):
             raise RuntimeError(f"distill_kl: mask has shape {tuple(mask.shape)} but must have the logits' leading "
                                f"shape {tuple(student_logits.shape[:-1])}")
+    on_cpu = (student_logits.device.type == "cpu" and teacher_logits.device.type == "cpu"
+              and (mask is None or mask.device.type == "cpu"))
     takes = (student_logits.dtype in _ops._DTYPES and teacher_logits.dtype == student_logits.dtype
-             and student_logits.device.type == "cpu" and teacher_logits.device.type == "cpu"
              and student_logits.layout == torch.strided and teacher_logits.layout == torch.strided
-             and (mask is None or mask.device.type == "cpu"))
+             and (on_cpu or (_cuda_kernels(student_logits, teacher_logits) and process_group is None)))
     if not takes:
         if process_group is not None:
             raise NotImplementedError("distill_kl: process_group takes CPU logits of float32, float64, float16 or "
@@ -248,7 +256,8 @@ def distill_kl(student_logits, teacher_logits, temperature=1.0, reduction="batch
         return _composite(student_logits, teacher_logits, temperature, reduction, reverse, mask, temperature_squared)
     # The kernels take leading dimensions that view as one; other layouts are copied.
     student, teacher = (x if _one_row_dim(x) else x.contiguous() for x in (student_logits, teacher_logits))
-    row_on = mask.reshape(-1).to(torch.uint8).contiguous() if mask is not None else None
+    # The row mask is read on the host (for CUDA logits too: it sets the divisor).
+    row_on = mask.reshape(-1).to(device="cpu", dtype=torch.uint8).contiguous() if mask is not None else None
     settings = (float(temperature), reduction, bool(reverse), bool(temperature_squared))
     if process_group is not None:
         vocab = torch.tensor([float(student.shape[-1])], dtype=torch.float64)
@@ -265,6 +274,14 @@ def _compiling():
     """Whether torch.compile is tracing this call (and kldiv's custom ops can stand in for the kernels' calls)."""
     compiler = getattr(torch, "compiler", None)
     return _HAS_OPS and compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling()
+
+
+def _cuda_kernels(student, teacher):
+    """Whether CUDA logits run kldiv's CUDA kernels: built with them, asked for with
+    KLDIV_DISTILL_CUDA=1 (they have not yet been tested on a GPU), one device, and
+    rows of at least 32 logits (or none)."""
+    return (os.environ.get("KLDIV_DISTILL_CUDA") == "1" and _lib.has_cuda and student.is_cuda
+            and teacher.device == student.device and (student.shape[-1] >= 32 or student.shape[-1] == 0))
 
 
 def _one_row_dim(x):
@@ -299,8 +316,9 @@ if _HAS_OPS:
 
     @_distill_op.register_fake
     def _(student, teacher, row_on, temperature, reduction, reverse, temperature_squared):
+        # The statistics live on the host, for CUDA logits too.
         return (student.new_empty(_loss_shape(student, reduction)),
-                student.new_empty(_rows(student) * _lib.DISTILL_STATS_PER_ROW, dtype=torch.float64))
+                torch.empty(_rows(student) * _lib.DISTILL_STATS_PER_ROW, dtype=torch.float64))
 
     @torch.library.custom_op("kldiv::distill_kl_forward_backward", mutates_args=())
     def _distill_fused_op(student: torch.Tensor, teacher: torch.Tensor, row_on: typing.Optional[torch.Tensor],

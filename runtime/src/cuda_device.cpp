@@ -225,6 +225,18 @@ void copy_to_device(void *dst, const void *src, size_t bytes) {
     if (r != 0) fail(ErrorCode::Device, "writing a result to the GPU failed: " + d.error_name(r));
 }
 
+void wait_for_call_stream() {
+    const Driver &d = driver();
+    if (Hooks::current == nullptr) fail(ErrorCode::Internal, "wait_for_call_stream outside a CUDA call");
+    if (CUresult r = d.cuCtxPushCurrent(Hooks::context()); r != 0) {
+        fail(ErrorCode::Device, "cuCtxPushCurrent: " + d.error_name(r));
+    }
+    CUresult r = d.cuStreamSynchronize(reinterpret_cast<CUstream>(Hooks::stream()));
+    CUcontext popped = nullptr;
+    d.cuCtxPopCurrent(&popped);
+    if (r != 0) fail(ErrorCode::Device, "waiting for the GPU failed: " + d.error_name(r));
+}
+
 namespace {
 
 const Driver &tools_driver() {

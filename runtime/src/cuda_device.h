@@ -79,6 +79,10 @@ void install_hooks(const RuntimeSetters &setters);
 // stream (results of calls with no elements: one scalar).
 void copy_to_device(void *dst, const void *src, size_t bytes);
 
+// Waits until the work queued so far on the scope's stream is done (before
+// results the host reads back).
+void wait_for_call_stream();
+
 // GPU 0, for tools that run kernels on data of their own (kldiv tune): its
 // primary context and name, device memory in that context, synchronous
 // copies, and waiting for everything queued there. Each throws kldiv::Error

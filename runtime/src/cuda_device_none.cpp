@@ -17,6 +17,7 @@ Scope::~Scope() = default;
 BufferFunctions library_buffer_functions() { return {}; }
 void install_hooks(const RuntimeSetters &) {}
 void copy_to_device(void *, const void *, size_t) { fail(ErrorCode::Device, "no CUDA in this build"); }
+void wait_for_call_stream() { fail(ErrorCode::Device, "no CUDA in this build"); }
 Gpu first_gpu() { fail(ErrorCode::Device, "this build of kldiv has no CUDA kernels (KLDIV_CUDA=OFF)"); }
 void *device_alloc(size_t) { fail(ErrorCode::Device, "no CUDA in this build"); }
 void device_free(void *) {}

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "aot_registry.h"
+#include "cuda_device.h"
 #include "errors.h"
 #include "host_convert.h"
 #include "kldiv/codegen/kernel_spec.h"
@@ -57,8 +59,25 @@ std::optional<Rows> rows_of(const Tensor &t) {
 
 std::vector<int64_t> leading_shape(const Tensor &t) { return {t.sizes.begin(), t.sizes.end() - 1}; }
 
+const char *device_name(Device device) { return device == Device::CUDA ? "a CUDA" : "a CPU"; }
+
+// CUDA logits run the CUDA kernels when the build has them and
+// KLDIV_DISTILL_CUDA=1 asks for them: they have not yet run on a GPU in the
+// tests, so they are off by default.
+void check_cuda_enabled() {
+    if (!cuda::built_with_cuda()) {
+        fail(ErrorCode::Device, "the logits are CUDA tensors, and this build of kldiv has no CUDA kernels");
+    }
+    const char *enabled = std::getenv("KLDIV_DISTILL_CUDA");
+    if (enabled == nullptr || std::string(enabled) != "1") {
+        fail(ErrorCode::Device, "the logits are CUDA tensors; the CUDA distillation kernels are experimental "
+                                "(not yet tested on a GPU) and run only with KLDIV_DISTILL_CUDA=1");
+    }
+}
+
 // What a call validated: rows of both logits, the options, and the divisor.
 struct Call {
+    bool cuda = false;
     Rows student, teacher;
     std::vector<uint8_t> row_on;
     int64_t rows_on = 0;
@@ -70,12 +89,11 @@ Call validate(const Tensor &student, const Tensor &teacher, const DistillOptions
     check_tensor(student, "student");
     check_tensor(teacher, "teacher");
     check_same_dtype(student, "student", teacher, "teacher");
-    for (const auto &[t, name] : {std::pair{&student, "student"}, std::pair{&teacher, "teacher"}}) {
-        if (t->device != Device::CPU) {
-            fail(ErrorCode::Device,
-                 std::string(name) + " is a CUDA tensor; distillation kernels run on the CPU in this version");
-        }
+    if (teacher.device != student.device) {
+        fail(ErrorCode::Device, std::string("student is ") + device_name(student.device) + " tensor but teacher is " +
+                                    device_name(teacher.device) + " tensor");
     }
+    if (student.device == Device::CUDA) check_cuda_enabled();
     if (student.rank() == 0) fail(ErrorCode::Shape, "student: logits need at least one dimension (the vocabulary)");
     if (student.sizes != teacher.sizes) {
         fail(ErrorCode::Shape, "student has shape " + shape_text(student.sizes) + " but teacher has shape " +
@@ -87,6 +105,7 @@ Call validate(const Tensor &student, const Tensor &teacher, const DistillOptions
     }
     check_reduction(options.reduction);
     Call c;
+    c.cuda = student.device == Device::CUDA;
     const std::optional<Rows> s = rows_of(student), t = rows_of(teacher);
     if (!s)
         fail(ErrorCode::Shape,
@@ -96,6 +115,10 @@ Call validate(const Tensor &student, const Tensor &teacher, const DistillOptions
              "teacher: the leading dimensions cannot be viewed as one dimension of rows (make it contiguous)");
     c.student = *s;
     c.teacher = *t;
+    if (c.cuda && c.student.vocab > 0 && c.student.vocab < dsl::kDistillLanes) {
+        fail(ErrorCode::Shape, "a vocabulary of " + std::to_string(c.student.vocab) + " on CUDA: the CUDA kernels "
+                               "take at least " + std::to_string(dsl::kDistillLanes) + " logits per row");
+    }
     // The mask as the kernels take it, for rows with logits (a view of no
     // elements may have any number of rows).
     const int64_t rows = c.student.rows;
@@ -124,19 +147,24 @@ Call validate(const Tensor &student, const Tensor &teacher, const DistillOptions
     return c;
 }
 
+void check_same_device(const Tensor &t, const char *name, const Tensor &student) {
+    if (t.device != student.device) {
+        fail(ErrorCode::Device, std::string(name) + " is " + device_name(t.device) + " tensor but the logits are " +
+                                    (student.device == Device::CUDA ? "CUDA tensors" : "CPU tensors"));
+    }
+}
+
 void check_loss_shape(const Tensor &t, const char *name, const Tensor &student, Reduction reduction) {
     check_tensor(t, name);
     check_same_dtype(t, name, student, "student");
-    if (t.device != Device::CPU)
-        fail(ErrorCode::Device, std::string(name) + " is a CUDA tensor but the logits are on the CPU");
+    check_same_device(t, name, student);
     check_shape(t, name, reduction == Reduction::None ? leading_shape(student) : std::vector<int64_t>{});
 }
 
 void check_grad(const Tensor &grad, const char *name, const Tensor &student) {
     check_tensor(grad, name);
     check_same_dtype(grad, name, student, "student");
-    if (grad.device != Device::CPU)
-        fail(ErrorCode::Device, std::string(name) + " is a CUDA tensor but the logits are on the CPU");
+    check_same_device(grad, name, student);
     check_shape(grad, name, student.sizes);
     if (!rows_of(grad)) {
         fail(ErrorCode::Shape,
@@ -146,37 +174,53 @@ void check_grad(const Tensor &grad, const char *name, const Tensor &student) {
 
 // ---- kernels --------------------------------------------------------------
 
-std::string kernel_name(dsl::DistillPass pass, bool reverse, DType dtype, bool grad_student = true,
-                        bool grad_teacher = false) {
-    return codegen::DistillSpec{pass, dtype, reverse, grad_student, grad_teacher}.name();
+std::string kernel_name(dsl::DistillPass pass, bool reverse, DType dtype, bool grad_student, bool grad_teacher,
+                        bool cuda) {
+    return codegen::DistillSpec{pass, dtype, reverse, grad_student, grad_teacher, cuda}.name();
 }
 
-// A 2-d buffer of rows [row0, row0 + rows) of a view.
-struct Buffer2 {
+// Where a kernel buffer's data is: host memory (CPU kernels); the caller's
+// device memory (CUDA logits and gradients); or host memory that a CUDA
+// kernel copies to the device itself (the mask, statistics, row scales),
+// `output` ones copied back after the call.
+enum class Memory { Host, Device, Mirrored };
+
+// A halide_buffer_t over `data` in `memory`; a device one is wrapped for the
+// library's Halide CUDA runtime while this lives, a mirrored one's device
+// copy is freed (to that runtime's cache of allocations) when it goes.
+struct KernelBuffer {
     halide_buffer_t buffer{};
     halide_dimension_t dims[2];
-    Buffer2(void *data, halide_type_t type, int64_t element_bytes, int64_t extent0, int64_t stride0, int64_t row0,
-            int64_t rows, int64_t row_stride) {
-        dims[0] = halide_dimension_t(0, (int32_t)extent0, (int32_t)stride0);
-        dims[1] = halide_dimension_t(0, (int32_t)rows, (int32_t)row_stride);
-        buffer.host = static_cast<uint8_t *>(data) + row0 * row_stride * element_bytes;
+    Memory memory;
+    bool output;
+    bool wrapped = false;
+
+    KernelBuffer(void *data, halide_type_t type, std::initializer_list<halide_dimension_t> dimensions, Memory where,
+                 bool is_output = false)
+        : memory(where), output(is_output) {
+        std::copy(dimensions.begin(), dimensions.end(), dims);
         buffer.type = type;
-        buffer.dimensions = 2;
+        buffer.dimensions = (int32_t)dimensions.size();
         buffer.dim = dims;
+        if (memory == Memory::Device) {
+            const cuda::BufferFunctions f = cuda::library_buffer_functions();
+            wrapped = f.wrap && f.wrap(nullptr, &buffer, reinterpret_cast<uint64_t>(data)) == 0;
+            if (!wrapped) fail(ErrorCode::Internal, "CUDA pointers could not be given to the kernels' runtime");
+            return;
+        }
+        buffer.host = static_cast<uint8_t *>(data);
+        if (memory == Memory::Mirrored && !output) buffer.set_host_dirty(true);
     }
+    ~KernelBuffer() {
+        if (wrapped) cuda::library_buffer_functions().detach(nullptr, &buffer);
+        if (memory == Memory::Mirrored) halide_device_free(nullptr, &buffer);
+    }
+    KernelBuffer(const KernelBuffer &) = delete;
+    KernelBuffer &operator=(const KernelBuffer &) = delete;
 };
 
-struct Buffer1 {
-    halide_buffer_t buffer{};
-    halide_dimension_t dim;
-    Buffer1(const void *data, halide_type_t type, int64_t extent) {
-        dim = halide_dimension_t(0, (int32_t)extent, 1);
-        buffer.host = static_cast<uint8_t *>(const_cast<void *>(data));
-        buffer.type = type;
-        buffer.dimensions = 1;
-        buffer.dim = &dim;
-    }
-};
+// A kernel call's buffers, kept alive for it.
+using Buffers = std::vector<std::unique_ptr<KernelBuffer>>;
 
 // Rows per kernel call: Halide 14 indexes a buffer with int32, so a call's
 // rows span less than 2^31 elements of every operand.
@@ -195,20 +239,29 @@ int64_t rows_per_call(const std::vector<Rows> &views) {
     return std::max<int64_t>(rows, 1);
 }
 
-// One kernel over every row, `per_call` rows a call: `args(row0, rows, ...)`
-// gives a call's argv, its buffers kept alive in the two vectors.
+// One kernel over every row, `per_call` rows a call: `args(row0, rows,
+// buffers)` gives a call's argv, its buffers kept in `buffers`. Mirrored
+// outputs are copied back after each call, once the call's stream is done.
 void run_rows(const std::string &name, int64_t rows, int64_t per_call,
-              const std::function<std::vector<void *>(int64_t, int64_t, std::vector<std::unique_ptr<Buffer2>> &,
-                                                      std::vector<std::unique_ptr<Buffer1>> &)> &args) {
+              const std::function<std::vector<void *>(int64_t, int64_t, Buffers &)> &args) {
     install_aot_error_handler();
     int (*kernel)(void **) = aot_entry(name);
     if (!kernel) fail(ErrorCode::Internal, "no kernel " + name + " in this build");
     for (int64_t row0 = 0; row0 < rows; row0 += per_call) {
         const int64_t n = std::min(per_call, rows - row0);
-        std::vector<std::unique_ptr<Buffer2>> b2;
-        std::vector<std::unique_ptr<Buffer1>> b1;
-        std::vector<void *> argv = args(row0, n, b2, b1);
+        Buffers buffers;
+        std::vector<void *> argv = args(row0, n, buffers);
         if (kernel(argv.data()) != 0) fail(ErrorCode::Internal, name + " failed: " + take_kernel_error());
+        const bool copies_back = std::any_of(buffers.begin(), buffers.end(), [](const auto &b) {
+            return b->memory == Memory::Mirrored && b->output;
+        });
+        if (copies_back) cuda::wait_for_call_stream();
+        for (const auto &b : buffers) {
+            if (b->memory != Memory::Mirrored || !b->output) continue;
+            if (int status = halide_copy_to_host(nullptr, &b->buffer); status != 0) {
+                fail(ErrorCode::Internal, name + ": copying its statistics back failed: " + take_kernel_error());
+            }
+        }
     }
 }
 
@@ -218,11 +271,31 @@ struct Operands {
     halide_type_t storage;
     int64_t bytes;
 
-    Buffer2 *logits(const Tensor &t, const Rows &r, int64_t row0, int64_t n,
-                    std::vector<std::unique_ptr<Buffer2>> &keep) const {
-        keep.push_back(
-            std::make_unique<Buffer2>(t.data, storage, bytes, r.vocab, r.vocab_stride, row0, n, r.row_stride));
-        return keep.back().get();
+    // Rows [row0, row0 + n) of the logits (or a gradient) `t`.
+    halide_buffer_t *logits(const Tensor &t, const Rows &r, int64_t row0, int64_t n, Buffers &keep) const {
+        void *data = static_cast<uint8_t *>(t.data) + row0 * r.row_stride * bytes;
+        keep.push_back(std::make_unique<KernelBuffer>(
+            data, storage,
+            std::initializer_list<halide_dimension_t>{{0, (int32_t)r.vocab, (int32_t)r.vocab_stride},
+                                                      {0, (int32_t)n, (int32_t)r.row_stride}},
+            call.cuda ? Memory::Device : Memory::Host));
+        return &keep.back()->buffer;
+    }
+    // Rows [row0, row0 + n) of host data the kernel reads or writes: `per_row`
+    // values of `type` a row.
+    halide_buffer_t *host(const void *data, halide_type_t type, int per_row, int64_t row0, int64_t n, Buffers &keep,
+                          bool output = false) const {
+        void *start = static_cast<uint8_t *>(const_cast<void *>(data)) + row0 * per_row * (type.bits / 8);
+        const Memory memory = call.cuda ? Memory::Mirrored : Memory::Host;
+        if (per_row == 1) {
+            keep.push_back(std::make_unique<KernelBuffer>(
+                start, type, std::initializer_list<halide_dimension_t>{{0, (int32_t)n, 1}}, memory, output));
+        } else {
+            keep.push_back(std::make_unique<KernelBuffer>(
+                start, type, std::initializer_list<halide_dimension_t>{{0, per_row, 1}, {0, (int32_t)n, per_row}},
+                memory, output));
+        }
+        return &keep.back()->buffer;
     }
 };
 
@@ -234,20 +307,18 @@ void run_stats(const Operands &o, const DistillOptions &options, double grad_sca
     std::vector<Rows> views = {c.student, c.teacher};
     const std::optional<Rows> g = grad ? rows_of(*grad) : std::nullopt;
     if (g) views.push_back(*g);
-    const std::string name =
-        kernel_name(grad ? dsl::DistillPass::Fused : dsl::DistillPass::Forward, options.reverse, o.student.dtype);
-    run_rows(name, c.student.rows, rows_per_call(views), [&](int64_t row0, int64_t n, auto &b2, auto &b1) {
+    const std::string name = kernel_name(grad ? dsl::DistillPass::Fused : dsl::DistillPass::Forward, options.reverse,
+                                         o.student.dtype, true, false, c.cuda);
+    const halide_type_t u8(halide_type_uint, 8), f64(halide_type_float, 64);
+    run_rows(name, c.student.rows, rows_per_call(views), [&](int64_t row0, int64_t n, Buffers &keep) {
         std::vector<void *> argv;
-        argv.push_back(&o.logits(o.student, c.student, row0, n, b2)->buffer);
-        argv.push_back(&o.logits(o.teacher, c.teacher, row0, n, b2)->buffer);
-        b1.push_back(std::make_unique<Buffer1>(c.row_on.data() + row0, halide_type_t(halide_type_uint, 8), n));
-        argv.push_back(&b1.back()->buffer);
+        argv.push_back(o.logits(o.student, c.student, row0, n, keep));
+        argv.push_back(o.logits(o.teacher, c.teacher, row0, n, keep));
+        argv.push_back(o.host(c.row_on.data(), u8, 1, row0, n, keep));
         argv.push_back(&inv_temperature);
         if (grad) argv.push_back(&grad_scale);
-        b2.push_back(std::make_unique<Buffer2>(stats, halide_type_t(halide_type_float, 64), 8, kDistillStatsPerRow, 1,
-                                               row0, n, kDistillStatsPerRow));
-        argv.push_back(&b2.back()->buffer);
-        if (grad) argv.push_back(&o.logits(*grad, *g, row0, n, b2)->buffer);
+        argv.push_back(o.host(stats, f64, kDistillStatsPerRow, row0, n, keep, true));
+        if (grad) argv.push_back(o.logits(*grad, *g, row0, n, keep));
         return argv;
     });
 }
@@ -256,21 +327,86 @@ void run_stats(const Operands &o, const DistillOptions &options, double grad_sca
 // have any number of rows, each of loss 0).
 bool has_logits(const Call &c) { return c.student.rows > 0 && c.student.vocab > 0; }
 
+// Whether `t`'s elements lie in row-major order without gaps.
+bool is_contiguous(const Tensor &t) {
+    int64_t step = 1;
+    for (int d = t.rank() - 1; d >= 0; d--) {
+        if (t.sizes[d] != 1 && t.strides[d] != step) return false;
+        step *= t.sizes[d];
+    }
+    return true;
+}
+
+// Writes value(i) to element i (row-major) of `out`, in host or device memory
+// (on the call's stream).
+void store_values(const Tensor &out, const std::function<double(int64_t)> &value) {
+    const int64_t size = (int64_t)element_size(out.dtype);
+    if (out.device == Device::CPU) {
+        for_each_offset(out.sizes, out.strides, [&](int64_t i, int64_t offset) {
+            store_from_double(static_cast<uint8_t *>(out.data) + offset * size, out.dtype, value(i));
+        });
+        return;
+    }
+    if (is_contiguous(out)) {
+        std::vector<uint8_t> bytes((size_t)(out.numel() * size));
+        for (int64_t i = 0; i < out.numel(); i++) store_from_double(bytes.data() + i * size, out.dtype, value(i));
+        cuda::copy_to_device(out.data, bytes.data(), bytes.size());
+        return;
+    }
+    for_each_offset(out.sizes, out.strides, [&](int64_t i, int64_t offset) {
+        uint8_t bytes[8];
+        store_from_double(bytes, out.dtype, value(i));
+        cuda::copy_to_device(static_cast<uint8_t *>(out.data) + offset * size, bytes, (size_t)size);
+    });
+}
+
+// The values of `t` (row-major), from host or device memory; a CUDA `t` must
+// be contiguous.
+std::vector<double> load_values(const Tensor &t) {
+    const int64_t size = (int64_t)element_size(t.dtype);
+    std::vector<double> values((size_t)t.numel());
+    if (t.device == Device::CPU) {
+        for_each_offset(t.sizes, t.strides, [&](int64_t i, int64_t offset) {
+            values[i] = load_as_double(static_cast<const uint8_t *>(t.data) + offset * size, t.dtype);
+        });
+        return values;
+    }
+    if (values.empty()) return values;
+    if (!is_contiguous(t)) fail(ErrorCode::InvalidArgument, "a CUDA grad_output must be contiguous");
+    cuda::wait_for_call_stream();  // the work that wrote it
+    std::vector<uint8_t> bytes((size_t)(t.numel() * size));
+    KernelBuffer device(t.data, halide_type_t(halide_type_uint, 8),
+                        {halide_dimension_t(0, (int32_t)bytes.size(), 1)}, Memory::Device);
+    device.buffer.host = bytes.data();
+    device.buffer.set_device_dirty(true);
+    if (halide_copy_to_host(nullptr, &device.buffer) != 0) {
+        fail(ErrorCode::Device, "reading grad_output from the GPU failed: " + take_kernel_error());
+    }
+    device.buffer.host = nullptr;
+    for (size_t i = 0; i < values.size(); i++) values[i] = load_as_double(bytes.data() + i * size, t.dtype);
+    return values;
+}
+
 // Writes the loss from the row losses in `stats` (empty: every row's is 0).
 void store_loss(const Tensor &out, const Call &c, const DistillOptions &options, const std::vector<double> &stats) {
     auto row_loss = [&](int64_t r) { return stats.empty() ? 0.0 : stats[r * kDistillStatsPerRow]; };
     if (options.reduction == Reduction::None) {
         // Row r of the leading dimensions, in row-major order.
-        for_each_offset(out.sizes, out.strides, [&](int64_t r, int64_t offset) {
-            store_from_double(static_cast<uint8_t *>(out.data) + offset * (int64_t)element_size(out.dtype), out.dtype,
-                              c.loss_factor * row_loss(r));
-        });
+        store_values(out, [&](int64_t r) { return c.loss_factor * row_loss(r); });
         return;
     }
     double total = 0.0;
     for (int64_t r = 0; r < (int64_t)stats.size() / kDistillStatsPerRow; r++) total += row_loss(r);
-    store_from_double(out.data, out.dtype, c.loss_factor * total / c.divisor);
+    store_values(out, [&](int64_t) { return c.loss_factor * total / c.divisor; });
 }
+
+// While alive, CUDA calls run in the tensors' GPU's context on the call's stream.
+struct DeviceScope {
+    std::optional<cuda::Scope> scope;
+    DeviceScope(const Call &c, const std::vector<std::pair<const Tensor *, const char *>> &tensors) {
+        if (c.cuda) scope.emplace(cuda::place(tensors), cuda::call_stream(Runtime::process_default().cuda_stream()));
+    }
+};
 
 // Rows of fewer than kDistillLanes logits (the kernels' step, whose loads
 // are whole) go through copies padded with -inf: a logit of -inf has
@@ -358,6 +494,7 @@ void distill_forward(const Tensor &student, const Tensor &teacher, const Distill
     for (const auto &[t, name] : {std::pair{&student, "student"}, std::pair{&teacher, "teacher"}}) {
         if (overlaps(out, *t)) fail(ErrorCode::Alias, std::string("out overlaps ") + name);
     }
+    const DeviceScope device(c, {{&student, "student"}, {&teacher, "teacher"}, {&out, "out"}});
     std::vector<double> row_stats;
     if (has_logits(c)) {
         row_stats = empty_stats(c);
@@ -386,6 +523,8 @@ void distill_forward_backward(const Tensor &student, const Tensor &teacher, cons
     if (overlaps(grad_student, student) && !same_view(grad_student, student)) {
         fail(ErrorCode::Alias, "grad_student partially overlaps student");
     }
+    const DeviceScope device(c, {{&student, "student"}, {&teacher, "teacher"}, {&out, "out"},
+                                 {&grad_student, "grad_student"}});
     std::vector<double> row_stats;
     const double scale = c.loss_factor / options.temperature / c.divisor;
     if (has_logits(c)) {
@@ -430,20 +569,18 @@ void distill_backward(const Tensor &grad_output, const Tensor &student, const Te
     }
     const int64_t rows = c.student.rows;
     if (!has_logits(c)) return;
+    std::vector<std::pair<const Tensor *, const char *>> tensors = {
+        {&grad_output, "grad_output"}, {&student, "student"}, {&teacher, "teacher"}};
+    tensors.insert(tensors.end(), outputs.begin(), outputs.end());
+    const DeviceScope device(c, tensors);
 
     // Each row's scale: the upstream gradient, the divisor, T^2 and the 1/T
     // of the logits' scaling.
     const double common = c.loss_factor / options.temperature / c.divisor;
+    const std::vector<double> upstream = load_values(grad_output);
     std::vector<double> row_scale((size_t)rows);
-    if (options.reduction == Reduction::None) {
-        for_each_offset(grad_output.sizes, grad_output.strides, [&](int64_t r, int64_t offset) {
-            row_scale[r] = common * load_as_double(static_cast<const uint8_t *>(grad_output.data) +
-                                                       offset * (int64_t)element_size(grad_output.dtype),
-                                                   grad_output.dtype);
-        });
-    } else {
-        const double g = load_as_double(grad_output.data, grad_output.dtype);
-        for (double &s : row_scale) s = common * g;
+    for (int64_t r = 0; r < rows; r++) {
+        row_scale[r] = common * upstream[options.reduction == Reduction::None ? r : 0];
     }
 
     const Logits l(student, teacher, c);
@@ -467,26 +604,21 @@ void distill_backward(const Tensor &grad_output, const Tensor &student, const Te
     if (gs_out) views.push_back(*(gs = rows_of(*gs_out)));
     if (gt_out) views.push_back(*(gt = rows_of(*gt_out)));
     double inv_temperature = 1.0 / options.temperature;
-    run_rows(
-        kernel_name(dsl::DistillPass::Backward, options.reverse, student.dtype, grad_student != nullptr,
-                    grad_teacher != nullptr),
-        rows, rows_per_call(views),
-        [&](int64_t row0, int64_t n, auto &b2, auto &b1) {
-            std::vector<void *> argv;
-            argv.push_back(&o.logits(*l.student, l.call.student, row0, n, b2)->buffer);
-            argv.push_back(&o.logits(*l.teacher, l.call.teacher, row0, n, b2)->buffer);
-            b1.push_back(std::make_unique<Buffer1>(c.row_on.data() + row0, halide_type_t(halide_type_uint, 8), n));
-            argv.push_back(&b1.back()->buffer);
-            argv.push_back(&inv_temperature);
-            b2.push_back(std::make_unique<Buffer2>(const_cast<double *>(stats), halide_type_t(halide_type_float, 64), 8,
-                                                   kDistillStatsPerRow, 1, row0, n, kDistillStatsPerRow));
-            argv.push_back(&b2.back()->buffer);
-            b1.push_back(std::make_unique<Buffer1>(row_scale.data() + row0, halide_type_t(halide_type_float, 64), n));
-            argv.push_back(&b1.back()->buffer);
-            if (gs_out) argv.push_back(&o.logits(*gs_out, *gs, row0, n, b2)->buffer);
-            if (gt_out) argv.push_back(&o.logits(*gt_out, *gt, row0, n, b2)->buffer);
-            return argv;
-        });
+    const halide_type_t u8(halide_type_uint, 8), f64(halide_type_float, 64);
+    run_rows(kernel_name(dsl::DistillPass::Backward, options.reverse, student.dtype, grad_student != nullptr,
+                         grad_teacher != nullptr, c.cuda),
+             rows, rows_per_call(views), [&](int64_t row0, int64_t n, Buffers &keep) {
+                 std::vector<void *> argv;
+                 argv.push_back(o.logits(*l.student, l.call.student, row0, n, keep));
+                 argv.push_back(o.logits(*l.teacher, l.call.teacher, row0, n, keep));
+                 argv.push_back(o.host(c.row_on.data(), u8, 1, row0, n, keep));
+                 argv.push_back(&inv_temperature);
+                 argv.push_back(o.host(stats, f64, kDistillStatsPerRow, row0, n, keep));
+                 argv.push_back(o.host(row_scale.data(), f64, 1, row0, n, keep));
+                 if (gs_out) argv.push_back(o.logits(*gs_out, *gs, row0, n, keep));
+                 if (gt_out) argv.push_back(o.logits(*gt_out, *gt, row0, n, keep));
+                 return argv;
+             });
     if (student_copy) unpad(*student_copy, *grad_student);
     if (teacher_copy) unpad(*teacher_copy, *grad_teacher);
 }

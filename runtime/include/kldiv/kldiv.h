@@ -114,7 +114,12 @@ const char *kldiv_cpu_target(void);
  * Logits: float32, float64, float16 or bfloat16 CPU tensors of one shape and
  * dtype, whose leading dimensions can be viewed as one strided dimension;
  * the loss and gradients have their dtype. Sums and exps are float32
- * (float64 for float64), and no [rows, vocab] intermediate is made. */
+ * (float64 for float64), and no [rows, vocab] intermediate is made.
+ * CUDA logits (and loss and gradients) run CUDA kernels when the library has
+ * them and the environment sets KLDIV_DISTILL_CUDA=1 (experimental: not yet
+ * tested on a GPU), with rows of at least 32 logits; the row mask and the
+ * row statistics stay in host memory, a CUDA grad_output must be
+ * contiguous, and each call waits for its stream to read the statistics. */
 
 typedef struct {
     double temperature;          /* > 0; 0 in a zero-initialised struct means 1 */

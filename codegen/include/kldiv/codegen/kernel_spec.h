@@ -103,10 +103,11 @@ struct DistillSpec {
     bool reverse = false;        // reverse KL
     bool grad_student = true;    // Backward: which gradients it writes
     bool grad_teacher = false;
+    bool cuda = false;           // the CUDA kernel: every buffer in device memory
 
     // e.g. kldiv_distill_fwd_kl_f32, kldiv_distill_fused_rkl_bf16,
     // kldiv_distill_bwd_st_kl_f16 (bwd_s, bwd_t, bwd_st: the student's, the
-    // teacher's, both gradients).
+    // teacher's, both gradients), kldiv_cuda_distill_fwd_kl_f32.
     std::string name() const;
     bool operator==(const DistillSpec &other) const { return name() == other.name(); }
 };
