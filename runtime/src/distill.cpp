@@ -347,6 +347,7 @@ void store_values(const Tensor &out, const std::function<double(int64_t)> &value
         });
         return;
     }
+    if (out.numel() == 0) return;
     if (is_contiguous(out)) {
         std::vector<uint8_t> bytes((size_t)(out.numel() * size));
         for (int64_t i = 0; i < out.numel(); i++) store_from_double(bytes.data() + i * size, out.dtype, value(i));
