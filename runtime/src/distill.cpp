@@ -223,8 +223,9 @@ struct KernelBuffer {
 using Buffers = std::vector<std::unique_ptr<KernelBuffer>>;
 
 // Rows per kernel call: Halide 14 indexes a buffer with int32, so a call's
-// rows span less than 2^31 elements of every operand.
-int64_t rows_per_call(const std::vector<Rows> &views) {
+// rows span less than 2^31 elements of every operand; a CUDA call's rows are
+// a grid dimension that CUDA limits to 65535 (schedules/distill_schedule.h).
+int64_t rows_per_call(const std::vector<Rows> &views, bool cuda) {
     constexpr int64_t limit = std::numeric_limits<int32_t>::max();
     int64_t rows = limit;
     for (const Rows &v : views) {
@@ -236,6 +237,7 @@ int64_t rows_per_call(const std::vector<Rows> &views) {
         if (v.row_stride > 0) rows = std::min(rows, (limit - vocab_span - 1) / v.row_stride + 1);
         if (v.row_stride > limit) rows = 1;
     }
+    if (cuda) rows = std::min<int64_t>(rows, 65535);
     return std::max<int64_t>(rows, 1);
 }
 
@@ -310,7 +312,7 @@ void run_stats(const Operands &o, const DistillOptions &options, double grad_sca
     const std::string name = kernel_name(grad ? dsl::DistillPass::Fused : dsl::DistillPass::Forward, options.reverse,
                                          o.student.dtype, true, false, c.cuda);
     const halide_type_t u8(halide_type_uint, 8), f64(halide_type_float, 64);
-    run_rows(name, c.student.rows, rows_per_call(views), [&](int64_t row0, int64_t n, Buffers &keep) {
+    run_rows(name, c.student.rows, rows_per_call(views, c.cuda), [&](int64_t row0, int64_t n, Buffers &keep) {
         std::vector<void *> argv;
         argv.push_back(o.logits(o.student, c.student, row0, n, keep));
         argv.push_back(o.logits(o.teacher, c.teacher, row0, n, keep));
@@ -608,7 +610,7 @@ void distill_backward(const Tensor &grad_output, const Tensor &student, const Te
     const halide_type_t u8(halide_type_uint, 8), f64(halide_type_float, 64);
     run_rows(kernel_name(dsl::DistillPass::Backward, options.reverse, student.dtype, grad_student != nullptr,
                          grad_teacher != nullptr, c.cuda),
-             rows, rows_per_call(views), [&](int64_t row0, int64_t n, Buffers &keep) {
+             rows, rows_per_call(views, c.cuda), [&](int64_t row0, int64_t n, Buffers &keep) {
                  std::vector<void *> argv;
                  argv.push_back(o.logits(*l.student, l.call.student, row0, n, keep));
                  argv.push_back(o.logits(*l.teacher, l.call.teacher, row0, n, keep));
