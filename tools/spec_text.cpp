@@ -1,6 +1,6 @@
 // The text form of a kernel spec, PASS:DTYPE:REDUCTION[:logt][:aligned][:SHAPE]
-// or distill:PASS:DTYPE[:reverse], as `kldiv aot` and `kldiv tune` take it. No Halide here, so that it can be
-// tested and fuzzed alone.
+// or distill:PASS:DTYPE[:reverse], as `kldiv aot` and `kldiv tune` take it.
+// No Halide here, so that it can be tested and fuzzed alone.
 #include "spec_text.h"
 
 #include <cctype>
