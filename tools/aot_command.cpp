@@ -127,6 +127,12 @@ std::string storage_name(DType dtype) {
                                      : "bfloat16 (raw uint16 bits)";
 }
 
+// What a header says of every CUDA kernel's buffers and stream.
+const char kCudaNote[] =
+    " *\n * CUDA: every buffer holds device memory (halide_cuda_wrap_device_ptr); kernels run\n"
+    " * on the stream and context that halide_set_cuda_get_stream and\n"
+    " * halide_set_cuda_acquire_context give, and leave the work queued there.\n";
+
 std::string header_end(const std::string &function) {
     const std::string guard = "KLDIV_AOT_" + function + "_H";
     return " * Returns 0 on success, else a Halide error code (the runtime's error handler\n"
@@ -137,7 +143,7 @@ std::string header_end(const std::string &function) {
 
 // The header of a distillation kernel: what it computes and its arguments.
 std::string distill_header_text(const codegen::DistillSpec &d, const std::string &function,
-                                const std::string &target, bool cuda) {
+                                const std::string &target) {
     using dsl::DistillPass;
     const std::string storage = storage_name(d.dtype);
     const std::string direction = d.reverse ? "reverse KL, sum_j q_j (log q_j - log p_j)"
@@ -185,19 +191,15 @@ std::string distill_header_text(const codegen::DistillSpec &d, const std::string
         }
         h << "\n";
     }
-    if (cuda) {
-        h << " *\n * CUDA: every buffer holds device memory (halide_cuda_wrap_device_ptr); kernels run\n"
-          << " * on the stream and context that halide_set_cuda_get_stream and\n"
-          << " * halide_set_cuda_acquire_context give, and leave the work queued there.\n";
-    }
+    if (d.cuda) h << kCudaNote;
     h << " *\n * Any strides; every buffer's rows start at min 0. A row of NaN, or of all -inf, gives NaN.\n"
       << " * The loss reductions are the caller's: sum the row losses, and divide for\n"
       << " * 'batchmean' (unmasked rows) or 'mean' (unmasked rows x vocab).\n";
     return h.str() + header_end(function);
 }
 
-std::string header_text(const AotSpec &a, const std::string &target, bool cuda) {
-    if (a.distill) return distill_header_text(*a.distill, a.function, target, cuda);
+std::string header_text(const AotSpec &a, const std::string &target) {
+    if (a.distill) return distill_header_text(*a.distill, a.function, target);
     const KernelSpec &s = a.spec;
     const std::string storage = storage_name(s.dtype);
     std::ostringstream h;
@@ -226,11 +228,7 @@ std::string header_text(const AotSpec &a, const std::string &target, bool cuda) 
     }
     h << " *\n * Arguments, in order (Halide buffers: halide_buffer_t from HalideRuntime.h):\n";
     for (const codegen::Argument &arg : codegen::arguments(s)) h << " *   " << buffer_doc(s, arg, storage) << "\n";
-    if (s.cuda) {
-        h << " *\n * CUDA: every buffer holds device memory (halide_cuda_wrap_device_ptr); kernels run\n"
-          << " * on the stream and context that halide_set_cuda_get_stream and\n"
-          << " * halide_set_cuda_acquire_context give, and leave the work queued there.\n";
-    }
+    if (s.cuda) h << kCudaNote;
     if (s.aligned) {
         h << " *\n * Aligned: every 4-d buffer must be one contiguous run of elements from min 0 (extent\n"
           << " * 1 and stride 0 in dimensions 1 to 3, stride 1 in dimension 0) whose device\n"
@@ -344,13 +342,14 @@ int generate(const Options &o) {
         };
         for (AotSpec a : o.specs) {
             a.spec.cuda = cuda;
+            if (a.distill) a.distill->cuda = cuda;
             const Halide::Module module =
                 a.distill ? codegen::compile_distill_module(*a.distill, target, a.function) : loss_module(a);
             const std::string object = (scratch / (a.function + ".o")).string();
             module.compile({{Halide::OutputFileType::object, object},
                             {Halide::OutputFileType::c_header, (include / (a.function + "_halide.h")).string()}});
             objects.push_back(object);
-            write_text(include / (a.function + ".h"), header_text(a, base.to_string(), cuda));
+            write_text(include / (a.function + ".h"), header_text(a, base.to_string()));
             umbrella += "#include \"" + a.function + ".h\"\n";
         }
         write_text(include / (o.name + ".h"), umbrella + "\n#endif\n");
