@@ -1,10 +1,12 @@
 // What CUDA calls rest on that needs no GPU: the CUDA kernels' names and
-// calling convention, and the cutting of a call into pieces whose grid
-// dimensions CUDA can launch.
+// calling convention (distillation's too: each spec's kernel and its CUDA
+// twin are in the library under the names the runtime looks up), and the
+// cutting of a call into pieces whose grid dimensions CUDA can launch.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 
+#include "aot_registry.h"
 #include "kldiv/codegen/kernel_spec.h"
 #include "layout.h"
 
@@ -52,6 +54,16 @@ TEST(CudaSpec, ReductionsFinishOnTheDeviceAndReadTheUpstreamGradientThere) {
     }
 }
 
+TEST(CudaSpec, EveryDistillationKernelAndItsCudaTwinAreInTheLibrary) {
+    const auto specs = kldiv::codegen::distill_aot_specs();
+    EXPECT_EQ(specs.size(), 40u);
+    for (kldiv::codegen::DistillSpec spec : specs) {
+        EXPECT_NE(runtime::aot_entry(spec.name()), nullptr) << spec.name();
+        spec.cuda = true;
+        EXPECT_EQ(spec.name().rfind("kldiv_cuda_distill_", 0), 0u) << spec.name();
+        EXPECT_NE(runtime::aot_entry(spec.name()), nullptr) << spec.name();
+    }
+}
 
 // Pieces of `shape` (row-major, contiguous but for the given strides) under
 // CUDA's limits, as the dispatcher cuts them.

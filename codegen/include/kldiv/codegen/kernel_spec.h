@@ -109,7 +109,6 @@ struct DistillSpec {
     // kldiv_distill_bwd_st_kl_f16 (bwd_s, bwd_t, bwd_st: the student's, the
     // teacher's, both gradients), kldiv_cuda_distill_fwd_kl_f32.
     std::string name() const;
-    bool operator==(const DistillSpec &other) const { return name() == other.name(); }
 };
 
 // A distillation kernel's arguments: `student` and `teacher` (2-d, storage
@@ -120,7 +119,8 @@ struct DistillSpec {
 std::vector<Argument> arguments(const DistillSpec &spec);
 
 // Every distillation spec the AOT library is built with: 4 dtypes x forward
-// and reverse KL x forward, fused and the three backward variants.
+// and reverse KL x forward, fused and the three backward variants (each with
+// its CUDA twin where the library has CUDA kernels).
 std::vector<DistillSpec> distill_aot_specs();
 
 }  // namespace kldiv::codegen
