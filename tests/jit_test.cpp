@@ -23,27 +23,9 @@
 
 namespace fs = std::filesystem;
 using namespace kldiv;
+using kldiv_test::TempDir;
 
 namespace {
-
-// A fresh directory, removed at the end of the test.
-class TempDir {
-public:
-    TempDir() {
-        std::string pattern = (fs::temp_directory_path() / "kldiv-jit-test-XXXXXX").string();
-        EXPECT_NE(mkdtemp(pattern.data()), nullptr);
-        path_ = pattern;
-    }
-    ~TempDir() {
-        std::error_code ignored;
-        fs::permissions(path_, fs::perms::owner_all, ignored);
-        fs::remove_all(path_, ignored);
-    }
-    const std::string &path() const { return path_; }
-
-private:
-    std::string path_;
-};
 
 // Raw storage of `n` elements of `dtype` with values from `make(i)`, each
 // rounded to the dtype as test_support stores it.

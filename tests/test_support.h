@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <limits>
 #include <string>
 #include <vector>
@@ -18,6 +19,29 @@
 namespace kldiv_test {
 
 using Shape = std::vector<int64_t>;
+
+// A fresh directory, removed (with what it holds, whatever its permissions)
+// at the end of the test.
+class TempDir {
+public:
+    TempDir() {
+        std::string pattern = (std::filesystem::temp_directory_path() / "kldiv-test-XXXXXX").string();
+        if (mkdtemp(pattern.data()) == nullptr) std::abort();
+        path_ = pattern;
+    }
+    ~TempDir() {
+        std::error_code ignored;
+        std::filesystem::permissions(path_, std::filesystem::perms::owner_all, ignored);
+        std::filesystem::remove_all(path_, ignored);
+    }
+    TempDir(const TempDir &) = delete;
+    TempDir &operator=(const TempDir &) = delete;
+    const std::string &path() const { return path_; }
+    std::string file(const std::string &name) const { return (std::filesystem::path(path_) / name).string(); }
+
+private:
+    std::string path_;
+};
 
 // The test command runs some suites once per x86 feature level, with
 // KLDIV_CPU_TARGET naming it. Empty when the level asked for is the one in

@@ -15,6 +15,7 @@
 
 #include "kldiv/schedules/params.h"
 #include "kldiv/schedules/tuning_db.h"
+#include "test_support.h"
 
 namespace fs = std::filesystem;
 using kldiv::schedules::append_record;
@@ -25,6 +26,7 @@ using kldiv::schedules::prune_database;
 using kldiv::schedules::size_bucket;
 using kldiv::schedules::TuningDb;
 using kldiv::schedules::TuningRecord;
+using kldiv_test::TempDir;
 
 namespace {
 
@@ -51,19 +53,6 @@ TuningRecord record(const std::string &target, const std::string &spec, int buck
     return r;
 }
 
-class TempDir {
-public:
-    TempDir() {
-        std::string pattern = (fs::temp_directory_path() / "kldiv-tuning-test-XXXXXX").string();
-        path_ = mkdtemp(pattern.data());
-    }
-    ~TempDir() { fs::remove_all(path_); }
-    std::string file(const std::string &name) const { return (fs::path(path_) / name).string(); }
-
-private:
-    std::string path_;
-};
-
 std::vector<std::string> lines_of(const std::string &path) {
     std::ifstream in(path);
     std::vector<std::string> lines;
@@ -88,6 +77,8 @@ TEST(params, text_form_round_trips_and_validates) {
     p.cpu.unit_stride_fast_path = false;
     p.gpu.threads_per_block = 128;
     p.gpu.vector_loads = true;
+    p.distill.grad_vector_factor = 4;
+    p.distill.rows_per_task = 8;
     Params back;
     std::string error;
     ASSERT_TRUE(parse_params(kldiv::schedules::to_string(p), &back, &error)) << error;
@@ -99,8 +90,12 @@ TEST(params, text_form_round_trips_and_validates) {
     ASSERT_TRUE(parse_params("cpu:vf=1", &partial, &error)) << error;
     EXPECT_EQ(partial.cpu.vector_factor, 1);
     EXPECT_EQ(partial.cpu.sum_chunk, Params().cpu.sum_chunk);
+    ASSERT_TRUE(parse_params("distill:lu=2", &partial, &error)) << error;
+    EXPECT_EQ(partial.distill.lane_unroll, 2);
+    EXPECT_EQ(partial.cpu.vector_factor, 1);
     for (const char *bad : {"cpu:vf=3", "cpu:warp=2", "cpu:vf=x", "cpu:fast=2", "gpu:tpb=16", "cpu:chunk=100",
-                            "tpu:vf=2", "cpu:vf=", "cpu:vf=-1"}) {
+                            "tpu:vf=2", "cpu:vf=", "cpu:vf=-1", "distill:gvf=3", "distill:lu=16",
+                            "distill:rpt=0", "distill:vf=2"}) {
         Params untouched;
         error.clear();
         EXPECT_FALSE(parse_params(bad, &untouched, &error)) << bad;

@@ -306,7 +306,8 @@ Halide::Type argument_type(const DistillSpec &spec, const Argument &argument) {
 }
 
 std::vector<Halide::Func> build_distill(const DistillSpec &spec, const Halide::Target &target,
-                                        const dsl::DistillInputs &in, const Halide::Expr &inputs_unit_stride) {
+                                        const dsl::DistillInputs &in, const Halide::Expr &inputs_unit_stride,
+                                        const schedules::DistillParams &params) {
     const bool cuda = target.has_feature(Halide::Target::CUDA);
     if (target.has_gpu_feature() && !cuda) {
         throw std::invalid_argument("distillation kernels run on CPU and CUDA targets, not " + target.to_string());
@@ -326,23 +327,30 @@ std::vector<Halide::Func> build_distill(const DistillSpec &spec, const Halide::T
         if (argument.name == "grad_student") outputs.push_back(a.grad_student);
         if (argument.name == "grad_teacher") outputs.push_back(a.grad_teacher);
     }
-    // The gradients may have any stride along the vocabulary too.
+    // The gradients may have any stride along the vocabulary too, unless the
+    // inputs' stride is fixed: then theirs is the same.
     Halide::Expr unit_stride = inputs_unit_stride;
+    const bool fixed = Halide::Internal::is_const(inputs_unit_stride);
     for (Halide::Func gradient : {a.grad_student, a.grad_teacher}) {
         if (!gradient.defined()) continue;
-        gradient.output_buffer().dim(0).set_stride(Halide::Expr());
-        unit_stride = unit_stride && gradient.output_buffer().dim(0).stride() == 1;
+        if (!fixed) {
+            gradient.output_buffer().dim(0).set_stride(Halide::Expr());
+            unit_stride = unit_stride && gradient.output_buffer().dim(0).stride() == 1;
+        } else if (!Halide::Internal::is_const_one(inputs_unit_stride)) {
+            gradient.output_buffer().dim(0).set_stride(Halide::Expr());
+        }
     }
     if (cuda) {
         schedules::apply_distill_gpu(a);
     } else {
-        schedules::apply_distill_cpu(a, options, target, unit_stride);
+        schedules::apply_distill_cpu(a, options, target, unit_stride, params);
     }
     return outputs;
 }
 
 Halide::Module compile_distill_module(const DistillSpec &spec, const Halide::Target &target,
-                                      const std::string &function) {
+                                      const std::string &function, const schedules::DistillParams &params,
+                                      std::optional<int32_t> vocab, InnerStride inner_stride) {
     dsl::DistillInputs in;
     std::vector<Halide::Argument> halide_args;
     std::map<std::string, Halide::ImageParam> images;
@@ -367,13 +375,20 @@ Halide::Module compile_distill_module(const DistillSpec &spec, const Halide::Tar
         in.stats = images.at("stats");
         in.row_scale = images.at("row_scale");
     }
-    in.vocab = student.dim(0).extent();
+    if (vocab) student.dim(0).set_bounds(0, *vocab);
+    in.vocab = vocab ? Halide::Expr(*vocab) : student.dim(0).extent();
     for (int d = 0; d < 2; d++) teacher.dim(d).set_bounds(student.dim(d).min(), student.dim(d).extent());
-    // Any stride along the vocabulary; the schedule specialises for unit stride.
-    student.dim(0).set_stride(Halide::Expr());
-    teacher.dim(0).set_stride(Halide::Expr());
-    const std::vector<Halide::Func> outputs =
-        build_distill(spec, target, in, student.dim(0).stride() == 1 && teacher.dim(0).stride() == 1);
+    // Any stride along the vocabulary; the schedule specialises for unit
+    // stride, unless the caller says which it is.
+    Halide::Expr unit_stride = Halide::Internal::const_true();
+    if (inner_stride != InnerStride::Unit) {
+        student.dim(0).set_stride(Halide::Expr());
+        teacher.dim(0).set_stride(Halide::Expr());
+        unit_stride = inner_stride == InnerStride::Strided
+                          ? Halide::Internal::const_false()
+                          : student.dim(0).stride() == 1 && teacher.dim(0).stride() == 1;
+    }
+    const std::vector<Halide::Func> outputs = build_distill(spec, target, in, unit_stride, params);
     Halide::Module module = Halide::Pipeline(outputs).compile_to_module(halide_args, function, target);
     for (const Halide::ExternalCode &code : fma_code(target)) module.append(code);
     return module;

@@ -94,6 +94,12 @@ std::string DistillSpec::name() const {
     return n + short_name(dtype);
 }
 
+std::string DistillSpec::tuning_name() const {
+    DistillSpec host = *this;
+    host.cuda = false;
+    return host.name();
+}
+
 std::vector<Argument> arguments(const DistillSpec &spec) {
     using dsl::DistillPass;
     std::vector<Argument> args = {{Argument::Buffer, "student", false, 2},

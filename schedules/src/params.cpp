@@ -24,6 +24,8 @@ std::string to_string(const Params &params) {
     out << ";gpu:tpb=" << g.threads_per_block << ",ept=" << g.elements_per_thread << ",vec=" << g.vector_loads
         << ",lanes=" << g.sum_lanes << ",chunk=" << g.sum_chunk << ",su=" << g.sum_unroll
         << ",tl=" << g.total_lanes;
+    const DistillParams &d = params.distill;
+    out << ";distill:gvf=" << d.grad_vector_factor << ",lu=" << d.lane_unroll << ",rpt=" << d.rows_per_task;
     return out.str();
 }
 
@@ -59,6 +61,7 @@ std::vector<std::string> split(const std::string &text, char separator) {
 std::string validate(const Params &params) {
     const CpuParams &c = params.cpu;
     const GpuParams &g = params.gpu;
+    const DistillParams &d = params.distill;
     auto check = [](bool ok, const std::string &why) { return ok ? std::string() : why; };
     for (const std::string &why : {
              check(power_of_two(c.vector_factor) && c.vector_factor <= 16, "cpu vf must be a power of two, 1 to 16"),
@@ -80,6 +83,10 @@ std::string validate(const Params &params) {
              check(power_of_two(g.sum_unroll) && g.sum_unroll <= 16, "gpu su must be a power of two, 1 to 16"),
              check(power_of_two(g.total_lanes) && g.total_lanes >= 32 && g.total_lanes <= 1024,
                    "gpu tl must be a power of two, 32 to 1024"),
+             check(d.grad_vector_factor == 0 || (power_of_two(d.grad_vector_factor) && d.grad_vector_factor <= 8),
+                   "distill gvf must be 0 or a power of two, 1 to 8"),
+             check(power_of_two(d.lane_unroll) && d.lane_unroll <= 8, "distill lu must be a power of two, 1 to 8"),
+             check(d.rows_per_task >= 1 && d.rows_per_task <= 4096, "distill rpt must be 1 to 4096"),
          }) {
         if (!why.empty()) return why;
     }
@@ -92,8 +99,8 @@ bool parse_params(const std::string &text, Params *out, std::string *error) {
         if (section.empty()) continue;
         const size_t colon = section.find(':');
         const std::string family = section.substr(0, colon == std::string::npos ? 0 : colon);
-        if (family != "cpu" && family != "gpu") {
-            *error = "schedule section '" + section + "' does not start with cpu: or gpu:";
+        if (family != "cpu" && family != "gpu" && family != "distill") {
+            *error = "schedule section '" + section + "' does not start with cpu:, gpu: or distill:";
             return false;
         }
         for (const std::string &item : split(section.substr(colon + 1), ',')) {
@@ -120,6 +127,11 @@ bool parse_params(const std::string &text, Params *out, std::string *error) {
                 if (key == "ept") target = &c.elements_per_task;
                 if (key == "fast") flag = &c.unit_stride_fast_path;
                 if (key == "par") flag = &c.parallel;
+            } else if (family == "distill") {
+                DistillParams &d = p.distill;
+                if (key == "gvf") target = &d.grad_vector_factor;
+                if (key == "lu") target = &d.lane_unroll;
+                if (key == "rpt") target = &d.rows_per_task;
             } else {
                 GpuParams &g = p.gpu;
                 if (key == "tpb") target = &g.threads_per_block;

@@ -68,19 +68,24 @@ Halide::Module compile_module(const KernelSpec &spec, const std::optional<FixedS
 
 // A distillation kernel: its argument types; its pipeline over `in`
 // (dsl::distill), scheduled for `target` (a CPU or CUDA target;
-// std::invalid_argument for another GPU), the outputs in the order of
-// arguments(spec), their dimension 0 of any stride. `inputs_unit_stride`
-// holds when the input logits' dimension 0 has stride 1; with the outputs'
-// it selects the schedule's fast path.
+// std::invalid_argument for another GPU) with `params` (CPU targets), the
+// outputs in the order of arguments(spec), their dimension 0 of any stride.
+// `inputs_unit_stride` holds when the input logits' dimension 0 has stride 1;
+// with the outputs' it selects the schedule's fast path.
 Halide::Type argument_type(const DistillSpec &spec, const Argument &argument);
 std::vector<Halide::Func> build_distill(const DistillSpec &spec, const Halide::Target &target,
-                                        const dsl::DistillInputs &in, const Halide::Expr &inputs_unit_stride);
+                                        const dsl::DistillInputs &in, const Halide::Expr &inputs_unit_stride,
+                                        const schedules::DistillParams &params = {});
 
-// The distillation kernel as a Halide Module named `function`, as the AOT
-// library's generator makes it: any strides, rows of at least
-// dsl::kDistillLanes logits. For `kldiv aot`.
+// The distillation kernel as a Halide Module named `function`: rows of at
+// least dsl::kDistillLanes logits. As the AOT library's generator and
+// `kldiv aot` make it by default: any strides, the default schedule. The JIT
+// may fix the vocabulary (`vocab` logits a row) and what every 2-d buffer's
+// dimension 0 has (`inner_stride`: stride 1, or not), and pass tuned `params`.
 Halide::Module compile_distill_module(const DistillSpec &spec, const Halide::Target &target,
-                                      const std::string &function);
+                                      const std::string &function, const schedules::DistillParams &params = {},
+                                      std::optional<int32_t> vocab = std::nullopt,
+                                      InnerStride inner_stride = InnerStride::Any);
 
 // This CPU's Halide target, without features Halide 14 reports wrongly (see
 // build.cpp). `kldiv aot` and the JIT use it for "host".

@@ -109,6 +109,8 @@ struct DistillSpec {
     // kldiv_distill_bwd_st_kl_f16 (bwd_s, bwd_t, bwd_st: the student's, the
     // teacher's, both gradients), kldiv_cuda_distill_fwd_kl_f32.
     std::string name() const;
+    // The name tuning records use: the CPU kernel's (records say the target).
+    std::string tuning_name() const;
 };
 
 // A distillation kernel's arguments: `student` and `teacher` (2-d, storage

@@ -4,6 +4,7 @@
 #include <Halide.h>
 
 #include "kldiv/dsl/distill.h"
+#include "kldiv/schedules/params.h"
 
 namespace kldiv::schedules {
 
@@ -11,8 +12,10 @@ namespace kldiv::schedules {
 // is, so that its logits are read from memory once and then from cache; the
 // element loops vectorised along the vocabulary. `unit_stride` holds the
 // conditions of the fast path (every 2-d buffer's dimension 0 of stride 1).
+// `params` change the speed only, never a result.
 void apply_distill_cpu(dsl::DistillAlgorithm &algorithm, const dsl::DistillOptions &options,
-                       const Halide::Target &target, const Halide::Expr &unit_stride);
+                       const Halide::Target &target, const Halide::Expr &unit_stride,
+                       const DistillParams &params = {});
 
 // CUDA: a launch per stage, each over rows or (block, row) pairs.
 //   1. each block's maxima (kDistillBlock logits of a row): a CUDA block of

@@ -49,16 +49,29 @@ struct GpuParams {
     int total_lanes = 256;
 };
 
+// Distillation kernels on CPU targets (schedules/distill_schedule.h). None
+// changes the order of a sum: the lanes and blocks of a row's sums are the
+// algorithm's (dsl/distill_layout.h), so every setting gives the same bits.
+struct DistillParams {
+    // Gradient vectors as a multiple of the target's native width; 0: the
+    // default, 2 for 16-bit data (one full vector of 16-bit values a store)
+    // and 1 for the rest.
+    int grad_vector_factor = 0;
+    int lane_unroll = 1;    // steps of a row's lane sums per loop iteration
+    int rows_per_task = 1;  // rows in one parallel task
+};
+
 struct Params {
     CpuParams cpu;
     GpuParams gpu;
+    DistillParams distill;
 };
 
 // Defaults for a target family; `target` is a Halide target string.
 Params default_params(const std::string &target);
 
 // Stable text form, part of the kernel cache key and of tuning records, e.g.
-// "cpu:vf=2,unroll=1,slf=2,chunk=2048,cpt=16,ept=16384,fast=1,par=1;gpu:tpb=256,ept=4,vec=1,lanes=256,chunk=16384,su=8,tl=256".
+// "cpu:vf=2,unroll=1,slf=2,chunk=2048,cpt=16,ept=16384,fast=1,par=1;gpu:tpb=256,ept=4,vec=1,lanes=256,chunk=16384,su=8,tl=256;distill:gvf=0,lu=1,rpt=1".
 std::string to_string(const Params &params);
 
 inline bool operator==(const Params &a, const Params &b) { return to_string(a) == to_string(b); }
