@@ -98,20 +98,38 @@ Runtime &Runtime::process_default() {
     return *instance;
 }
 
+void Runtime::distill_kl(const Tensor &student, const Tensor &teacher, const Tensor &out,
+                         const DistillOptions &options, double *row_stats) {
+    runtime::distill_forward(*cache_, student, teacher, options, out, row_stats);
+}
+
+void Runtime::distill_kl_forward_backward(const Tensor &student, const Tensor &teacher, const Tensor &out,
+                                          const Tensor &grad_student, const DistillOptions &options,
+                                          double *row_stats) {
+    runtime::distill_forward_backward(*cache_, student, teacher, options, out, grad_student, row_stats);
+}
+
+void Runtime::distill_kl_backward(const Tensor &grad_output, const Tensor &student, const Tensor &teacher,
+                                  const DistillOptions &options, const double *row_stats, const Tensor *grad_student,
+                                  const Tensor *grad_teacher) {
+    runtime::distill_backward(*cache_, grad_output, student, teacher, options, row_stats, grad_student, grad_teacher);
+}
+
 void distill_kl(const Tensor &student, const Tensor &teacher, const Tensor &out, const DistillOptions &options,
                 double *row_stats) {
-    runtime::distill_forward(student, teacher, options, out, row_stats);
+    Runtime::process_default().distill_kl(student, teacher, out, options, row_stats);
 }
 
 void distill_kl_forward_backward(const Tensor &student, const Tensor &teacher, const Tensor &out,
                                  const Tensor &grad_student, const DistillOptions &options, double *row_stats) {
-    runtime::distill_forward_backward(student, teacher, options, out, grad_student, row_stats);
+    Runtime::process_default().distill_kl_forward_backward(student, teacher, out, grad_student, options, row_stats);
 }
 
 void distill_kl_backward(const Tensor &grad_output, const Tensor &student, const Tensor &teacher,
                          const DistillOptions &options, const double *row_stats, const Tensor *grad_student,
                          const Tensor *grad_teacher) {
-    runtime::distill_backward(grad_output, student, teacher, options, row_stats, grad_student, grad_teacher);
+    Runtime::process_default().distill_kl_backward(grad_output, student, teacher, options, row_stats, grad_student,
+                                                   grad_teacher);
 }
 
 void kl_div(const Tensor &input, const Tensor &target, const Tensor &out, const FunctionalOptions &options) {

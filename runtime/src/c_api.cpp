@@ -241,8 +241,8 @@ DistillOptions to_distill_options(const kldiv_distill_options *options) {
 int kldiv_distill_forward(const kldiv_tensor *student, const kldiv_tensor *teacher,
                           const kldiv_distill_options *options, const kldiv_tensor *out, double *row_stats) {
     return guarded([&] {
-        runtime::distill_forward(to_tensor(student, "student"), to_tensor(teacher, "teacher"),
-                                 to_distill_options(options), to_tensor(out, "out"), row_stats);
+        Runtime::process_default().distill_kl(to_tensor(student, "student"), to_tensor(teacher, "teacher"),
+                                              to_tensor(out, "out"), to_distill_options(options), row_stats);
     });
 }
 
@@ -250,9 +250,9 @@ int kldiv_distill_forward_backward(const kldiv_tensor *student, const kldiv_tens
                                    const kldiv_distill_options *options, const kldiv_tensor *out,
                                    const kldiv_tensor *grad_student, double *row_stats) {
     return guarded([&] {
-        runtime::distill_forward_backward(to_tensor(student, "student"), to_tensor(teacher, "teacher"),
-                                          to_distill_options(options), to_tensor(out, "out"),
-                                          to_tensor(grad_student, "grad_student"), row_stats);
+        Runtime::process_default().distill_kl_forward_backward(
+            to_tensor(student, "student"), to_tensor(teacher, "teacher"), to_tensor(out, "out"),
+            to_tensor(grad_student, "grad_student"), to_distill_options(options), row_stats);
     });
 }
 
@@ -264,8 +264,9 @@ int kldiv_distill_backward(const kldiv_tensor *grad_output, const kldiv_tensor *
         std::optional<Tensor> gs, gt;
         if (grad_student) gs = to_tensor(grad_student, "grad_student");
         if (grad_teacher) gt = to_tensor(grad_teacher, "grad_teacher");
-        runtime::distill_backward(to_tensor(grad_output, "grad_output"), to_tensor(student, "student"),
-                                  to_tensor(teacher, "teacher"), to_distill_options(options), row_stats,
-                                  gs ? &*gs : nullptr, gt ? &*gt : nullptr);
+        Runtime::process_default().distill_kl_backward(to_tensor(grad_output, "grad_output"),
+                                                       to_tensor(student, "student"), to_tensor(teacher, "teacher"),
+                                                       to_distill_options(options), row_stats, gs ? &*gs : nullptr,
+                                                       gt ? &*gt : nullptr);
     });
 }

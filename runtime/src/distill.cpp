@@ -19,6 +19,7 @@
 #include "host_convert.h"
 #include "kldiv/codegen/kernel_spec.h"
 #include "kernel_args.h"
+#include "kernel_cache.h"
 #include "layout.h"
 #include "validation.h"
 
@@ -174,9 +175,9 @@ void check_grad(const Tensor &grad, const char *name, const Tensor &student) {
 
 // ---- kernels --------------------------------------------------------------
 
-std::string kernel_name(dsl::DistillPass pass, bool reverse, DType dtype, bool grad_student, bool grad_teacher,
-                        bool cuda) {
-    return codegen::DistillSpec{pass, dtype, reverse, grad_student, grad_teacher, cuda}.name();
+codegen::DistillSpec kernel_spec(dsl::DistillPass pass, bool reverse, DType dtype, bool grad_student,
+                                 bool grad_teacher, bool cuda) {
+    return codegen::DistillSpec{pass, dtype, reverse, grad_student, grad_teacher, cuda};
 }
 
 // Where a kernel buffer's data is: host memory (CPU kernels); the caller's
@@ -241,19 +242,32 @@ int64_t rows_per_call(const std::vector<Rows> &views, bool cuda) {
     return std::max<int64_t>(rows, 1);
 }
 
-// One kernel over every row, `per_call` rows a call: `args(row0, rows,
-// buffers)` gives a call's argv, its buffers kept in `buffers`. Mirrored
-// outputs are copied back after each call, once the call's stream is done.
-void run_rows(const std::string &name, int64_t rows, int64_t per_call,
+// One kernel over every row of `views` (the logits and gradients of the
+// call, rows of one vocabulary), as many rows a call as rows_per_call allows:
+// `args(row0, rows, buffers)` gives a call's argv, its buffers kept in
+// `buffers`. The kernel is the cache's: AOT, or JIT for the runtime's target
+// or the vocabulary. Mirrored outputs are copied back after each call, once
+// the call's stream is done.
+void run_rows(KernelCache &cache, const codegen::DistillSpec &spec, const std::vector<Rows> &views,
               const std::function<std::vector<void *>(int64_t, int64_t, Buffers &)> &args) {
     install_aot_error_handler();
-    int (*kernel)(void **) = aot_entry(name);
-    if (!kernel) fail(ErrorCode::Internal, "no kernel " + name + " in this build");
+    const int64_t rows = views[0].rows, vocab = views[0].vocab;
+    const bool unit_stride =
+        std::all_of(views.begin(), views.end(), [](const Rows &v) { return v.vocab_stride == 1; });
+    const int64_t per_call = rows_per_call(views, spec.cuda);
+    const std::string name = spec.name();
+    const KernelCall kernel = cache.distill_kernel(spec, (int32_t)vocab, unit_stride, (uint64_t)(rows * vocab));
     for (int64_t row0 = 0; row0 < rows; row0 += per_call) {
         const int64_t n = std::min(per_call, rows - row0);
         Buffers buffers;
         std::vector<void *> argv = args(row0, n, buffers);
-        if (kernel(argv.data()) != 0) fail(ErrorCode::Internal, name + " failed: " + take_kernel_error());
+        KernelErrorContext context;
+        void *user_context = &context;
+        if (kernel.user_context) argv.insert(argv.begin(), &user_context);
+        if (int status = kernel.entry(argv.data()); status != 0) {
+            fail(ErrorCode::Internal, name + " failed (" + std::to_string(status) +
+                                          "): " + (kernel.user_context ? context.message : take_kernel_error()));
+        }
         const bool copies_back = std::any_of(buffers.begin(), buffers.end(), [](const auto &b) {
             return b->memory == Memory::Mirrored && b->output;
         });
@@ -303,16 +317,17 @@ struct Operands {
 
 // The statistics of every row (and the student's gradient when `grad` is
 // given) into `stats` (kDistillStatsPerRow per row).
-void run_stats(const Operands &o, const DistillOptions &options, double grad_scale, const Tensor *grad, double *stats) {
+void run_stats(KernelCache &cache, const Operands &o, const DistillOptions &options, double grad_scale,
+               const Tensor *grad, double *stats) {
     const Call &c = o.call;
     double inv_temperature = 1.0 / options.temperature;
     std::vector<Rows> views = {c.student, c.teacher};
     const std::optional<Rows> g = grad ? rows_of(*grad) : std::nullopt;
     if (g) views.push_back(*g);
-    const std::string name = kernel_name(grad ? dsl::DistillPass::Fused : dsl::DistillPass::Forward, options.reverse,
-                                         o.student.dtype, true, false, c.cuda);
+    const codegen::DistillSpec spec = kernel_spec(grad ? dsl::DistillPass::Fused : dsl::DistillPass::Forward,
+                                                  options.reverse, o.student.dtype, true, false, c.cuda);
     const halide_type_t u8(halide_type_uint, 8), f64(halide_type_float, 64);
-    run_rows(name, c.student.rows, rows_per_call(views, c.cuda), [&](int64_t row0, int64_t n, Buffers &keep) {
+    run_rows(cache, spec, views, [&](int64_t row0, int64_t n, Buffers &keep) {
         std::vector<void *> argv;
         argv.push_back(o.logits(o.student, c.student, row0, n, keep));
         argv.push_back(o.logits(o.teacher, c.teacher, row0, n, keep));
@@ -490,7 +505,7 @@ void save_stats(const Call &c, const std::vector<double> &row_stats, double *sta
 
 }  // namespace
 
-void distill_forward(const Tensor &student, const Tensor &teacher, const DistillOptions &options, const Tensor &out,
+void distill_forward(KernelCache &cache, const Tensor &student, const Tensor &teacher, const DistillOptions &options, const Tensor &out,
                      double *stats) {
     const Call c = validate(student, teacher, options);
     check_loss_shape(out, "out", student, options.reduction);
@@ -504,13 +519,13 @@ void distill_forward(const Tensor &student, const Tensor &teacher, const Distill
         const Logits l(student, teacher, c);
         const Operands o{*l.student, *l.teacher, l.call, storage_halide_type(student.dtype),
                          (int64_t)element_size(student.dtype)};
-        run_stats(o, options, 0.0, nullptr, row_stats.data());
+        run_stats(cache, o, options, 0.0, nullptr, row_stats.data());
     }
     store_loss(out, c, options, row_stats);
     save_stats(c, row_stats, stats);
 }
 
-void distill_forward_backward(const Tensor &student, const Tensor &teacher, const DistillOptions &options,
+void distill_forward_backward(KernelCache &cache, const Tensor &student, const Tensor &teacher, const DistillOptions &options,
                               const Tensor &out, const Tensor &grad_student, double *stats) {
     const Call c = validate(student, teacher, options);
     check_loss_shape(out, "out", student, options.reduction);
@@ -537,17 +552,17 @@ void distill_forward_backward(const Tensor &student, const Tensor &teacher, cons
                          (int64_t)element_size(student.dtype)};
         if (l.padded_rows()) {
             Padded grad = padded(student.dtype, c.student.rows, nullptr, nullptr);
-            run_stats(o, options, scale, &grad.tensor, row_stats.data());
+            run_stats(cache, o, options, scale, &grad.tensor, row_stats.data());
             unpad(grad, grad_student);
         } else {
-            run_stats(o, options, scale, &grad_student, row_stats.data());
+            run_stats(cache, o, options, scale, &grad_student, row_stats.data());
         }
     }
     store_loss(out, c, options, row_stats);
     save_stats(c, row_stats, stats);
 }
 
-void distill_backward(const Tensor &grad_output, const Tensor &student, const Tensor &teacher,
+void distill_backward(KernelCache &cache, const Tensor &grad_output, const Tensor &student, const Tensor &teacher,
                       const DistillOptions &options, const double *stats, const Tensor *grad_student,
                       const Tensor *grad_teacher) {
     const Call c = validate(student, teacher, options);
@@ -599,7 +614,7 @@ void distill_backward(const Tensor &grad_output, const Tensor &student, const Te
     std::vector<double> own_stats;
     if (!stats) {
         own_stats = empty_stats(c);
-        run_stats(o, options, 0.0, nullptr, own_stats.data());
+        run_stats(cache, o, options, 0.0, nullptr, own_stats.data());
         stats = own_stats.data();
     }
     std::vector<Rows> views = {l.call.student, l.call.teacher};
@@ -608,9 +623,10 @@ void distill_backward(const Tensor &grad_output, const Tensor &student, const Te
     if (gt_out) views.push_back(*(gt = rows_of(*gt_out)));
     double inv_temperature = 1.0 / options.temperature;
     const halide_type_t u8(halide_type_uint, 8), f64(halide_type_float, 64);
-    run_rows(kernel_name(dsl::DistillPass::Backward, options.reverse, student.dtype, grad_student != nullptr,
+    run_rows(cache,
+             kernel_spec(dsl::DistillPass::Backward, options.reverse, student.dtype, grad_student != nullptr,
                          grad_teacher != nullptr, c.cuda),
-             rows, rows_per_call(views, c.cuda), [&](int64_t row0, int64_t n, Buffers &keep) {
+             views, [&](int64_t row0, int64_t n, Buffers &keep) {
                  std::vector<void *> argv;
                  argv.push_back(o.logits(*l.student, l.call.student, row0, n, keep));
                  argv.push_back(o.logits(*l.teacher, l.call.teacher, row0, n, keep));

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <cstdlib>
 #include <list>
 #include <map>
@@ -65,6 +66,12 @@ uint32_t pack(const KernelSpec &s) {
            uint32_t(s.aligned) << 10;
 }
 
+// Distillation specs: the top bit set, so that they never meet a loss spec.
+uint32_t pack(const codegen::DistillSpec &s) {
+    return 1u << 31 | uint32_t(s.pass) | uint32_t(s.dtype) << 2 | uint32_t(s.reverse) << 5 |
+           uint32_t(s.grad_student) << 6 | uint32_t(s.grad_teacher) << 7 | uint32_t(s.cuda) << 8;
+}
+
 Key generic_key(const KernelSpec &spec) {
     Key k;
     k.spec = pack(spec);
@@ -121,6 +128,18 @@ std::string layout_text(const std::optional<jit::FixedShape> &shape, codegen::In
            : inner == codegen::InnerStride::Strided ? "generic strided"
                                                     : "generic";
 }
+
+// A distillation kernel's layout text: its vocabulary when fixed, and the
+// stride of dimension 0.
+std::string distill_layout_text(const Key &key) {
+    const std::string inner = key.inner == codegen::InnerStride::Unit ? "unit-stride" : "strided";
+    return key.fixed ? "vocab " + std::to_string(key.dims[0]) + " " + inner : "generic " + inner;
+}
+
+// Tuning records of distillation kernels are bucketed by vocabulary (their
+// `elements` is the tuned workload's logits per row); a generic kernel takes
+// the record nearest 2^15 logits, the common vocabularies.
+constexpr int kDistillGenericBucket = 15;
 
 Specialize specialize_policy(const RuntimeOptions &options, std::string &problem) {
     if (options.specialize) return *options.specialize;
@@ -179,12 +198,34 @@ struct KernelCache::State {
 
     void warn(const std::string &message) const { runtime::warn(options.warning_handler, message); }
 
-    const std::string &target_for(const KernelSpec &spec) const { return spec.cuda ? cuda_target : target; }
+    // What the cache needs to know of a kernel, loss or distillation: how to
+    // name, look up, compile and report it.
+    struct Request {
+        std::string name;         // the spec's name
+        bool cuda = false;
+        std::string tuning_name;  // the spec's name in tuning records
+        bool reduces = false;     // sums in an order the schedule sets (loss reductions)
+        int (*aot)(void **) = nullptr;
+        Key generic;              // the spec alone: the AOT kernel's key
+        Key fixed;                // with the call's shape
+        Key jit_generic;          // the JIT's generic kernel for the call
+        uint64_t elements = 0;    // in the call, for Specialize::Auto
+        // The tuning bucket of a fixed kernel's key.
+        std::function<int(const Key &)> bucket;
+        // The key's shape part, for disk keys and messages.
+        std::function<std::string(const Key &)> layout;
+        // Compiles the kernel of `key` with `params` as `function`.
+        std::function<std::string(const Key &, const schedules::Params &, const std::string &, CompileTimes *)>
+            compile;
+        // Records the calling thread's kernel for last_kernel().
+        std::function<void(const Key &, KernelOrigin, double, const std::string &, const CompileTimes &)> remember;
+    };
 
-    std::string disk_key(const KernelSpec &spec, const std::optional<jit::FixedShape> &shape,
-                         codegen::InnerStride inner, const schedules::Params &params) const {
-        return "kernel " + spec.name() + " " + layout_text(shape, inner) + " | target " + target_for(spec) +
-               " | schedule " + schedules::to_string(params) + " | " + version;
+    const std::string &target_for(bool cuda) const { return cuda ? cuda_target : target; }
+
+    std::string disk_key(const Request &r, const Key &key, const schedules::Params &params) const {
+        return "kernel " + r.name + " " + r.layout(key) + " | target " + target_for(r.cuda) + " | schedule " +
+               schedules::to_string(params) + " | " + version;
     }
 
     struct Schedule {
@@ -200,21 +241,16 @@ struct KernelCache::State {
     // mode. Elsewhere (generic kernels, `auto`, non-blocking runtimes) AOT or
     // generic kernels serve some calls, so the default order is kept and the
     // rest of the record taken. (`kldiv tune` does not change the order.)
-    Schedule schedule_for(const KernelSpec &spec, const std::optional<jit::FixedShape> &shape) const {
-        const std::string &target = target_for(spec);
+    Schedule schedule_for(const Request &r, const Key &key) const {
+        const std::string &target = target_for(r.cuda);
         const schedules::Params defaults = schedules::default_params(target);
-        int64_t elements = 1;
-        if (shape) {
-            for (int32_t e : shape->extent) elements *= e;
-        }
-        const int bucket = shape ? schedules::size_bucket(elements) : schedules::kGenericBucket;
-        const auto match = tuning.find(target, spec.tuning_name(), bucket);
+        const int bucket = r.bucket(key);
+        const auto match = tuning.find(target, r.tuning_name, bucket);
         if (!match) return {defaults, "default", false};
         Schedule s{match->record.params, "", false};
-        const bool reduces = spec.reduce && spec.pass != codegen::Pass::Backward;
         std::string kept;
-        if (reduces && !schedules::same_summation_order(s.params, defaults)) {
-            if (shape && options.blocking && specialize == Specialize::Always) {
+        if (r.reduces && !schedules::same_summation_order(s.params, defaults)) {
+            if (key.fixed && options.blocking && specialize == Specialize::Always) {
                 s.reorders = true;
             } else {
                 s.params = schedules::with_summation_order(s.params, defaults);
@@ -237,9 +273,8 @@ struct KernelCache::State {
         return buffers;
     }
 
-    std::string description(const KernelSpec &spec, const std::optional<jit::FixedShape> &shape,
-                            codegen::InnerStride inner) const {
-        return spec.name() + " [" + layout_text(shape, inner) + "] " + target_for(spec);
+    std::string description(const Request &r, const Key &key) const {
+        return r.name + " [" + r.layout(key) + "] " + target_for(r.cuda);
     }
 
     void load_runtime(const std::string &target) {
@@ -254,15 +289,14 @@ struct KernelCache::State {
     }
 
     // Loads the kernel for `key` from the disk cache, or compiles and stores it.
-    std::shared_ptr<jit::LoadedKernel> produce(const KernelSpec &spec, const Key &key, KernelOrigin &origin,
+    std::shared_ptr<jit::LoadedKernel> produce(const Request &r, const Key &key, KernelOrigin &origin,
                                                std::string &schedule, CompileTimes &compile) {
-        const std::optional<jit::FixedShape> shape = shape_of(key, buffer_count(spec));
-        const std::string &target = target_for(spec);
+        const std::string &target = target_for(r.cuda);
         load_runtime(target);
-        const auto [params, source, reorders] = schedule_for(spec, shape);
+        const auto [params, source, reorders] = schedule_for(r, key);
         (void)reorders;
         schedule = source;
-        const std::string text = disk_key(spec, shape, key.inner, params);
+        const std::string text = disk_key(r, key, params);
         const std::string function = "kldiv_jit_" + cache::hash_key(text).substr(0, 16);
         if (std::optional<std::string> object = disk->load(text)) {
             try {
@@ -272,7 +306,7 @@ struct KernelCache::State {
                 stats.disk_hits++;
                 return code;
             } catch (const Error &e) {
-                warn(std::string("kldiv: kernel cache entry for ") + description(spec, shape, key.inner) +
+                warn(std::string("kldiv: kernel cache entry for ") + description(r, key) +
                      " could not be loaded (" + e.what() + "); rebuilding it");
             }
         }
@@ -281,14 +315,14 @@ struct KernelCache::State {
         std::string object;
         {
             std::lock_guard<std::mutex> lock(compile_mutex());
-            object = jit::compile_kernel(spec, shape, target, params, function, "", key.inner, &compile);
+            object = r.compile(key, params, function, &compile);
         }
         {
             std::lock_guard<std::mutex> lock(mutex);
             stats.compiles++;
             stats.compile_seconds += seconds_since(start);
         }
-        disk->store(text, object, description(spec, shape, key.inner));
+        disk->store(text, object, description(r, key));
         const auto load_start = Clock::now();
         std::shared_ptr<jit::LoadedKernel> code = jit::load_kernel(target, object, function);
         compile.load = seconds_since(load_start);
@@ -323,11 +357,11 @@ struct KernelCache::State {
     }
 
     // Runs produce() for a new slot and publishes the result; throws on failure.
-    void fill(const KernelSpec &spec, const Key &key, const std::shared_ptr<Slot> &slot, KernelOrigin &origin) {
+    void fill(const Request &r, const Key &key, const std::shared_ptr<Slot> &slot, KernelOrigin &origin) {
         try {
             std::string schedule;
             CompileTimes compile;
-            std::shared_ptr<jit::LoadedKernel> code = produce(spec, key, origin, schedule, compile);
+            std::shared_ptr<jit::LoadedKernel> code = produce(r, key, origin, schedule, compile);
             std::lock_guard<std::mutex> lock(mutex);
             slot->code = std::move(code);
             slot->schedule = std::move(schedule);
@@ -339,11 +373,13 @@ struct KernelCache::State {
             throw;
         } catch (const std::bad_alloc &) {
             std::lock_guard<std::mutex> lock(mutex);
-            const std::string message = "out of memory while preparing kernel " + spec.name();
+            const std::string message = "out of memory while preparing kernel " + r.name;
             fail_slot(key, *slot, message);
             fail(ErrorCode::Internal, message);
         }
     }
+
+    KernelCall get(const Request &r);
 };
 
 KernelCache::KernelCache(const RuntimeOptions &options) : state_(std::make_unique<State>()) {
@@ -392,35 +428,36 @@ KernelCache::~KernelCache() {
     for (std::thread &t : state_->background) t.join();
 }
 
-KernelCall KernelCache::kernel(const KernelSpec &spec, const Piece &piece) {
-    State &s = *state_;
+// The kernel a request asks for: AOT, or JIT (generic or fixed to the call's
+// shape) as the options decide. Compiles at most once per key however many
+// threads ask.
+KernelCall KernelCache::State::get(const Request &r) {
+    State &s = *this;
     const auto start = Clock::now();
-    int (*const aot_kernel)(void **) = aot_entry(spec);
     auto aot = [&](const Key &key) {
-        if (aot_kernel == nullptr) fail(ErrorCode::Internal, "no kernel " + spec.name() + " in this build");
-        remember_kernel(spec, key.fixed, key.dims.data(), KernelOrigin::Aot, seconds_since(start), "default (AOT)");
-        KernelCall call{aot_kernel, false, nullptr};
-        if (spec.cuda) call.buffers = cuda::library_buffer_functions();
+        if (r.aot == nullptr) fail(ErrorCode::Internal, "no kernel " + r.name + " in this build");
+        r.remember(key, KernelOrigin::Aot, seconds_since(start), "default (AOT)", {});
+        KernelCall call{r.aot, false, nullptr};
+        if (r.cuda) call.buffers = cuda::library_buffer_functions();
         return call;
     };
     // A JIT kernel, with its runtime's buffer functions for CUDA.
     auto jit_call = [&](const std::shared_ptr<jit::LoadedKernel> &code) {
         return KernelCall{code->entry, true, code, code->buffers};
     };
-    const bool aot_available = (s.host_target || spec.cuda) && aot_kernel != nullptr;
-    if (!s.options.jit || (spec.cuda && !s.cuda_jit)) {
+    const bool aot_available = (s.host_target || r.cuda) && r.aot != nullptr;
+    if (!s.options.jit || (r.cuda && !s.cuda_jit)) {
         std::lock_guard<std::mutex> lock(s.mutex);
         s.stats.aot_calls++;
-        return aot(generic_key(spec));
+        return aot(r.generic);
     }
 
     std::unique_lock<std::mutex> lock(s.mutex);
-    Key key = generic_key(spec);
+    Key key = r.generic;
     if (s.specialize != Specialize::Never) {
-        const Key fixed = fixed_key(spec, piece);
         bool specialise = s.specialize == Specialize::Always;
         if (!specialise) {
-            auto found = s.slots.find(fixed);
+            auto found = s.slots.find(r.fixed);
             if (found != s.slots.end()) {
                 specialise = true;
             } else {
@@ -428,33 +465,33 @@ KernelCall KernelCache::kernel(const KernelSpec &spec, const Piece &piece) {
                 // already taken several times as long: specialise once they
                 // have covered specialize_work elements in all.
                 if (s.seen.size() > 4096) s.seen.clear();
-                State::Seen &seen = s.seen[fixed];
+                State::Seen &seen = s.seen[r.fixed];
                 seen.calls++;
-                seen.elements += (uint64_t)piece.extent[0] * piece.extent[1] * piece.extent[2] * piece.extent[3];
+                seen.elements += r.elements;
                 specialise = seen.calls >= s.options.specialize_after && seen.elements >= s.options.specialize_work;
             }
         }
-        if (specialise) key = fixed;
+        if (specialise) key = r.fixed;
     }
     if (!key.fixed && s.options.generic_from_aot && aot_available) {
         s.stats.aot_calls++;
         return aot(key);
     }
-    if (!key.fixed) key = jit_generic_key(spec, piece, State::buffer_count(spec));
+    if (!key.fixed) key = r.jit_generic;
 
     auto found = s.slots.find(key);
     if (found != s.slots.end()) {
         std::shared_ptr<State::Slot> slot = found->second;
         if (slot->status == State::Status::Compiling && !s.options.blocking && aot_available) {
             s.stats.aot_calls++;
-            return aot(generic_key(spec));
+            return aot(r.generic);
         }
         s.changed.wait(lock, [&] { return slot->status != State::Status::Compiling; });
         if (slot->status == State::Status::Failed) fail(ErrorCode::Internal, slot->error);
         s.stats.hits++;
         auto current = s.slots.find(key);  // it may have been evicted while this thread waited
         if (current != s.slots.end() && current->second == slot) s.lru.splice(s.lru.begin(), s.lru, slot->lru);
-        remember_kernel(spec, key.fixed, key.dims.data(), KernelOrigin::Memory, seconds_since(start), slot->schedule);
+        r.remember(key, KernelOrigin::Memory, seconds_since(start), slot->schedule, {});
         return jit_call(slot->code);
     }
 
@@ -462,23 +499,94 @@ KernelCall KernelCache::kernel(const KernelSpec &spec, const Piece &piece) {
     auto slot = std::make_shared<State::Slot>();
     s.slots.emplace(key, slot);
     if (!s.options.blocking && aot_available) {
-        s.background.emplace_back([&s, spec, key, slot] {
+        s.background.emplace_back([&s, r, key, slot] {
             KernelOrigin origin;
             try {
-                s.fill(spec, key, slot, origin);
+                s.fill(r, key, slot, origin);
             } catch (const Error &e) {
                 s.warn(std::string("kldiv: background compile failed: ") + e.what());
             }
         });
         s.stats.aot_calls++;
-        return aot(generic_key(spec));
+        return aot(r.generic);
     }
     lock.unlock();
     KernelOrigin origin = KernelOrigin::Compiled;
-    s.fill(spec, key, slot, origin);
-    remember_kernel(spec, key.fixed, key.dims.data(), origin, seconds_since(start), slot->schedule,
-                    origin == KernelOrigin::Compiled ? slot->compile : CompileTimes{});
+    s.fill(r, key, slot, origin);
+    r.remember(key, origin, seconds_since(start), slot->schedule,
+               origin == KernelOrigin::Compiled ? slot->compile : CompileTimes{});
     return jit_call(slot->code);
+}
+
+KernelCall KernelCache::kernel(const KernelSpec &spec, const Piece &piece) {
+    State &s = *state_;
+    const size_t buffers = State::buffer_count(spec);
+    State::Request r;
+    r.name = spec.name();
+    r.cuda = spec.cuda;
+    r.tuning_name = spec.tuning_name();
+    r.reduces = spec.reduce && spec.pass != codegen::Pass::Backward;
+    r.aot = aot_entry(spec);
+    r.generic = generic_key(spec);
+    r.fixed = fixed_key(spec, piece);
+    r.jit_generic = jit_generic_key(spec, piece, buffers);
+    r.elements = (uint64_t)piece.extent[0] * piece.extent[1] * piece.extent[2] * piece.extent[3];
+    r.bucket = [buffers](const Key &key) {
+        const std::optional<jit::FixedShape> shape = shape_of(key, buffers);
+        if (!shape) return schedules::kGenericBucket;
+        int64_t elements = 1;
+        for (int32_t e : shape->extent) elements *= e;
+        return schedules::size_bucket(elements);
+    };
+    r.layout = [buffers](const Key &key) { return layout_text(shape_of(key, buffers), key.inner); };
+    r.compile = [&s, spec, buffers](const Key &key, const schedules::Params &params, const std::string &function,
+                                    CompileTimes *times) {
+        return jit::compile_kernel(spec, shape_of(key, buffers), s.target_for(spec.cuda), params, function, "",
+                                   key.inner, times);
+    };
+    r.remember = [spec](const Key &key, KernelOrigin origin, double seconds, const std::string &schedule,
+                        const CompileTimes &compile) {
+        remember_kernel(spec.name(), key.fixed ? key.dims.data() : nullptr, 4, origin, seconds, schedule, compile);
+    };
+    return s.get(r);
+}
+
+KernelCall KernelCache::distill_kernel(const codegen::DistillSpec &spec, int32_t vocab, bool unit_stride,
+                                       uint64_t elements) {
+    State &s = *state_;
+    if (spec.cuda) {
+        // The library's CUDA kernels: distill.cpp gives them device buffers
+        // wrapped by the library's CUDA runtime, not a JIT kernel's.
+        KernelCall call{aot_entry(spec.name()), false, nullptr, cuda::library_buffer_functions()};
+        if (call.entry == nullptr) fail(ErrorCode::Internal, "no kernel " + spec.name() + " in this build");
+        std::lock_guard<std::mutex> lock(s.mutex);
+        s.stats.aot_calls++;
+        remember_kernel(spec.name(), nullptr, 0, KernelOrigin::Aot, 0.0, "default (AOT)");
+        return call;
+    }
+    State::Request r;
+    r.name = spec.name();
+    r.tuning_name = spec.tuning_name();
+    r.aot = aot_entry(spec.name());
+    r.generic.spec = pack(spec);
+    r.jit_generic = r.generic;
+    r.jit_generic.inner = unit_stride ? codegen::InnerStride::Unit : codegen::InnerStride::Strided;
+    r.fixed = r.jit_generic;
+    r.fixed.fixed = true;
+    r.fixed.dims[0] = vocab;
+    r.elements = elements;
+    r.bucket = [](const Key &key) { return key.fixed ? schedules::size_bucket(key.dims[0]) : kDistillGenericBucket; };
+    r.layout = distill_layout_text;
+    r.compile = [&s, spec](const Key &key, const schedules::Params &params, const std::string &function,
+                           CompileTimes *times) {
+        const std::optional<int32_t> fixed_vocab = key.fixed ? std::optional<int32_t>(key.dims[0]) : std::nullopt;
+        return jit::compile_distill_kernel(spec, fixed_vocab, key.inner, s.target, params, function, times);
+    };
+    r.remember = [spec](const Key &key, KernelOrigin origin, double seconds, const std::string &schedule,
+                        const CompileTimes &compile) {
+        remember_kernel(spec.name(), key.fixed ? key.dims.data() : nullptr, 1, origin, seconds, schedule, compile);
+    };
+    return s.get(r);
 }
 
 CacheStats KernelCache::stats() const {

@@ -29,10 +29,11 @@ struct KernelCall {
     cuda::BufferFunctions buffers;
 };
 
-// Records the calling thread's kernel for kldiv::last_kernel(); `extent`
-// holds 4 values; `schedule` says where its schedule parameters came from.
-void remember_kernel(const codegen::KernelSpec &spec, bool fixed, const int32_t *extent, KernelOrigin origin,
-                     double seconds, const std::string &schedule, const CompileTimes &compile = {});
+// Records the calling thread's kernel for kldiv::last_kernel(): its name;
+// for a specialised kernel the `count` extents it is fixed to (else null);
+// `schedule` says where its schedule parameters came from.
+void remember_kernel(const std::string &name, const int32_t *extent, int count, KernelOrigin origin, double seconds,
+                     const std::string &schedule, const CompileTimes &compile = {});
 
 class KernelCache {
 public:
@@ -45,6 +46,12 @@ public:
     // piece's shape) as the options decide. Compiles at most once per key
     // however many threads ask; throws kldiv::Error.
     KernelCall kernel(const codegen::KernelSpec &spec, const Piece &piece);
+
+    // The distillation kernel for `spec` over rows of `vocab` logits (at
+    // least dsl::kDistillLanes), whose 2-d buffers all have unit stride along
+    // the vocabulary or not (`unit_stride`), for a call of `elements` logits:
+    // as kernel() decides, a specialised kernel fixes the vocabulary.
+    KernelCall distill_kernel(const codegen::DistillSpec &spec, int32_t vocab, bool unit_stride, uint64_t elements);
 
     CacheStats stats() const;
     const std::string &target() const;

@@ -1,5 +1,6 @@
 // What the calling thread's last kernel was, and the names of the runtime's
 // enums; shared by the JIT and the AOT-only kernel caches.
+#include <algorithm>
 #include <array>
 
 #include "errors.h"
@@ -10,8 +11,8 @@ namespace kldiv::runtime {
 namespace {
 
 struct LastKernel {
-    codegen::KernelSpec spec;
-    bool fixed = false;
+    std::string name;
+    int extents = 0;  // a specialised kernel's fixed extents; 0 for a generic one
     std::array<int32_t, 4> extent{};
     KernelOrigin origin = KernelOrigin::Aot;
     double seconds = 0;
@@ -23,11 +24,11 @@ thread_local LastKernel last;
 
 }  // namespace
 
-void remember_kernel(const codegen::KernelSpec &spec, bool fixed, const int32_t *extent, KernelOrigin origin,
-                     double seconds, const std::string &schedule, const CompileTimes &compile) {
-    last.spec = spec;
-    last.fixed = fixed;
-    std::copy(extent, extent + 4, last.extent.begin());
+void remember_kernel(const std::string &name, const int32_t *extent, int count, KernelOrigin origin, double seconds,
+                     const std::string &schedule, const CompileTimes &compile) {
+    last.name = name;
+    last.extents = extent ? std::min(count, 4) : 0;
+    if (extent) std::copy(extent, extent + last.extents, last.extent.begin());
     last.origin = origin;
     last.seconds = seconds;
     last.schedule = schedule;
@@ -43,14 +44,14 @@ KernelInfo last_kernel() {
     const auto &last = runtime::last;
     KernelInfo info;
     if (!last.valid) return info;
-    info.name = last.spec.name();
-    if (last.fixed) {
+    info.name = last.name;
+    if (last.extents > 0) {
         info.name += " [";
-        for (int d = 0; d < 4; d++) info.name += (d ? "x" : "") + std::to_string(last.extent[d]);
+        for (int d = 0; d < last.extents; d++) info.name += (d ? "x" : "") + std::to_string(last.extent[d]);
         info.name += "]";
     }
     info.origin = last.origin;
-    info.specialised = last.fixed;
+    info.specialised = last.extents > 0;
     info.seconds = last.seconds;
     info.schedule = last.schedule;
     info.compile = last.compile;

@@ -279,6 +279,18 @@ public:
                                  const Tensor &grad_input, Reduction reduction = Reduction::Mean,
                                  bool log_target = false);
 
+    // Distillation from logits (see kldiv::distill_kl and the others) with
+    // this runtime's kernels: AOT, or JIT-compiled for its target, tuned
+    // records and, as `specialize` decides, the vocabulary.
+    void distill_kl(const Tensor &student, const Tensor &teacher, const Tensor &out,
+                    const DistillOptions &options = {}, double *row_stats = nullptr);
+    void distill_kl_forward_backward(const Tensor &student, const Tensor &teacher, const Tensor &out,
+                                     const Tensor &grad_student, const DistillOptions &options = {},
+                                     double *row_stats = nullptr);
+    void distill_kl_backward(const Tensor &grad_output, const Tensor &student, const Tensor &teacher,
+                             const DistillOptions &options, const double *row_stats, const Tensor *grad_student,
+                             const Tensor *grad_teacher);
+
     CacheStats stats() const;
     const std::string &target() const;     // resolved Halide target string
     // This runtime's CUDA stream (see RuntimeOptions::cuda_stream).

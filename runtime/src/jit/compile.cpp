@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <mutex>
 #include <sstream>
@@ -84,33 +85,37 @@ std::string resolve_target(const std::string &name, const std::string &cpu_level
     return target.without_feature(Halide::Target::NoRuntime).without_feature(Halide::Target::UserContext).to_string();
 }
 
-std::string compile_kernel(const KernelSpec &spec, const std::optional<FixedShape> &shape,
-                           const std::string &target_name, const schedules::Params &params, const std::string &function,
-                           const std::string &autoscheduler, codegen::InnerStride inner_stride, CompileTimes *times) {
+namespace {
+
+// The target of a JIT kernel: the runtime never asks a kernel for bounds
+// (every buffer it passes has memory), and it is a JIT kernel's only caller:
+// it checks dtypes, shapes, strides and sizes before a call and picks the
+// kernel by them (layout.cpp, kernel_cache.cpp, distill.cpp). So JIT kernels
+// leave out the bounds query and Halide's argument checks, which are a third
+// of their code and of their compile time. AOT kernels, which programs may
+// call directly, keep their checks.
+Halide::Target jit_kernel_target(const std::string &target_name) {
+    return codegen::with_kernel_features(Halide::Target(target_name))
+        .with_feature(Halide::Target::NoRuntime)
+        .with_feature(Halide::Target::UserContext)
+        .with_feature(Halide::Target::NoBoundsQuery)
+        .with_feature(Halide::Target::NoAsserts);
+}
+
+// `make_module()` lowered, then compiled to an ELF object in memory (what
+// Module::compile does for an object file, in timed steps); Halide's and
+// LLVM's failures become kldiv::Error naming `name` and the target.
+std::string compile_object(const std::string &name, const std::string &target_name,
+                           const std::function<Halide::Module()> &make_module, CompileTimes *times) {
     try {
-        // The runtime never asks a kernel for bounds (every buffer it passes
-        // has memory), and it is a JIT kernel's only caller: it checks
-        // dtypes, shapes, strides and sizes before a call and picks the
-        // kernel by them (layout.cpp, kernel_cache.cpp). So JIT kernels leave
-        // out the bounds query and Halide's argument checks, which are a
-        // third of their code and of their compile time. AOT kernels, which
-        // programs may call directly, keep their checks.
-        const Halide::Target target = codegen::with_kernel_features(Halide::Target(target_name))
-                                          .with_feature(Halide::Target::NoRuntime)
-                                          .with_feature(Halide::Target::UserContext)
-                                          .with_feature(Halide::Target::NoBoundsQuery)
-                                          .with_feature(Halide::Target::NoAsserts);
         using Clock = std::chrono::steady_clock;
         auto since = [](Clock::time_point start) {
             return std::chrono::duration<double>(Clock::now() - start).count();
         };
         CompileTimes phases;
         auto start = Clock::now();
-        const Halide::Module module = codegen::compile_module(spec, shape, params, target, function, autoscheduler,
-                                                              inner_stride, codegen::Tables::Process);
+        const Halide::Module module = make_module();
         phases.lower = since(start);
-        // What Module::compile does for an object file, in two timed steps
-        // and into memory.
         start = Clock::now();
         llvm::LLVMContext context;
         std::unique_ptr<llvm::Module> llvm_module = Halide::compile_module_to_llvm_module(module, context);
@@ -125,12 +130,32 @@ std::string compile_kernel(const KernelSpec &spec, const std::optional<FixedShap
     } catch (const Error &) {
         throw;
     } catch (const Halide::Error &e) {
-        fail(ErrorCode::Internal, "compiling kernel " + spec.name() + " for " + target_name + " failed: " + e.what());
+        fail(ErrorCode::Internal, "compiling kernel " + name + " for " + target_name + " failed: " + e.what());
     } catch (const std::bad_alloc &) {
-        fail(ErrorCode::Internal, "out of memory while compiling kernel " + spec.name() + " for " + target_name);
+        fail(ErrorCode::Internal, "out of memory while compiling kernel " + name + " for " + target_name);
     } catch (const std::exception &e) {
-        fail(ErrorCode::Internal, "compiling kernel " + spec.name() + " for " + target_name + " failed: " + e.what());
+        fail(ErrorCode::Internal, "compiling kernel " + name + " for " + target_name + " failed: " + e.what());
     }
+}
+
+}  // namespace
+
+std::string compile_kernel(const KernelSpec &spec, const std::optional<FixedShape> &shape,
+                           const std::string &target_name, const schedules::Params &params, const std::string &function,
+                           const std::string &autoscheduler, codegen::InnerStride inner_stride, CompileTimes *times) {
+    return compile_object(spec.name(), target_name, [&] {
+        return codegen::compile_module(spec, shape, params, jit_kernel_target(target_name), function, autoscheduler,
+                                       inner_stride, codegen::Tables::Process);
+    }, times);
+}
+
+std::string compile_distill_kernel(const codegen::DistillSpec &spec, std::optional<int32_t> vocab,
+                                   codegen::InnerStride inner_stride, const std::string &target_name,
+                                   const schedules::Params &params, const std::string &function, CompileTimes *times) {
+    return compile_object(spec.name(), target_name, [&] {
+        return codegen::compile_distill_module(spec, jit_kernel_target(target_name), function, params.distill, vocab,
+                                               inner_stride);
+    }, times);
 }
 
 const void *lookup_table(const std::string &symbol) {

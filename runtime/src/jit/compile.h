@@ -39,6 +39,14 @@ std::string compile_kernel(const codegen::KernelSpec &spec, const std::optional<
                            codegen::InnerStride inner_stride = codegen::InnerStride::Any,
                            CompileTimes *times = nullptr);
 
+// Compiles the distillation kernel `spec` for `target` (a resolved CPU
+// target) as compile_kernel does: `vocab`, when given, fixes the logits per
+// row; `inner_stride` what every 2-d buffer's dimension 0 has.
+std::string compile_distill_kernel(const codegen::DistillSpec &spec, std::optional<int32_t> vocab,
+                                   codegen::InnerStride inner_stride, const std::string &target,
+                                   const schedules::Params &params, const std::string &function,
+                                   CompileTimes *times = nullptr);
+
 // The 16-bit lookup table that compiled kernels refer to by `symbol` (they
 // are compiled with codegen::Tables::Process), made on first use; nullptr
 // for any other symbol. The loader defines the symbols from it.
