@@ -21,6 +21,8 @@ for args in "" "--spec fwd:f32:sum --budget 5x" "--spec fwd:f32:sum --strategy a
             "--spec fwd:f32:sum --baselines Nobody2030" "--spec fwd:f99:sum" \
             "--spec fwd:f32:sum --size 0" "--spec fwd:f32:sum --target arm-64-linux" \
             "--spec fwd:f32:sum --target x86-32-linux" "--spec fwd:f32:sum --target host-opencl" \
+            "--spec distill:fwd:f32 --size 4096" "--spec distill:fwd:f32 --size 4x16" \
+            "--spec distill:fwd:f32 --size 65536x65536" "--spec distill:fused:bf16 --target host-cuda" \
             "--spec fwd:f32:sum --target host-cuda --baselines Li2018"; do
     set +e
     # shellcheck disable=SC2086
@@ -70,6 +72,23 @@ expect_in "$work/tune.json" '"candidates"'
 if [ ${#plot[@]} -gt 0 ]; then
     [ "$(head -c 4 "$work/candidates.png" | tail -c 3)" = PNG ] || fail "no PNG written"
 fi
+
+# A distillation kernel: rows x vocabulary, every candidate checked against
+# the library's bits; the record's elements are the vocabulary (the runtime's
+# lookup; tests/distill_jit_test.cpp shows the JIT using such records).
+distill_db=$work/distill.jsonl
+"$tool" tune --spec distill:bwd:f32 --size 16x2048 --budget 2s --db "$distill_db" > "$work/distill.out" 2>&1 \
+    || { cat "$work/distill.out" >&2; fail "kldiv tune of a distillation kernel failed"; }
+for row in "kldiv_distill_bwd_st_kl_f32, 16x2048" "default " "recorded in $distill_db"; do
+    expect_in "$work/distill.out" "$row"
+done
+if grep -q "failed to compile or check), " "$work/distill.out" && ! grep -q "(0 failed" "$work/distill.out"; then
+    cat "$work/distill.out" >&2
+    fail "a distillation candidate failed (their parameters must never change a result)"
+fi
+for field in '"spec":"kldiv_distill_bwd_st_kl_f32"' '"elements":2048' '"bucket":11' ';distill:gvf='; do
+    expect_in "$distill_db" "$field"
+done
 
 # The JIT takes the record for this exact target and size...
 run=(run --pass fwd --dtype f32 --reduction sum --shape 65536 --specialize always --repeat 3 --no-ceiling)

@@ -2,11 +2,15 @@
 
 #include <unistd.h>
 
+#include <HalideRuntime.h>
+
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <chrono>
 #include <cinttypes>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <cmath>
 #include <cstdio>
@@ -16,6 +20,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <random>
 
 #include "aot_command.h"
 #include "bandwidth.h"
@@ -94,6 +99,7 @@ struct Options {
     bool prune = false;
     std::optional<AotSpec> spec;
     int64_t size = int64_t(1) << 20;
+    std::array<int64_t, 2> distill_shape = {256, 32000};  // rows, vocabulary
     std::string target = "host";
     double budget = 60;
     uint64_t seed = 1;
@@ -128,8 +134,20 @@ int64_t parse_size(const std::string &text) {
     return parse_integer("--size", text, 1, INT32_MAX);
 }
 
+// ROWSxVOCAB for a distillation kernel: rows of at least 32 logits, and
+// less than 2^31 logits in all (one kernel call).
+std::array<int64_t, 2> parse_distill_shape(const std::string &text) {
+    const size_t x = text.find('x');
+    if (x == std::string::npos) throw UsageError("--size for a distillation kernel is ROWSxVOCAB, e.g. 256x32000");
+    const int64_t rows = parse_integer("--size", text.substr(0, x), 1, INT32_MAX);
+    const int64_t vocab = parse_integer("--size", text.substr(x + 1), 32, INT32_MAX);
+    if (rows * vocab >= (int64_t(1) << 31)) throw UsageError("--size " + text + ": 2^31 logits or more");
+    return {rows, vocab};
+}
+
 Options parse_options(const std::vector<std::string> &args) {
     Options o;
+    std::string size_text;
     ArgumentReader reader(args);
     while (!reader.done()) {
         const std::string option = reader.next_option();
@@ -137,10 +155,8 @@ Options parse_options(const std::vector<std::string> &args) {
             o.help = true;
         } else if (option == "--spec") {
             o.spec = parse_spec(reader.value());
-            if (o.spec->distill) throw UsageError("distillation kernels ('" + o.spec->function + "') are not tuned "
-                                                  "in this version");
         } else if (option == "--size") {
-            o.size = parse_size(reader.value());
+            size_text = reader.value();
         } else if (option == "--target") {
             o.target = reader.value();
         } else if (option == "--budget") {
@@ -193,6 +209,11 @@ Options parse_options(const std::vector<std::string> &args) {
     }
     if (o.help || o.prune) return o;
     if (!o.spec) throw UsageError("no --spec given");
+    if (o.spec->distill) {
+        if (!size_text.empty()) o.distill_shape = parse_distill_shape(size_text);
+        return o;
+    }
+    if (!size_text.empty()) o.size = parse_size(size_text);
     if (o.spec->shape.empty()) o.spec->shape = {o.size};
     return o;
 }
@@ -609,7 +630,444 @@ std::string cpu_model() {
     return model;
 }
 
+// What search_and_record reports and records for one kernel.
+struct TuneJob {
+    std::string name;         // the kernel's
+    std::string shape;        // the workload's, as printed
+    std::string target;
+    std::string device;       // the GPU's name; empty on CPU targets
+    std::string tuning_name;  // the record's spec
+    int64_t elements = 0;     // the record's; its bucket is size_bucket(elements)
+    double bytes = 0;         // moved per call
+    BandwidthCeiling ceiling;
+    double ceiling_gbps = 0;  // the one that applies
+    std::vector<std::string> baselines;  // Halide autoschedulers to compare
+    std::string db;           // the tuning database appended to (when o.save)
+};
+
+// Searches `space` with `evaluator`, times the best against the default
+// (and the baselines) side by side, prints the table, and appends the record.
+int search_and_record(const Options &o, const TuneJob &job, tune::Evaluator &evaluator_ref,
+                      const tune::Space &space) {
+    tune::Evaluator *evaluator = &evaluator_ref;
+    const std::string &target = job.target;
+    const bool gpu = !job.device.empty();
+    const double bytes = job.bytes;
+    const BandwidthCeiling &ceiling = job.ceiling;
+    const double ceiling_gbps = job.ceiling_gbps;
+    const schedules::Params defaults = schedules::default_params(target);
+    Progress progress(o.budget, bytes);
+    tune::SearchOptions search_options;
+    search_options.budget_seconds = o.budget;
+    search_options.seed = o.seed;
+    search_options.strategy = o.strategy;
+    search_options.progress = [&](const std::vector<Candidate> &candidates, int best) {
+        progress.update(candidates, best, evaluator->elapsed(), ceiling_gbps);
+    };
+    tune::SearchResult result = tune::search(space, defaults, *evaluator, search_options);
+    progress.finish();
+    const double search_seconds = evaluator->elapsed();
+    int tried = 0, failed = 0;
+    for (const Candidate &c : result.candidates) {
+        tried += c.status != Candidate::Status::Untried;
+        failed += c.status == Candidate::Status::Failed;
+    }
+    if (result.candidates[0].status != Candidate::Status::Ok) {
+        std::fprintf(stderr, "kldiv tune: the default schedule failed: %s\n", result.candidates[0].error.c_str());
+        return kExitFail;
+    }
+
+    // The final comparison: fresh timings, interleaved over rounds so that
+    // drift on a shared machine falls on every contender alike.
+    std::vector<Candidate> finals;
+    auto contender = [&](const Candidate &from, const std::string &name) {
+        Candidate c = from;
+        c.samples.clear();
+        c.label = name;
+        finals.push_back(c);
+    };
+    // finals[0] is the search's best, finals.back() of these two the default
+    // (the same one when nothing beat it).
+    if (result.best != 0) contender(result.candidates[result.best], "tuned");
+    contender(result.candidates[0], "default");
+    std::vector<Row> rows;
+    for (const std::string &name : job.baselines) {
+        Candidate c;
+        c.id = (int)result.candidates.size() + (int)finals.size();
+        c.params = defaults;
+        c.label = name;
+        c.origin = "baseline";
+        c.autoscheduler = name;
+        std::fprintf(stderr, "kldiv tune: scheduling with %s\n", name.c_str());
+        if (evaluator->prepare(c)) {
+            finals.push_back(c);
+        } else {
+            rows.push_back({name, "", nullptr, c.error});
+            std::fprintf(stderr, "kldiv tune: %s: %s\n", name.c_str(), c.error.c_str());
+        }
+    }
+    const double final_seconds = std::max(0.3, std::min(2.0, 0.05 * o.budget));
+    for (int round = 0; round < 3; round++) {
+        for (Candidate &c : finals) evaluator->measure(c, final_seconds / 3, 5);
+    }
+    // Rows in contender order, failed baselines last.
+    std::vector<Row> failed_rows;
+    failed_rows.swap(rows);
+    for (const Candidate &c : finals) {
+        rows.push_back({c.label, c.autoscheduler.empty() ? space.describe(c.params) : "(autoscheduled)", &c, ""});
+    }
+    rows.insert(rows.end(), failed_rows.begin(), failed_rows.end());
+
+    // The record: the tuned schedule, unless the default beat it in the final timing.
+    const Candidate &tuned = finals[0], &fallback = finals[result.best != 0 ? 1 : 0];
+    const Candidate &winner = tuned.median() <= fallback.median() ? tuned : fallback;
+    schedules::TuningRecord record;
+    record.target = target;
+    record.spec = job.tuning_name;
+    record.elements = job.elements;
+    record.bucket = schedules::size_bucket(job.elements);
+    record.params = winner.params;
+    record.seconds = winner.median();
+    record.noise = winner.noise();
+    record.gbps = gbps_of(bytes, winner);
+    record.default_gbps = gbps_of(bytes, fallback);
+    record.ceiling_read_gbps = ceiling.read_gbps;
+    record.ceiling_copy_gbps = ceiling.copy_gbps;
+    record.date = utc_now();
+    record.version = KLDIV_VERSION;
+    record.cpu = gpu ? job.device : cpu_model();
+
+    std::printf("kldiv tune: %s, %s elements, %s%s\n", job.name.c_str(), job.shape.c_str(), target.c_str(),
+                gpu ? (" on " + job.device).c_str() : "");
+    std::printf("search: %s, seed %" PRIu64 ", %.1f s, %d candidates tried (%d failed to compile or check), %d "
+                "bracket(s), space of %" PRIu64 "\n",
+                o.strategy == tune::Strategy::Grid ? "grid" : "successive halving", o.seed, search_seconds, tried,
+                failed, result.brackets, space.size());
+    std::printf("ceiling: %.1f GB/s read, %.1f GB/s copy; %.2f MB per call\n", ceiling.read_gbps,
+                ceiling.copy_gbps, bytes / 1e6);
+    if (bytes < 64e6) {
+        std::printf("(the operands may stay in cache from call to call; the ceilings stream %zu MiB arrays from "
+                    "memory, so more than 100%% is possible)\n",
+                    ceiling.array_bytes >> 20);
+    }
+    std::printf("\n");
+    std::printf("%-14s %10s %7s %9s %7s %7s %9s  %s\n", "schedule", "median ms", "noise", "GB/s", "% read", "% copy",
+                "vs default", "parameters");
+    for (const Row &row : rows) {
+        if (!row.candidate) {
+            std::printf("%-14s %10s %7s %9s %7s %7s %9s  failed: %s\n", row.name.c_str(), "-", "-", "-", "-", "-", "-",
+                        row.error.c_str());
+            continue;
+        }
+        const Candidate &c = *row.candidate;
+        const double gbps = gbps_of(bytes, c);
+        std::printf("%-14s %10.4f %6.1f%% %9.2f %6.1f%% %6.1f%% %8.2fx  %s\n", row.name.c_str(), c.median() * 1e3,
+                    100 * c.noise(), gbps, 100 * gbps / ceiling.read_gbps, 100 * gbps / ceiling.copy_gbps,
+                    fallback.median() / c.median(), row.schedule.c_str());
+    }
+    if (result.best == 0) {
+        std::printf("\nno candidate beat the default schedule in the search; recorded as is\n");
+    } else if (&winner == &fallback) {
+        std::printf("\nthe default schedule was fastest in the final timing; recorded as is\n");
+    }
+
+    if (o.save) {
+        schedules::append_record(job.db, record);
+        std::printf("\nrecorded in %s\n", job.db.c_str());
+    }
+    if (!o.json.empty()) {
+        nlohmann::json j;
+        j["spec"] = job.name;
+        j["shape"] = job.shape;
+        j["target"] = target;
+        j["strategy"] = o.strategy == tune::Strategy::Grid ? "grid" : "halving";
+        j["seed"] = o.seed;
+        j["budget_seconds"] = o.budget;
+        j["search_seconds"] = search_seconds;
+        j["bytes_per_call"] = bytes;
+        j["ceiling"] = {{"read_gbps", ceiling.read_gbps}, {"copy_gbps", ceiling.copy_gbps}, {"threads", ceiling.threads}};
+        j["record"] = nlohmann::json::parse(schedules::to_json_line(record));
+        for (const Row &row : rows) {
+            nlohmann::json r = {{"name", row.name}, {"schedule", row.schedule}};
+            if (row.candidate) {
+                r["median_seconds"] = row.candidate->median();
+                r["noise"] = row.candidate->noise();
+                r["gbps"] = gbps_of(bytes, *row.candidate);
+                r["samples"] = row.candidate->samples.size();
+            } else {
+                r["error"] = row.error;
+            }
+            j["results"].push_back(r);
+        }
+        for (const Candidate &c : result.candidates) {
+            if (c.status == Candidate::Status::Untried) continue;
+            nlohmann::json r = {{"id", c.id}, {"origin", c.origin}, {"schedule", c.label}, {"rung", c.rung}};
+            if (c.status == Candidate::Status::Failed) {
+                r["error"] = c.error;
+            } else if (!c.samples.empty()) {
+                r["median_seconds"] = c.median();
+                r["noise"] = c.noise();
+                r["gbps"] = gbps_of(bytes, c);
+            }
+            j["candidates"].push_back(r);
+        }
+        const std::string text = j.dump(2) + "\n";
+        if (o.json == "-") {
+            std::fputs(text.c_str(), stdout);
+        } else {
+            std::ofstream(o.json) << text;
+        }
+    }
+    if (!o.plot.empty()) {
+        write_plot(o.plot, result, rows, bytes, ceiling, job.name + " " + job.shape, target);
+        std::printf("plot written to %s\n", o.plot.c_str());
+    }
+    return kExitPass;
+}
+
+
+// ---- distillation kernels ----------------------------------------------------
+
+// The data every distillation candidate runs on (all rows unmasked, T = 1,
+// reduction `sum`: gradient and row scales 1), its outputs, and the outputs
+// every candidate, the default schedule's too, must give bit for bit: the
+// library's own (the kernel kldiv::Runtime runs for this target).
+struct DistillWorkload {
+    codegen::DistillSpec spec;
+    int64_t rows = 0, vocab = 0;
+    HostBuffer student, teacher;
+    std::vector<uint8_t> row_on;
+    std::vector<double> stats, row_scale;  // Backward's inputs
+    std::map<std::string, HostBuffer> outputs;  // grad_student, grad_teacher
+    std::vector<double> stats_out;              // Forward, Fused
+    std::map<std::string, std::vector<uint8_t>> expected;
+};
+
+std::vector<uint8_t> bytes_of(const void *data, size_t size) {
+    const uint8_t *p = static_cast<const uint8_t *>(data);
+    return std::vector<uint8_t>(p, p + size);
+}
+
+DistillWorkload make_distill_workload(const codegen::DistillSpec &spec, int64_t rows, int64_t vocab,
+                                      const std::string &target, uint64_t seed) {
+    DistillWorkload w;
+    w.spec = spec;
+    w.rows = rows;
+    w.vocab = vocab;
+    const int64_t n = rows * vocab;
+    w.student = HostBuffer(spec.dtype, n);
+    w.teacher = HostBuffer(spec.dtype, n);
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<double> normal(0.0, 3.0);
+    for (int64_t i = 0; i < n; i++) {
+        w.student.set(i, normal(rng));
+        w.teacher.set(i, normal(rng));
+    }
+    w.row_on.assign((size_t)rows, 1);
+    w.row_scale.assign((size_t)rows, 1.0);
+    w.stats.assign((size_t)(rows * kDistillStatsPerRow), 0.0);
+    w.stats_out = w.stats;
+    for (const Argument &a : codegen::arguments(spec)) {
+        if (a.name == "grad_student" || a.name == "grad_teacher") w.outputs[a.name] = HostBuffer(spec.dtype, n);
+    }
+
+    // The library's results for this target: its AOT kernels where they run
+    // this target's code, else its generic JIT kernel.
+    RuntimeOptions options;
+    options.target = target;
+    options.cache_dir = "off";
+    options.specialize = Specialize::Never;
+    Runtime library(options);
+    auto tensor = [&](HostBuffer &b) { return Tensor::contiguous(b.data(), spec.dtype, {rows, vocab}); };
+    DistillOptions distill;
+    distill.reduction = Reduction::Sum;
+    distill.reverse = spec.reverse;
+    HostBuffer loss(spec.dtype, 1), upstream(spec.dtype, 1);
+    upstream.fill(1.0);
+    const Tensor scalar = Tensor::contiguous(loss.data(), spec.dtype, {});
+    switch (spec.pass) {
+    case dsl::DistillPass::Forward:
+        library.distill_kl(tensor(w.student), tensor(w.teacher), scalar, distill, w.stats_out.data());
+        w.expected["stats_out"] = bytes_of(w.stats_out.data(), w.stats_out.size() * sizeof(double));
+        break;
+    case dsl::DistillPass::Fused: {
+        HostBuffer grad(spec.dtype, n);
+        library.distill_kl_forward_backward(tensor(w.student), tensor(w.teacher), scalar, tensor(grad), distill,
+                                            w.stats_out.data());
+        w.expected["stats_out"] = bytes_of(w.stats_out.data(), w.stats_out.size() * sizeof(double));
+        w.expected["grad_student"] = bytes_of(grad.data(), grad.bytes());
+        break;
+    }
+    case dsl::DistillPass::Backward: {
+        library.distill_kl(tensor(w.student), tensor(w.teacher), scalar, distill, w.stats.data());
+        HostBuffer gs(spec.dtype, n), gt(spec.dtype, n);
+        const Tensor gs_tensor = tensor(gs), gt_tensor = tensor(gt);
+        library.distill_kl_backward(Tensor::contiguous(upstream.data(), spec.dtype, {}), tensor(w.student),
+                                    tensor(w.teacher), distill, w.stats.data(),
+                                    spec.grad_student ? &gs_tensor : nullptr,
+                                    spec.grad_teacher ? &gt_tensor : nullptr);
+        if (spec.grad_student) w.expected["grad_student"] = bytes_of(gs.data(), gs.bytes());
+        if (spec.grad_teacher) w.expected["grad_teacher"] = bytes_of(gt.data(), gt.bytes());
+        break;
+    }
+    }
+    return w;
+}
+
+// A halide_buffer_t over host data: `dims` as {min, extent, stride}.
+struct HalideBuffer {
+    halide_buffer_t buffer{};
+    halide_dimension_t dims[2];
+    HalideBuffer(void *data, halide_type_t type, std::initializer_list<halide_dimension_t> dimensions) {
+        std::copy(dimensions.begin(), dimensions.end(), dims);
+        buffer.host = static_cast<uint8_t *>(data);
+        buffer.type = type;
+        buffer.dimensions = (int32_t)dimensions.size();
+        buffer.dim = dims;
+    }
+};
+
+// Compiles distillation candidates with the JIT, fixed to the workload's
+// vocabulary (as the runtime specialises them), and checks each against the
+// expected bits: a schedule's parameters must never change a result.
+class DistillEvaluator : public KernelEvaluator {
+public:
+    DistillEvaluator(DistillWorkload &workload, std::string target) : w_(workload), target_(std::move(target)) {
+        runtime::jit::ensure_runtime(target_, [&] { return runtime::jit::compile_runtime(target_); });
+        start_clock();
+    }
+
+    bool prepare(Candidate &c) override {
+        const std::string function = "kldiv_tune_distill_" + std::to_string(c.id);
+        return prepare_with(c, [&] {
+            // Outputs a candidate leaves unwritten must not pass as a former one's.
+            std::fill(w_.stats_out.begin(), w_.stats_out.end(), std::nan(""));
+            for (auto &[name, buffer] : w_.outputs) std::memset(buffer.data(), 0xff, buffer.bytes());
+            const std::string object =
+                runtime::jit::compile_distill_kernel(w_.spec, (int32_t)w_.vocab, codegen::InnerStride::Unit,
+                                                     target_, c.params, function);
+            kernels_[c.id] = runtime::jit::load_kernel(target_, object, function);
+        });
+    }
+
+private:
+    void call(const Candidate &c) override {
+        const auto &kernel = kernels_.at(c.id);
+        const int32_t rows = (int32_t)w_.rows, vocab = (int32_t)w_.vocab;
+        const halide_type_t storage = runtime::storage_halide_type(w_.spec.dtype);
+        const halide_type_t byte(halide_type_uint, 8), float64(halide_type_float, 64);
+        auto logits = [&](void *data) {
+            return std::make_unique<HalideBuffer>(
+                data, storage, std::initializer_list<halide_dimension_t>{{0, vocab, 1}, {0, rows, vocab}});
+        };
+        auto per_row = [&](void *data, halide_type_t type, int values) {
+            if (values == 1) {
+                return std::make_unique<HalideBuffer>(data, type,
+                                                      std::initializer_list<halide_dimension_t>{{0, rows, 1}});
+            }
+            return std::make_unique<HalideBuffer>(
+                data, type, std::initializer_list<halide_dimension_t>{{0, values, 1}, {0, rows, values}});
+        };
+        std::vector<std::unique_ptr<HalideBuffer>> keep;
+        double inv_temperature = 1.0, grad_scale = 1.0;
+        runtime::KernelErrorContext context;
+        void *user_context = &context;
+        std::vector<void *> argv = {&user_context};
+        for (const Argument &a : codegen::arguments(w_.spec)) {
+            if (a.name == "inv_temperature") {
+                argv.push_back(&inv_temperature);
+                continue;
+            }
+            if (a.name == "grad_scale") {
+                argv.push_back(&grad_scale);
+                continue;
+            }
+            if (a.name == "student") keep.push_back(logits(w_.student.data()));
+            if (a.name == "teacher") keep.push_back(logits(w_.teacher.data()));
+            if (a.name == "row_on") keep.push_back(per_row(w_.row_on.data(), byte, 1));
+            if (a.name == "stats") keep.push_back(per_row(w_.stats.data(), float64, kDistillStatsPerRow));
+            if (a.name == "row_scale") keep.push_back(per_row(w_.row_scale.data(), float64, 1));
+            if (a.name == "stats_out") keep.push_back(per_row(w_.stats_out.data(), float64, kDistillStatsPerRow));
+            if (a.name == "grad_student" || a.name == "grad_teacher") {
+                keep.push_back(logits(w_.outputs.at(a.name).data()));
+            }
+            argv.push_back(&keep.back()->buffer);
+        }
+        if (int status = kernel->entry(argv.data()); status != 0) {
+            throw std::runtime_error("kernel failed (" + std::to_string(status) + "): " + context.message);
+        }
+    }
+
+    // The outputs against the expected bits (the library's, for the default).
+    std::string check() override {
+        std::map<std::string, std::vector<uint8_t>> got;
+        if (w_.spec.pass != dsl::DistillPass::Backward) {
+            got["stats_out"] = bytes_of(w_.stats_out.data(), w_.stats_out.size() * sizeof(double));
+        }
+        for (auto &[name, buffer] : w_.outputs) got[name] = bytes_of(buffer.data(), buffer.bytes());
+        for (const auto &[name, bytes] : got) {
+            const std::vector<uint8_t> &want = w_.expected.at(name);
+            if (bytes == want) continue;
+            size_t first = 0;
+            while (bytes[first] == want[first]) first++;
+            return name + " differs from the library's kernel from byte " + std::to_string(first) + " of " +
+                   std::to_string(want.size());
+        }
+        return {};
+    }
+
+    DistillWorkload &w_;
+    std::string target_;
+    std::map<int, std::shared_ptr<runtime::jit::LoadedKernel>> kernels_;
+};
+
+// `kldiv tune --spec distill:...`: rows x vocabulary from --size (default
+// 256x32000), CPU targets only; the record's `elements` is the vocabulary,
+// by which the runtime looks records up.
+int run_distill_tune(const Options &o) {
+    const codegen::DistillSpec spec = *o.spec->distill;
+    std::string target;
+    try {
+        if (o.target.find("cuda") != std::string::npos) {
+            throw UsageError("distillation kernels are tuned on CPU targets only; their CUDA schedule is fixed");
+        }
+        target = runtime::jit::resolve_target(o.target, runtime::cpu_level_cap());
+    } catch (const Error &e) {
+        throw UsageError(e.what());
+    }
+    const std::string db = o.save ? database_path(o) : std::string();
+    if (o.threads > 0) set_num_threads(o.threads);
+    const int64_t rows = o.distill_shape[0], vocab = o.distill_shape[1];
+    std::fprintf(stderr, "kldiv tune: %s, %" PRId64 "x%" PRId64 " logits, target %s\n", spec.name().c_str(), rows,
+                 vocab, target.c_str());
+    DistillWorkload workload = make_distill_workload(spec, rows, vocab, target, o.seed);
+    // Bytes per call: both logits read once, and the gradients written (the
+    // statistics are 40 bytes a row).
+    const double logits_bytes = (double)(rows * vocab) * (double)element_size(spec.dtype);
+    const int written = spec.pass == dsl::DistillPass::Fused      ? 1
+                        : spec.pass == dsl::DistillPass::Backward ? (int)spec.grad_student + (int)spec.grad_teacher
+                                                                  : 0;
+    const double bytes = (2.0 + written) * logits_bytes + (double)(rows * kDistillStatsPerRow * 8);
+    const BandwidthCeiling ceiling = measure_bandwidth(o.threads, (size_t)(4 * bytes));
+    const double ceiling_gbps = written == 0 ? ceiling.read_gbps : ceiling.copy_gbps;
+    std::fprintf(stderr, "kldiv tune: ceiling %.1f GB/s read, %.1f GB/s copy (%d threads); %.2f MB per call\n",
+                 ceiling.read_gbps, ceiling.copy_gbps, ceiling.threads, bytes / 1e6);
+    DistillEvaluator evaluator(workload, target);
+    TuneJob job;
+    job.name = spec.name();
+    job.shape = std::to_string(rows) + "x" + std::to_string(vocab);
+    job.target = target;
+    job.tuning_name = spec.tuning_name();
+    job.elements = vocab;
+    job.bytes = bytes;
+    job.ceiling = ceiling;
+    job.ceiling_gbps = ceiling_gbps;
+    job.db = db;
+    return search_and_record(o, job, evaluator, tune::distill_space());
+}
+
 int run_tune(const Options &o) {
+    if (o.spec->distill) return run_distill_tune(o);
     AotSpec a = *o.spec;
     // A GPU target: CUDA kernels timed on GPU 0.
     const bool gpu = o.target.find("cuda") != std::string::npos;
@@ -685,176 +1143,20 @@ int run_tune(const Options &o) {
         evaluator = std::make_unique<JitEvaluator>(workload, target);
     }
     const tune::Space space = gpu ? tune::gpu_space(a.spec) : tune::cpu_space(a.spec);
-    const schedules::Params defaults = schedules::default_params(target);
-    Progress progress(o.budget, bytes);
-    tune::SearchOptions search_options;
-    search_options.budget_seconds = o.budget;
-    search_options.seed = o.seed;
-    search_options.strategy = o.strategy;
-    search_options.progress = [&](const std::vector<Candidate> &candidates, int best) {
-        progress.update(candidates, best, evaluator->elapsed(), ceiling_gbps);
-    };
-    tune::SearchResult result = tune::search(space, defaults, *evaluator, search_options);
-    progress.finish();
-    const double search_seconds = evaluator->elapsed();
-    int tried = 0, failed = 0;
-    for (const Candidate &c : result.candidates) {
-        tried += c.status != Candidate::Status::Untried;
-        failed += c.status == Candidate::Status::Failed;
-    }
-    if (result.candidates[0].status != Candidate::Status::Ok) {
-        std::fprintf(stderr, "kldiv tune: the default schedule failed: %s\n", result.candidates[0].error.c_str());
-        return kExitFail;
-    }
-
-    // The final comparison: fresh timings, interleaved over rounds so that
-    // drift on a shared machine falls on every contender alike.
-    std::vector<Candidate> finals;
-    auto contender = [&](const Candidate &from, const std::string &name) {
-        Candidate c = from;
-        c.samples.clear();
-        c.label = name;
-        finals.push_back(c);
-    };
-    // finals[0] is the search's best, finals.back() of these two the default
-    // (the same one when nothing beat it).
-    if (result.best != 0) contender(result.candidates[result.best], "tuned");
-    contender(result.candidates[0], "default");
-    std::vector<Row> rows;
-    for (const std::string &name : gpu ? std::vector<std::string>() : o.baselines) {
-        Candidate c;
-        c.id = (int)result.candidates.size() + (int)finals.size();
-        c.params = defaults;
-        c.label = name;
-        c.origin = "baseline";
-        c.autoscheduler = name;
-        std::fprintf(stderr, "kldiv tune: scheduling with %s\n", name.c_str());
-        if (evaluator->prepare(c)) {
-            finals.push_back(c);
-        } else {
-            rows.push_back({name, "", nullptr, c.error});
-            std::fprintf(stderr, "kldiv tune: %s: %s\n", name.c_str(), c.error.c_str());
-        }
-    }
-    const double final_seconds = std::max(0.3, std::min(2.0, 0.05 * o.budget));
-    for (int round = 0; round < 3; round++) {
-        for (Candidate &c : finals) evaluator->measure(c, final_seconds / 3, 5);
-    }
-    // Rows in contender order, failed baselines last.
-    std::vector<Row> failed_rows;
-    failed_rows.swap(rows);
-    for (const Candidate &c : finals) {
-        rows.push_back({c.label, c.autoscheduler.empty() ? space.describe(c.params) : "(autoscheduled)", &c, ""});
-    }
-    rows.insert(rows.end(), failed_rows.begin(), failed_rows.end());
-
-    // The record: the tuned schedule, unless the default beat it in the final timing.
-    const Candidate &tuned = finals[0], &fallback = finals[result.best != 0 ? 1 : 0];
-    const Candidate &winner = tuned.median() <= fallback.median() ? tuned : fallback;
-    schedules::TuningRecord record;
-    record.target = target;
-    record.spec = a.spec.tuning_name();
-    record.elements = workload.numel;
-    record.bucket = schedules::size_bucket(workload.numel);
-    record.params = winner.params;
-    record.seconds = winner.median();
-    record.noise = winner.noise();
-    record.gbps = gbps_of(bytes, winner);
-    record.default_gbps = gbps_of(bytes, fallback);
-    record.ceiling_read_gbps = ceiling.read_gbps;
-    record.ceiling_copy_gbps = ceiling.copy_gbps;
-    record.date = utc_now();
-    record.version = KLDIV_VERSION;
-    record.cpu = gpu ? device.name : cpu_model();
-
-    std::printf("kldiv tune: %s, %s elements, %s%s\n", a.spec.name().c_str(), format_shape(a.shape).c_str(),
-                target.c_str(), gpu ? (" on " + device.name).c_str() : "");
-    std::printf("search: %s, seed %" PRIu64 ", %.1f s, %d candidates tried (%d failed to compile or check), %d "
-                "bracket(s), space of %" PRIu64 "\n",
-                o.strategy == tune::Strategy::Grid ? "grid" : "successive halving", o.seed, search_seconds, tried,
-                failed, result.brackets, space.size());
-    std::printf("ceiling: %.1f GB/s read, %.1f GB/s copy; %.2f MB per call\n", ceiling.read_gbps,
-                ceiling.copy_gbps, bytes / 1e6);
-    if (bytes < 64e6) {
-        std::printf("(the operands may stay in cache from call to call; the ceilings stream %zu MiB arrays from "
-                    "memory, so more than 100%% is possible)\n",
-                    ceiling.array_bytes >> 20);
-    }
-    std::printf("\n");
-    std::printf("%-14s %10s %7s %9s %7s %7s %9s  %s\n", "schedule", "median ms", "noise", "GB/s", "% read", "% copy",
-                "vs default", "parameters");
-    for (const Row &row : rows) {
-        if (!row.candidate) {
-            std::printf("%-14s %10s %7s %9s %7s %7s %9s  failed: %s\n", row.name.c_str(), "-", "-", "-", "-", "-", "-",
-                        row.error.c_str());
-            continue;
-        }
-        const Candidate &c = *row.candidate;
-        const double gbps = gbps_of(bytes, c);
-        std::printf("%-14s %10.4f %6.1f%% %9.2f %6.1f%% %6.1f%% %8.2fx  %s\n", row.name.c_str(), c.median() * 1e3,
-                    100 * c.noise(), gbps, 100 * gbps / ceiling.read_gbps, 100 * gbps / ceiling.copy_gbps,
-                    fallback.median() / c.median(), row.schedule.c_str());
-    }
-    if (result.best == 0) {
-        std::printf("\nno candidate beat the default schedule in the search; recorded as is\n");
-    } else if (&winner == &fallback) {
-        std::printf("\nthe default schedule was fastest in the final timing; recorded as is\n");
-    }
-
-    if (o.save) {
-        schedules::append_record(db, record);
-        std::printf("\nrecorded in %s\n", db.c_str());
-    }
-    if (!o.json.empty()) {
-        nlohmann::json j;
-        j["spec"] = a.spec.name();
-        j["shape"] = a.shape;
-        j["target"] = target;
-        j["strategy"] = o.strategy == tune::Strategy::Grid ? "grid" : "halving";
-        j["seed"] = o.seed;
-        j["budget_seconds"] = o.budget;
-        j["search_seconds"] = search_seconds;
-        j["bytes_per_call"] = bytes;
-        j["ceiling"] = {{"read_gbps", ceiling.read_gbps}, {"copy_gbps", ceiling.copy_gbps}, {"threads", ceiling.threads}};
-        j["record"] = nlohmann::json::parse(schedules::to_json_line(record));
-        for (const Row &row : rows) {
-            nlohmann::json r = {{"name", row.name}, {"schedule", row.schedule}};
-            if (row.candidate) {
-                r["median_seconds"] = row.candidate->median();
-                r["noise"] = row.candidate->noise();
-                r["gbps"] = gbps_of(bytes, *row.candidate);
-                r["samples"] = row.candidate->samples.size();
-            } else {
-                r["error"] = row.error;
-            }
-            j["results"].push_back(r);
-        }
-        for (const Candidate &c : result.candidates) {
-            if (c.status == Candidate::Status::Untried) continue;
-            nlohmann::json r = {{"id", c.id}, {"origin", c.origin}, {"schedule", c.label}, {"rung", c.rung}};
-            if (c.status == Candidate::Status::Failed) {
-                r["error"] = c.error;
-            } else if (!c.samples.empty()) {
-                r["median_seconds"] = c.median();
-                r["noise"] = c.noise();
-                r["gbps"] = gbps_of(bytes, c);
-            }
-            j["candidates"].push_back(r);
-        }
-        const std::string text = j.dump(2) + "\n";
-        if (o.json == "-") {
-            std::fputs(text.c_str(), stdout);
-        } else {
-            std::ofstream(o.json) << text;
-        }
-    }
-    if (!o.plot.empty()) {
-        write_plot(o.plot, result, rows, bytes, ceiling, a.spec.name() + " " + format_shape(a.shape), target);
-        std::printf("plot written to %s\n", o.plot.c_str());
-    }
-    return kExitPass;
+    TuneJob job;
+    job.name = a.spec.name();
+    job.shape = format_shape(a.shape);
+    job.target = target;
+    job.device = gpu ? device.name : std::string();
+    job.tuning_name = a.spec.tuning_name();
+    job.elements = workload.numel;
+    job.bytes = bytes;
+    job.ceiling = ceiling;
+    job.ceiling_gbps = ceiling_gbps;
+    job.baselines = gpu ? std::vector<std::string>() : o.baselines;
+    job.db = db;
+    return search_and_record(o, job, *evaluator, space);
 }
-
 }  // namespace
 
 int tune_command(const std::vector<std::string> &args) {

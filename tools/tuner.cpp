@@ -52,10 +52,14 @@ Space gpu_space(const codegen::KernelSpec &spec) {
     return space;
 }
 
-std::string gpu_parameters(const Params &params) {
-    const std::string text = schedules::to_string(params);
-    return text.substr(text.find(';') + 1);
+// Section `index` (0 cpu, 1 gpu, 2 distill) of schedules::to_string.
+std::string section(const Params &params, int index) {
+    std::string text = schedules::to_string(params);
+    for (int i = 0; i < index; i++) text = text.substr(text.find(';') + 1);
+    return text.substr(0, text.find(';'));
 }
+
+std::string gpu_parameters(const Params &params) { return section(params, 1); }
 
 Space cpu_space(const codegen::KernelSpec &spec) {
     Space space;
@@ -83,10 +87,23 @@ Space cpu_space(const codegen::KernelSpec &spec) {
     return space;
 }
 
-std::string cpu_parameters(const Params &params) {
-    const std::string text = schedules::to_string(params);
-    return text.substr(0, text.find(';'));
+std::string cpu_parameters(const Params &params) { return section(params, 0); }
+
+Space distill_space() {
+    Space space;
+    auto dim = [](const std::string &name, std::vector<int> values, int schedules::DistillParams::*field) {
+        return Dimension{name, std::move(values), [field](const Params &p) { return p.distill.*field; },
+                         [field](Params &p, int v) { p.distill.*field = v; }};
+    };
+    space.dims.push_back(dim("gvf", {0, 1, 2, 4}, &schedules::DistillParams::grad_vector_factor));
+    space.dims.push_back(dim("lu", {1, 2, 4}, &schedules::DistillParams::lane_unroll));
+    space.dims.push_back(dim("rpt", {1, 2, 4, 8, 16}, &schedules::DistillParams::rows_per_task));
+    space.valid = [](const Params &p) { return schedules::validate(p).empty(); };
+    space.describe = distill_parameters;
+    return space;
 }
+
+std::string distill_parameters(const Params &params) { return section(params, 2); }
 
 double Candidate::median() const { return samples.empty() ? 0 : tools::median(samples); }
 
