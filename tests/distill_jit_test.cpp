@@ -173,7 +173,7 @@ TEST_F(DistillJit, TunedRecordsAreUsedAndChangeNoBits) {
     o.tuning_db = db;
     Runtime tuned(o);
     EXPECT_TRUE(run_all(tuned, DType::BFloat16, 10, 4000, 1, false) == expected);
-    EXPECT_EQ(last_kernel().schedule.rfind("tuned (" + db + ", 2^12 elements, 2.00x", 0), 0u)
+    EXPECT_EQ(last_kernel().schedule.rfind("tuned (" + db + ", 2^12 logits a row, 2.00x", 0), 0u)
         << last_kernel().schedule;
     // A generic kernel takes the record nearest 2^15 logits a row: this one.
     RuntimeOptions g = o;

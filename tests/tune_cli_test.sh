@@ -89,6 +89,8 @@ fi
 for field in '"spec":"kldiv_distill_bwd_st_kl_f32"' '"elements":2048' '"bucket":11' ';distill:gvf='; do
     expect_in "$distill_db" "$field"
 done
+KLDIV_TUNING_DB=$distill_db "$tool" aot --spec distill:bwd:f32 --output "$work/aot-distill" > "$work/aot-distill.out"
+expect_in "$work/aot-distill.out" "tuned schedule from $distill_db (vocabulary 2^11"
 
 # The JIT takes the record for this exact target and size...
 run=(run --pass fwd --dtype f32 --reduction sum --shape 65536 --specialize always --repeat 3 --no-ceiling)

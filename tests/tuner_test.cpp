@@ -178,6 +178,23 @@ TEST(tuner, spaces_hold_what_each_kind_of_pass_tunes) {
     });
 }
 
+TEST(tuner, distillation_spaces_touch_only_the_distillation_parameters) {
+    kldiv::codegen::DistillSpec forward, fused;
+    fused.pass = kldiv::dsl::DistillPass::Fused;
+    const Space f = distill_space(forward), g = distill_space(fused);
+    EXPECT_EQ(names(f), (std::vector<std::string>{"lu", "rpt"}));  // no gradient to widen
+    EXPECT_EQ(names(g), (std::vector<std::string>{"gvf", "lu", "rpt"}));
+    EXPECT_EQ(g.size(), 4u * 3 * 5);
+    for_each_value(g, [&](const Params &p, const Dimension &d, int v) {
+        EXPECT_TRUE(g.valid(p)) << d.name << "=" << v;
+        EXPECT_EQ(cpu_parameters(p), cpu_parameters(Params())) << d.name << "=" << v;
+        EXPECT_EQ(gpu_parameters(p), gpu_parameters(Params())) << d.name << "=" << v;
+    });
+    Params p;
+    p.distill.lane_unroll = 4;
+    EXPECT_EQ(g.describe(p), "distill:gvf=0,lu=4,rpt=1");
+}
+
 TEST(tuner, a_seed_gives_the_same_search) {
     const SearchResult a = run(Strategy::Halving, 7, 40), b = run(Strategy::Halving, 7, 40);
     const SearchResult c = run(Strategy::Halving, 8, 40);

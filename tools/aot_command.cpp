@@ -59,7 +59,8 @@ needs neither Halide nor LLVM, nor libkldiv, at run time.
                  tuning.jsonl in the kernel cache directory; 'off' for none;
                  'none' for neither (default schedules only).
                  Each kernel takes the record of its exact target and nearest
-                 size (2^22 elements for a kernel without a shape), else the
+                 size (2^22 elements for a kernel without a shape; for a
+                 distillation kernel the vocabulary nearest 2^15), else the
                  default schedule
   -h, --help     this text
 
@@ -340,11 +341,25 @@ int generate(const Options &o) {
             }
             return codegen::compile_module(a.spec, shape, params, target, a.function);
         };
+        // A distillation kernel (any vocabulary), with the tuned schedule of
+        // its target nearest a vocabulary of 2^15 when there is one.
+        auto distill_module = [&](const AotSpec &a) {
+            schedules::Params params = schedules::default_params(base.to_string());
+            const auto match = cuda ? std::nullopt
+                                    : tuning.find(base.to_string(), a.distill->tuning_name(),
+                                                  schedules::kDistillGenericBucket);
+            if (match) {
+                params = match->record.params;
+                std::printf("kldiv aot: %s: %s: tuned schedule from %s (vocabulary 2^%d; record for %s)\n",
+                            name.c_str(), a.function.c_str(), match->source.c_str(), match->record.bucket,
+                            match->why.c_str());
+            }
+            return codegen::compile_distill_module(*a.distill, target, a.function, params.distill);
+        };
         for (AotSpec a : o.specs) {
             a.spec.cuda = cuda;
             if (a.distill) a.distill->cuda = cuda;
-            const Halide::Module module =
-                a.distill ? codegen::compile_distill_module(*a.distill, target, a.function) : loss_module(a);
+            const Halide::Module module = a.distill ? distill_module(a) : loss_module(a);
             const std::string object = (scratch / (a.function + ".o")).string();
             module.compile({{Halide::OutputFileType::object, object},
                             {Halide::OutputFileType::c_header, (include / (a.function + "_halide.h")).string()}});

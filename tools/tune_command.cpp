@@ -55,9 +55,14 @@ schedule is appended to the tuning database, which the JIT (kldiv run,
 kldiv::Runtime) and 'kldiv aot' use for this target and the nearest size.
 
   --spec SPEC       PASS:DTYPE:REDUCTION[:logt][:SHAPE] as 'kldiv aot' takes it,
-                    e.g. fwd:f32:sum, fused:bf16:batchmean:1024x1024
+                    e.g. fwd:f32:sum, fused:bf16:batchmean:1024x1024; or a
+                    distillation kernel, distill:DPASS:DTYPE[:reverse] (CPU
+                    targets): the gradients' vector width, the unrolling of
+                    the rows' sums and rows per task, every candidate checked
+                    to give the library's bits; recorded by vocabulary
   --size N          elements of a contiguous tensor when SPEC has no shape:
-                    a number or 2^K. Default 2^20
+                    a number or 2^K. Default 2^20. Distillation: ROWSxVOCAB,
+                    default 256x32000
   --target T        'host' (default) or a Halide target string this machine
                     runs (e.g. x86-64-linux-avx2); host-cuda[-cuda_capability_NN]
                     (default capability 80, the library's) tunes the CUDA kernel on
@@ -1063,7 +1068,7 @@ int run_distill_tune(const Options &o) {
     job.ceiling = ceiling;
     job.ceiling_gbps = ceiling_gbps;
     job.db = db;
-    return search_and_record(o, job, evaluator, tune::distill_space());
+    return search_and_record(o, job, evaluator, tune::distill_space(spec));
 }
 
 int run_tune(const Options &o) {

@@ -89,13 +89,15 @@ Space cpu_space(const codegen::KernelSpec &spec) {
 
 std::string cpu_parameters(const Params &params) { return section(params, 0); }
 
-Space distill_space() {
+Space distill_space(const codegen::DistillSpec &spec) {
     Space space;
     auto dim = [](const std::string &name, std::vector<int> values, int schedules::DistillParams::*field) {
         return Dimension{name, std::move(values), [field](const Params &p) { return p.distill.*field; },
                          [field](Params &p, int v) { p.distill.*field = v; }};
     };
-    space.dims.push_back(dim("gvf", {0, 1, 2, 4}, &schedules::DistillParams::grad_vector_factor));
+    if (spec.pass != dsl::DistillPass::Forward) {  // the forward pass has no gradient
+        space.dims.push_back(dim("gvf", {0, 1, 2, 4}, &schedules::DistillParams::grad_vector_factor));
+    }
     space.dims.push_back(dim("lu", {1, 2, 4}, &schedules::DistillParams::lane_unroll));
     space.dims.push_back(dim("rpt", {1, 2, 4, 8, 16}, &schedules::DistillParams::rows_per_task));
     space.valid = [](const Params &p) { return schedules::validate(p).empty(); };

@@ -54,10 +54,11 @@ Space gpu_space(const codegen::KernelSpec &spec);
 // The GPU part of schedules::to_string.
 std::string gpu_parameters(const schedules::Params &params);
 
-// The CPU space of distillation kernels: the gradients' vector width, the
-// unrolling of a row's lane sums, and rows per parallel task. None changes
-// the order of a sum (schedules::DistillParams).
-Space distill_space();
+// The CPU space of distillation kernels: the gradients' vector width (not
+// for the forward pass, which has none), the unrolling of a row's lane sums,
+// and rows per parallel task. None changes the order of a sum
+// (schedules::DistillParams).
+Space distill_space(const codegen::DistillSpec &spec);
 
 // The distillation part of schedules::to_string.
 std::string distill_parameters(const schedules::Params &params);

@@ -136,11 +136,6 @@ std::string distill_layout_text(const Key &key) {
     return key.fixed ? "vocab " + std::to_string(key.dims[0]) + " " + inner : "generic " + inner;
 }
 
-// Tuning records of distillation kernels are bucketed by vocabulary (their
-// `elements` is the tuned workload's logits per row); a generic kernel takes
-// the record nearest 2^15 logits, the common vocabularies.
-constexpr int kDistillGenericBucket = 15;
-
 Specialize specialize_policy(const RuntimeOptions &options, std::string &problem) {
     if (options.specialize) return *options.specialize;
     const char *env = std::getenv("KLDIV_SPECIALIZE");
@@ -210,8 +205,9 @@ struct KernelCache::State {
         Key fixed;                // with the call's shape
         Key jit_generic;          // the JIT's generic kernel for the call
         uint64_t elements = 0;    // in the call, for Specialize::Auto
-        // The tuning bucket of a fixed kernel's key.
+        // The tuning bucket of a kernel's key, and what it counts.
         std::function<int(const Key &)> bucket;
+        std::string bucket_of = "elements";
         // The key's shape part, for disk keys and messages.
         std::function<std::string(const Key &)> layout;
         // Compiles the kernel of `key` with `params` as `function`.
@@ -259,7 +255,7 @@ struct KernelCache::State {
         }
         char speedup[32];
         std::snprintf(speedup, sizeof speedup, "%.2fx", match->record.speedup());
-        s.source = "tuned (" + match->source + ", 2^" + std::to_string(match->record.bucket) + " elements, " +
+        s.source = "tuned (" + match->source + ", 2^" + std::to_string(match->record.bucket) + " " + r.bucket_of + ", " +
                    speedup + " the default there" + kept + "; record for " + match->why + ")";
         return s;
     }
@@ -575,7 +571,8 @@ KernelCall KernelCache::distill_kernel(const codegen::DistillSpec &spec, int32_t
     r.fixed.fixed = true;
     r.fixed.dims[0] = vocab;
     r.elements = elements;
-    r.bucket = [](const Key &key) { return key.fixed ? schedules::size_bucket(key.dims[0]) : kDistillGenericBucket; };
+    r.bucket = [](const Key &key) { return key.fixed ? schedules::size_bucket(key.dims[0]) : schedules::kDistillGenericBucket; };
+    r.bucket_of = "logits a row";
     r.layout = distill_layout_text;
     r.compile = [&s, spec](const Key &key, const schedules::Params &params, const std::string &function,
                            CompileTimes *times) {

@@ -250,7 +250,8 @@ struct KernelInfo {
     bool specialised = false;
     double seconds = 0;        // spent finding, loading or compiling it
     // Where its schedule parameters came from: "default", "default (AOT)" or
-    // "tuned (<database>, 2^<bucket> elements, <speed-up> the default there)".
+    // "tuned (<database>, 2^<bucket> elements, <speed-up> the default there)"
+    // (distillation kernels: "2^<bucket> logits a row").
     std::string schedule;
     // Its compile by phase, when this call compiled it (origin Compiled).
     CompileTimes compile;

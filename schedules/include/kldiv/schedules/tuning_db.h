@@ -24,6 +24,11 @@ inline constexpr const char *kTuningFormat = "kldiv-tuning-1";
 // Bucket of shape-generic kernels (no shape to go by): 2^22 elements.
 inline constexpr int kGenericBucket = 22;
 
+// Distillation kernels' records are bucketed by vocabulary (their `elements`
+// is the tuned workload's logits per row); a kernel for any vocabulary takes
+// the record nearest 2^15 logits, the common vocabularies.
+inline constexpr int kDistillGenericBucket = 15;
+
 // round(log2(elements)), 0 for fewer than 2.
 int size_bucket(std::int64_t elements);
 
