@@ -47,6 +47,10 @@ TEST(CudaSpec, ReductionsFinishOnTheDeviceAndReadTheUpstreamGradientThere) {
     const auto cpu = kldiv::codegen::aot_specs(false), cuda = kldiv::codegen::aot_specs(true);
     ASSERT_EQ(2 * cpu.size(), cuda.size());
     for (size_t i = 0; i < cpu.size(); i++) {
+        // The library holds each under its spec's name (runtime/CMakeLists.txt names them).
+        EXPECT_NE(runtime::aot_entry(cpu[i]), nullptr) << cpu[i].name();
+        EXPECT_NE(runtime::aot_entry(cuda[2 * i]), nullptr) << cuda[2 * i].name();
+        EXPECT_NE(runtime::aot_entry(cuda[2 * i + 1]), nullptr) << cuda[2 * i + 1].name();
         EXPECT_EQ("kldiv_cuda_" + cpu[i].name().substr(6), cuda[2 * i].name());
         EXPECT_EQ(cuda[2 * i].name() + "_aligned", cuda[2 * i + 1].name());
         EXPECT_EQ(cuda[2 * i + 1].tuning_name(), cpu[i].name());

@@ -123,15 +123,15 @@ Call validate(const Tensor &student, const Tensor &teacher, const DistillOptions
     // The mask as the kernels take it, for rows with logits (a view of no
     // elements may have any number of rows).
     const int64_t rows = c.student.rows;
+    const bool kernels_run = rows > 0 && c.student.vocab > 0;
+    if (kernels_run) c.row_on.assign((size_t)rows, 1);
     c.rows_on = rows;
     if (options.row_mask) {
         c.rows_on = 0;
-        for (int64_t r = 0; r < rows; r++) c.rows_on += options.row_mask[r] != 0;
-    }
-    if (rows > 0 && c.student.vocab > 0) {
-        c.row_on.assign((size_t)rows, 1);
-        if (options.row_mask) {
-            for (int64_t r = 0; r < rows; r++) c.row_on[r] = options.row_mask[r] != 0;
+        for (int64_t r = 0; r < rows; r++) {
+            const bool on = options.row_mask[r] != 0;
+            c.rows_on += on;
+            if (kernels_run) c.row_on[r] = on;
         }
     }
     switch (options.reduction) {
