@@ -505,8 +505,8 @@ void save_stats(const Call &c, const std::vector<double> &row_stats, double *sta
 
 }  // namespace
 
-void distill_forward(KernelCache &cache, const Tensor &student, const Tensor &teacher, const DistillOptions &options, const Tensor &out,
-                     double *stats) {
+void distill_forward(KernelCache &cache, const Tensor &student, const Tensor &teacher, const DistillOptions &options,
+                     const Tensor &out, double *stats) {
     const Call c = validate(student, teacher, options);
     check_loss_shape(out, "out", student, options.reduction);
     for (const auto &[t, name] : {std::pair{&student, "student"}, std::pair{&teacher, "teacher"}}) {
@@ -525,8 +525,9 @@ void distill_forward(KernelCache &cache, const Tensor &student, const Tensor &te
     save_stats(c, row_stats, stats);
 }
 
-void distill_forward_backward(KernelCache &cache, const Tensor &student, const Tensor &teacher, const DistillOptions &options,
-                              const Tensor &out, const Tensor &grad_student, double *stats) {
+void distill_forward_backward(KernelCache &cache, const Tensor &student, const Tensor &teacher,
+                              const DistillOptions &options, const Tensor &out, const Tensor &grad_student,
+                              double *stats) {
     const Call c = validate(student, teacher, options);
     check_loss_shape(out, "out", student, options.reduction);
     check_grad(grad_student, "grad_student", student);

@@ -16,13 +16,14 @@ static_assert(kDistillStatsPerRow == KLDIV_DISTILL_STATS_PER_ROW && kDistillStat
               "the C ABI's, the C++ API's and the kernels' statistics per row are one layout");
 
 // The loss into `out`; with `stats`, the rows' statistics for a backward call.
-void distill_forward(KernelCache &cache, const Tensor &student, const Tensor &teacher, const DistillOptions &options, const Tensor &out,
-                     double *stats);
+void distill_forward(KernelCache &cache, const Tensor &student, const Tensor &teacher, const DistillOptions &options,
+                     const Tensor &out, double *stats);
 
 // The loss and the student's gradient for upstream gradient 1, from one pass
 // over each row. `grad_student` may be `student` itself (the same view).
-void distill_forward_backward(KernelCache &cache, const Tensor &student, const Tensor &teacher, const DistillOptions &options,
-                              const Tensor &out, const Tensor &grad_student, double *stats);
+void distill_forward_backward(KernelCache &cache, const Tensor &student, const Tensor &teacher,
+                              const DistillOptions &options, const Tensor &out, const Tensor &grad_student,
+                              double *stats);
 
 // Gradients for upstream gradient `grad_output` (the loss's shape); `stats`
 // from a forward call on the same logits, or null (then computed again).

@@ -255,8 +255,8 @@ struct KernelCache::State {
         }
         char speedup[32];
         std::snprintf(speedup, sizeof speedup, "%.2fx", match->record.speedup());
-        s.source = "tuned (" + match->source + ", 2^" + std::to_string(match->record.bucket) + " " + r.bucket_of + ", " +
-                   speedup + " the default there" + kept + "; record for " + match->why + ")";
+        s.source = "tuned (" + match->source + ", 2^" + std::to_string(match->record.bucket) + " " + r.bucket_of +
+                   ", " + speedup + " the default there" + kept + "; record for " + match->why + ")";
         return s;
     }
 
@@ -571,7 +571,9 @@ KernelCall KernelCache::distill_kernel(const codegen::DistillSpec &spec, int32_t
     r.fixed.fixed = true;
     r.fixed.dims[0] = vocab;
     r.elements = elements;
-    r.bucket = [](const Key &key) { return key.fixed ? schedules::size_bucket(key.dims[0]) : schedules::kDistillGenericBucket; };
+    r.bucket = [](const Key &key) {
+        return key.fixed ? schedules::size_bucket(key.dims[0]) : schedules::kDistillGenericBucket;
+    };
     r.bucket_of = "logits a row";
     r.layout = distill_layout_text;
     r.compile = [&s, spec](const Key &key, const schedules::Params &params, const std::string &function,

@@ -71,7 +71,9 @@ struct Params {
 Params default_params(const std::string &target);
 
 // Stable text form, part of the kernel cache key and of tuning records, e.g.
-// "cpu:vf=2,unroll=1,slf=2,chunk=2048,cpt=16,ept=16384,fast=1,par=1;gpu:tpb=256,ept=4,vec=1,lanes=256,chunk=16384,su=8,tl=256;distill:gvf=0,lu=1,rpt=1".
+// "cpu:vf=2,unroll=1,slf=2,chunk=2048,cpt=16,ept=16384,fast=1,par=1;"
+// "gpu:tpb=256,ept=4,vec=1,lanes=256,chunk=16384,su=8,tl=256;distill:gvf=0,lu=1,rpt=1"
+// (one string).
 std::string to_string(const Params &params);
 
 inline bool operator==(const Params &a, const Params &b) { return to_string(a) == to_string(b); }
