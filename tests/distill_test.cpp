@@ -340,6 +340,31 @@ TEST_F(Distill, EmptyVocabularyOfManyRows) {
     EXPECT_TRUE(std::isnan(out.at(0)));
 }
 
+// Leading dimensions of no elements with strides no view of elements could
+// have: the loss of no rows, nothing read (the C ABI fuzzer found the row
+// stride's product overflowing here). Sizes whose product overflows before
+// their zero are refused, nothing written.
+TEST_F(Distill, LeadingDimensionsOfNoElements) {
+    HostTensor student(KLDIV_FLOAT32, {1, 1, 1, 40}), teacher(KLDIV_FLOAT32, {1, 1, 1, 40}), out(KLDIV_FLOAT32, {});
+    for (HostTensor *t : {&student, &teacher}) {
+        t->sizes = {0, 4, 2, 40};
+        t->strides = {1, 1, int64_t(1) << 62, 1};
+    }
+    out.fill_bytes(0x7f);
+    const kldiv_distill_options sum{1.0, KLDIV_REDUCTION_SUM, 0, 0, nullptr};
+    ASSERT_EQ(forward(student, teacher, sum, out, nullptr), 0) << kldiv_last_error();
+    EXPECT_EQ(out.at(0), 0.0);
+
+    HostTensor many(KLDIV_FLOAT32, {1, 1, 0}), untouched(KLDIV_FLOAT32, {});
+    many.sizes = {int64_t(1) << 40, int64_t(1) << 40, 0};
+    many.strides = {0, 0, 1};
+    untouched.fill_bytes(0x7f);
+    const std::vector<unsigned char> before = untouched.bytes;
+    EXPECT_NE(forward(many, many, sum, untouched, nullptr), 0);
+    EXPECT_NE(std::string(kldiv_last_error()).find("too many elements"), std::string::npos) << kldiv_last_error();
+    EXPECT_EQ(untouched.bytes, before);
+}
+
 // CUDA logits: refused unless the build has CUDA kernels and
 // KLDIV_DISTILL_CUDA=1 asks for them (experimental); with it, memory that is
 // not device memory (or no GPU) is a device error too. Mixed devices are

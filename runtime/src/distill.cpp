@@ -40,21 +40,29 @@ std::optional<Rows> rows_of(const Tensor &t) {
     Rows r;
     r.vocab = t.sizes.back();
     r.vocab_stride = t.strides.back();
-    for (int d = t.rank() - 2; d >= 0; d--) {
-        const int64_t size = t.sizes[d];
-        if (size == 0) {
+    // A view of no rows has any strides (check_tensor checked only the span
+    // of views with elements).
+    for (int d = 0; d < t.rank() - 1; d++) {
+        if (t.sizes[d] == 0) {
             r.rows = 0;
             return r;
         }
+    }
+    for (int d = t.rank() - 2; d >= 0; d--) {
+        const int64_t size = t.sizes[d];
         if (size == 1) continue;
+        int64_t step = 0;
         if (r.rows == 1) {
             r.row_stride = t.strides[d];
-        } else if (t.strides[d] != r.row_stride * r.rows) {
+        } else if (__builtin_mul_overflow(r.row_stride, r.rows, &step) || t.strides[d] != step) {
             return std::nullopt;
         }
-        r.rows *= size;
+        // (check_tensor refuses sizes whose product overflows before a zero;
+        // this keeps the product defined whatever the caller checked.)
+        if (__builtin_mul_overflow(r.rows, size, &r.rows)) {
+            fail(ErrorCode::InvalidArgument, "the logits have more than 2^63 - 1 rows");
+        }
     }
-    // (The row count cannot overflow: check_tensor counted the elements.)
     return r;
 }
 
