@@ -824,6 +824,34 @@ TEST_F(DiskCacheTest, ProcessesPruningEachOtherNeverSeeWrongPayloads) {
     }
 }
 
+// Processes that compile one kernel may produce two byte-different objects
+// (two payload names), and processes with the same bytes share one: however
+// their stores interleave, the entry never names a payload another writer
+// removed as replaced, so every load just after a store hits.
+TEST_F(DiskCacheTest, ProcessesStoringTwoVariantsOfAnEntryNeverLoseIt) {
+    constexpr int kProcesses = 4;
+    constexpr int kRounds = 400;
+    const std::string key = "kernel compiled twice";
+    const std::string variants[2] = {binary_payload(5000, 1), binary_payload(5000, 2)};
+    const std::vector<int> statuses = run_processes_together(kProcesses, [&](int p) {
+        std::atomic<int> warnings{0};
+        DiskCache cache(dir_, kldiv::cache::kDefaultMaxBytes, "v1", [&](const std::string &message) {
+            std::fprintf(stderr, "process %d: %s\n", p, message.c_str());
+            ++warnings;
+        });
+        int missed = 0;
+        for (int round = 0; round < kRounds; ++round) {
+            cache.store(key, variants[p % 2], key);
+            const std::optional<std::string> loaded = cache.load(key);
+            if (!loaded || (*loaded != variants[0] && *loaded != variants[1])) ++missed;
+        }
+        if (missed > 0) std::fprintf(stderr, "process %d: %d loads missed or wrong\n", p, missed);
+        return missed > 0 ? 1 : warnings > 0 ? 2 : 0;
+    });
+    for (int status : statuses) EXPECT_EQ(status, 0) << "1: a load missed or was wrong, 2: a warning";
+    EXPECT_TRUE(warnings().empty());
+}
+
 TEST_F(DiskCacheTest, ThreadsSharingOneCache) {
     constexpr int kThreads = 16;
     constexpr int kRounds = 4;

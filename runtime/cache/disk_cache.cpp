@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -622,30 +623,49 @@ bool DiskCache::write_entry(const std::string &key, const std::string &payload,
     const std::string manifest_name = hash + kManifestSuffix;
     const std::string manifest_path = dir_ + "/" + manifest_name;
 
-    // Payload first: a manifest is only ever renamed in beside a whole payload.
-    std::string temporary = new_temporary_path();
-    *failed_path = temporary;
-    if (!write_new_file(temporary, payload, error)) return false;
-    if (rename(temporary.c_str(), payload_path.c_str()) != 0) {
-        *error = errno;
-        *failed_path = payload_path;
-        unlink(temporary.c_str());
+    // Both files are written to temporary names first, outside the lock.
+    const std::string payload_temporary = new_temporary_path();
+    *failed_path = payload_temporary;
+    if (!write_new_file(payload_temporary, payload, error)) return false;
+    const std::string manifest_temporary = new_temporary_path();
+    *failed_path = manifest_temporary;
+    if (!write_new_file(manifest_temporary, manifest_text(manifest), error)) {
+        unlink(payload_temporary.c_str());
         return false;
     }
-
+    // Writers rename their files into place one at a time (a lock on the
+    // directory's `.lock`, which the cache's scans skip). Processes that
+    // compile the same bytes share a payload name, so without it one writer
+    // could remove, as the payload of the entry it replaced, a payload that
+    // another has just renamed in again and is about to name in the
+    // manifest. Without the lock the replaced payload stays, for prune() to
+    // remove as an orphan.
+    const int lock_fd = open((dir_ + "/.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    const bool locked = lock_fd >= 0 && flock(lock_fd, LOCK_EX) == 0;
+    struct LockFd {
+        int fd;
+        ~LockFd() {
+            if (fd >= 0) close(fd);  // releases the lock
+        }
+    } lock_guard{lock_fd};
+    // Payload first: a manifest is only ever renamed in beside a whole payload.
+    if (rename(payload_temporary.c_str(), payload_path.c_str()) != 0) {
+        *error = errno;
+        *failed_path = payload_path;
+        unlink(payload_temporary.c_str());
+        unlink(manifest_temporary.c_str());
+        return false;
+    }
     const std::optional<Manifest> replaced = read_manifest(dir_, manifest_name);
-    temporary = new_temporary_path();
-    *failed_path = temporary;
-    if (!write_new_file(temporary, manifest_text(manifest), error)) return false;
-    if (rename(temporary.c_str(), manifest_path.c_str()) != 0) {
+    if (rename(manifest_temporary.c_str(), manifest_path.c_str()) != 0) {
         *error = errno;
         *failed_path = manifest_path;
-        unlink(temporary.c_str());
+        unlink(manifest_temporary.c_str());
         return false;
     }
     // The payload of the entry this one replaced (same key, other bytes) is
     // nobody's now; a reader still holding its old manifest looks again.
-    if (replaced && replaced->payload != manifest.payload &&
+    if (locked && replaced && replaced->payload != manifest.payload &&
         classify(replaced->payload) == FileKind::Payload &&
         replaced->payload.compare(0, kHashDigits, hash) == 0) {
         unlink((dir_ + "/" + replaced->payload).c_str());
