@@ -23,6 +23,7 @@ for args in "" "--spec fwd:f32:sum --budget 5x" "--spec fwd:f32:sum --strategy a
             "--spec fwd:f32:sum --target x86-32-linux" "--spec fwd:f32:sum --target host-opencl" \
             "--spec distill:fwd:f32 --size 4096" "--spec distill:fwd:f32 --size 4x16" \
             "--spec distill:fwd:f32 --size 65536x65536" "--spec distill:fused:bf16 --target host-cuda" \
+            "--spec distill:fused:f32 --baselines Li2018" \
             "--spec fwd:f32:sum --target host-cuda --baselines Li2018"; do
     set +e
     # shellcheck disable=SC2086

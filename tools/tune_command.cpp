@@ -1040,6 +1040,9 @@ int run_distill_tune(const Options &o) {
     } catch (const Error &e) {
         throw UsageError(e.what());
     }
+    if (!o.baselines.empty() && o.baselines != codegen::autoscheduler_names()) {
+        throw UsageError("--baselines: distillation kernels have no autoscheduler baselines");
+    }
     const std::string db = o.save ? database_path(o) : std::string();
     if (o.threads > 0) set_num_threads(o.threads);
     const int64_t rows = o.distill_shape[0], vocab = o.distill_shape[1];
