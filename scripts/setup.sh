@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages kldiv needs to build, test and benchmark
-# (the aarch64 cross compiler and qemu-user run the arm64 kernels' tests;
+# (the aarch64 cross compiler and qemu-user run the arm64 kernels' tests, and
+# qemu-user the x86 tests on an emulated CPU without AVX-512;
 # gnuplot draws `kldiv tune --plot`; Debian's Python with python3-torch runs
 # the kldiv Python package and its tests; clang-14 and libFuzzer build the
 # fuzzers).

@@ -3,13 +3,20 @@
 #include <HalideRuntime.h>
 #include <llvm/ExecutionEngine/Orc/ExecutionUtils.h>
 #include <llvm/ExecutionEngine/Orc/LLJIT.h>
+#include <llvm/ExecutionEngine/Orc/RTDyldObjectLinkingLayer.h>
+#include <llvm/ExecutionEngine/SectionMemoryManager.h>
 #include <llvm/Support/ErrorHandling.h>
 #include <llvm/Support/MemoryBuffer.h>
 #include <llvm/Support/TargetSelect.h>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <iterator>
 #include <map>
 #include <new>
 #include <mutex>
+#include <system_error>
 
 #include "compile.h"
 #include "cuda_device.h"
@@ -46,6 +53,94 @@ public:
     }
 };
 
+// Every section the JIT loads, in one range of address space reserved up
+// front. Halide's objects use the small code model: a kernel's code reaches
+// its constants and GOT through 32-bit PC-relative offsets, so all sections of
+// one object must lie within 2 GiB of each other. Separate mmap calls promise
+// nothing of the kind (under an emulator, code and data pages of one kernel
+// landed terabytes apart and the kernel crashed on its first load).
+class Arena : public llvm::SectionMemoryManager::MemoryMapper {
+public:
+    static constexpr size_t kBytes = size_t{1} << 30;
+
+    Arena() : page_(static_cast<size_t>(sysconf(_SC_PAGESIZE))) {
+        void *base = mmap(nullptr, kBytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (base == MAP_FAILED) fail(ErrorCode::Internal, "cannot reserve address space for the JIT's code");
+        base_ = static_cast<char *>(base);
+        free_[0] = kBytes;
+    }
+
+    llvm::sys::MemoryBlock allocateMappedMemory(llvm::SectionMemoryManager::AllocationPurpose, size_t bytes,
+                                                const llvm::sys::MemoryBlock *, unsigned flags,
+                                                std::error_code &error) override {
+        const size_t size = (bytes + page_ - 1) / page_ * page_;
+        std::lock_guard<std::mutex> lock(mutex_);
+        for (auto it = free_.begin(); it != free_.end(); ++it) {
+            if (it->second < size) continue;
+            const size_t offset = it->first;
+            const size_t rest = it->second - size;
+            free_.erase(it);
+            if (rest) free_[offset + size] = rest;
+            void *address = base_ + offset;
+            if (mmap(address, size, protection(flags), MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED) {
+                error = std::error_code(errno, std::generic_category());
+                give_back(offset, size);
+                return {};
+            }
+            error = {};
+            return llvm::sys::MemoryBlock(address, size);
+        }
+        error = std::make_error_code(std::errc::not_enough_memory);
+        return {};
+    }
+
+    std::error_code protectMappedMemory(const llvm::sys::MemoryBlock &block, unsigned flags) override {
+        return llvm::sys::Memory::protectMappedMemory(block, flags);
+    }
+
+    std::error_code releaseMappedMemory(llvm::sys::MemoryBlock &block) override {
+        if (block.base() == nullptr) return {};
+        // Back to reserved, unbacked address space.
+        if (mmap(block.base(), block.allocatedSize(), PROT_NONE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0) == MAP_FAILED) {
+            return std::error_code(errno, std::generic_category());
+        }
+        std::lock_guard<std::mutex> lock(mutex_);
+        give_back(static_cast<size_t>(static_cast<char *>(block.base()) - base_), block.allocatedSize());
+        block = llvm::sys::MemoryBlock();
+        return {};
+    }
+
+private:
+    static int protection(unsigned flags) {
+        return ((flags & llvm::sys::Memory::MF_READ) ? PROT_READ : 0) |
+               ((flags & llvm::sys::Memory::MF_WRITE) ? PROT_WRITE : 0) |
+               ((flags & llvm::sys::Memory::MF_EXEC) ? PROT_EXEC : 0);
+    }
+
+    // Returns a range to the free list, merged with its free neighbours.
+    void give_back(size_t offset, size_t size) {
+        auto next = free_.lower_bound(offset);
+        if (next != free_.end() && offset + size == next->first) {
+            size += next->second;
+            next = free_.erase(next);
+        }
+        if (next != free_.begin()) {
+            auto previous = std::prev(next);
+            if (previous->first + previous->second == offset) {
+                previous->second += size;
+                return;
+            }
+        }
+        free_[offset] = size;
+    }
+
+    const size_t page_;
+    char *base_ = nullptr;
+    std::mutex mutex_;
+    std::map<size_t, size_t> free_;  // offset -> size, in bytes
+};
+
 class Engine {
 public:
     Engine() {
@@ -54,7 +149,12 @@ public:
         llvm::install_bad_alloc_error_handler([](void *, const char *, bool) { throw std::bad_alloc(); });
         llvm::InitializeNativeTarget();
         llvm::InitializeNativeTargetAsmPrinter();
-        auto jit = llvm::orc::LLJITBuilder().create();
+        auto jit = llvm::orc::LLJITBuilder()
+                       .setObjectLinkingLayerCreator([this](llvm::orc::ExecutionSession &session, const llvm::Triple &) {
+                           auto memory = [this] { return std::make_unique<llvm::SectionMemoryManager>(&arena_); };
+                           return std::make_unique<llvm::orc::RTDyldObjectLinkingLayer>(session, memory);
+                       })
+                       .create();
         if (!jit) fail(ErrorCode::Internal, "cannot start the JIT: " + message_of(jit.takeError()));
         jit_ = std::move(*jit);
     }
@@ -150,6 +250,7 @@ private:
         buffers.detach = reinterpret_cast<decltype(buffers.detach)>(find("halide_cuda_detach_device_ptr"));
     }
 
+    Arena arena_;
     std::unique_ptr<llvm::orc::LLJIT> jit_;
     std::mutex mutex_;
     std::map<std::string, TargetDylibs> targets_;

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The library on an x86-64 CPU without AVX-512, whatever machine runs the
+# tests: an AMD Zen 3 (qemu's EPYC-Milan: AVX2, FMA and F16C, no AVX-512)
+# emulated by qemu-x86_64. There the CPU's own detection picks the AOT
+# kernels' level and the JIT's host target, as on such a machine;
+# KLDIV_CPU_TARGET, which the other suites use to run each level, only caps
+# the level of the CPU under them. Emulation is slow, so this runs the checks
+# a machine without AVX-512 once failed, at sizes up to 2^24:
+#   emulated_x86_test.sh BUILD_DIR WORK_DIR GOLDEN_FILE
+set -euo pipefail
+build=$(realpath "$1") work=$2 golden=$(realpath "$3")
+if [ "$(uname -m)" != x86_64 ]; then
+    echo "[SKIP] not an x86-64 machine"
+    exit 77
+fi
+if ! command -v qemu-x86_64 > /dev/null; then
+    echo "[SKIP] qemu-x86_64 is not installed (scripts/setup.sh installs qemu-user)"
+    exit 77
+fi
+cpu=EPYC-Milan
+rm -rf "$work"
+mkdir -p "$work"
+unset KLDIV_CPU_TARGET KLDIV_JIT KLDIV_TUNING_DB
+export KLDIV_CACHE_DIR="$work/kernel-cache" KLDIV_SPECIALIZE=never KLDIV_GOLDEN_FILE="$golden"
+
+# qemu's warnings about Zen 3 features it does not emulate (none is used
+# here) are dropped; the exit status is the program's.
+emulated() {
+    { qemu-x86_64 -cpu "$cpu" "$@" 2>&1 1>&3 3>&- | { grep -v "TCG doesn't support requested feature" || true; } >&2; } 3>&1
+}
+step() { printf '\n== %s\n' "$*"; }
+# expect FILE REGEX WHAT: FILE has a line matching REGEX, else fail with WHAT.
+expect() {
+    grep -E -q -- "$2" "$1" && return 0
+    cat "$1"
+    echo "FAILED: $3 (no line matching '$2' above)"
+    exit 1
+}
+
+step "kldiv run on the AOT kernels: the CPU's best level is AVX2"
+emulated "$build/tools/kldiv" run --aot --shape 4x4096 --reduction sum --repeat 2 > "$work/run_aot.txt" 2>&1
+cat "$work/run_aot.txt"
+expect "$work/run_aot.txt" '^cpu level +avx2 \(AOT kernels x86-64-linux-avx2-fma-f16c; the best this CPU has\)' \
+    "the AOT dispatch did not pick AVX2 on its own"
+expect "$work/run_aot.txt" '^result +PASS' "the AOT kernel's result"
+
+step "the golden file at the CPU's level"
+emulated "$build/tests/golden_test" --gtest_brief=1
+
+step "a level above the CPU's is skipped, not run"
+KLDIV_CPU_TARGET=avx512 emulated "$build/tests/golden_test" > "$work/golden_avx512.txt" 2>&1
+grep -m1 '\[SKIP\]' "$work/golden_avx512.txt" || true
+expect "$work/golden_avx512.txt" '\[SKIP\]' "golden_test with KLDIV_CPU_TARGET=avx512 did not skip"
+
+step "float32 sums of adversarial data at 2^24: within the pairwise bound, the same bits at 1, 2 and 3 threads"
+emulated "$build/tests/accuracy_test" --gtest_brief=1 \
+    --gtest_filter='*SumError*/constant:*SumError*/constant_log_target:*SumError*/ascending:*SumError*/random'
+
+step "the distillation kernels at the CPU's level"
+emulated "$build/tests/distill_test" --gtest_brief=1
+
+step "the JIT: host target, refused targets, kernels matching the AOT ones bit for bit"
+emulated "$build/tests/jit_test" --gtest_brief=1 \
+    --gtest_filter='Jit.BadTargetsAreErrorsNotCrashes:Jit.CpuTargetCapsTheHostLevel:Jit.SpecialisedKernelsMatchAotBitForBit:Jit.TunedSummationOrderIsTheSameOnEveryCallOfAShape'
+
+step "kldiv run with a specialised JIT kernel: its target, and the shipped record for this CPU"
+emulated "$build/tools/kldiv" run --shape 4x4096 --reduction sum --repeat 2 > "$work/run_jit.txt" 2>&1
+cat "$work/run_jit.txt"
+expect "$work/run_jit.txt" '^jit +x86-64-linux-avx-avx2-f16c-fma-sse41,' "the JIT's host target"
+expect "$work/run_jit.txt" '^schedule +tuned \(shipped database, .*; record for ' "a shipped AVX2 record"
+expect "$work/run_jit.txt" '^result +PASS' "the JIT kernel's result"
+echo
+echo "emulated AVX2 CPU: every check passed"
