@@ -1,6 +1,38 @@
 #include "kldiv/codegen/kernel_spec.h"
 
+#include <array>
+#include <atomic>
+
 namespace kldiv::codegen {
+
+namespace {
+
+// The arguments of `spec`, made on first use and then shared: a slot per
+// spec index, filled once (a thread that loses the race drops its copy).
+template <typename Spec, size_t N>
+const std::vector<Argument> &made_once(const Spec &spec, std::vector<Argument> (*make)(const Spec &)) {
+    static std::array<std::atomic<const std::vector<Argument> *>, N> made{};
+    std::atomic<const std::vector<Argument> *> &slot = made[index_of(spec)];
+    if (const std::vector<Argument> *known = slot.load(std::memory_order_acquire)) return *known;
+    auto *fresh = new std::vector<Argument>(make(spec));
+    const std::vector<Argument> *expected = nullptr;
+    if (slot.compare_exchange_strong(expected, fresh, std::memory_order_acq_rel)) return *fresh;
+    delete fresh;
+    return *expected;
+}
+
+}  // namespace
+
+uint32_t index_of(const KernelSpec &s) {
+    return uint32_t(s.pass) | uint32_t(s.dtype) << 2 | uint32_t(s.log_target) << 5 | uint32_t(s.reduce) << 6 |
+           uint32_t(s.grad_input) << 7 | uint32_t(s.grad_target) << 8 | uint32_t(s.cuda) << 9 |
+           uint32_t(s.aligned) << 10;
+}
+
+uint32_t index_of(const DistillSpec &s) {
+    return uint32_t(s.pass) | uint32_t(s.dtype) << 2 | uint32_t(s.reverse) << 5 | uint32_t(s.grad_student) << 6 |
+           uint32_t(s.grad_teacher) << 7 | uint32_t(s.cuda) << 8;
+}
 
 std::string KernelSpec::name() const {
     std::string n = cuda ? "kldiv_cuda_" : "kldiv_";
@@ -28,7 +60,9 @@ std::string KernelSpec::tuning_name() const {
     return host.name();
 }
 
-std::vector<Argument> arguments(const KernelSpec &spec) {
+namespace {
+
+std::vector<Argument> make_arguments(const KernelSpec &spec) {
     std::vector<Argument> args;
     const bool scalar_grad = spec.reduce && spec.pass != Pass::Forward;
     if (spec.pass == Pass::Backward && !spec.reduce) args.push_back({Argument::Buffer, "grad_output", false, 4});
@@ -54,6 +88,12 @@ std::vector<Argument> arguments(const KernelSpec &spec) {
         args.push_back({Argument::Buffer, "grad_target", true, 4});
     }
     return args;
+}
+
+}  // namespace
+
+const std::vector<Argument> &arguments(const KernelSpec &spec) {
+    return made_once<KernelSpec, kSpecIndices>(spec, make_arguments);
 }
 
 std::vector<KernelSpec> aot_specs(bool cuda) {
@@ -100,7 +140,9 @@ std::string DistillSpec::tuning_name() const {
     return host.name();
 }
 
-std::vector<Argument> arguments(const DistillSpec &spec) {
+namespace {
+
+std::vector<Argument> make_arguments(const DistillSpec &spec) {
     using dsl::DistillPass;
     std::vector<Argument> args = {{Argument::Buffer, "student", false, 2},
                                   {Argument::Buffer, "teacher", false, 2},
@@ -120,6 +162,12 @@ std::vector<Argument> arguments(const DistillSpec &spec) {
         args.push_back({Argument::Buffer, "grad_teacher", true, 2});
     }
     return args;
+}
+
+}  // namespace
+
+const std::vector<Argument> &arguments(const DistillSpec &spec) {
+    return made_once<DistillSpec, kDistillSpecIndices>(spec, make_arguments);
 }
 
 std::vector<DistillSpec> distill_aot_specs() {

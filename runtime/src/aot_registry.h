@@ -17,6 +17,7 @@ const std::vector<AotKernel> &aot_kernels();
 
 // The AOT kernel of `spec` (or of that name), or null when the library has none.
 int (*aot_entry(const codegen::KernelSpec &spec))(void **);
+int (*aot_entry(const codegen::DistillSpec &spec))(void **);
 int (*aot_entry(const std::string &name))(void **);
 
 // Routes the AOT kernels' Halide errors to record_kernel_error (once).

@@ -11,6 +11,7 @@
 #include <optional>
 #include <thread>
 #include <unordered_map>
+#include <variant>
 
 #include "aot_registry.h"
 #include "codegen_fingerprint.h"
@@ -60,17 +61,10 @@ struct KeyHash {
     }
 };
 
-uint32_t pack(const KernelSpec &s) {
-    return uint32_t(s.pass) | uint32_t(s.dtype) << 2 | uint32_t(s.log_target) << 5 | uint32_t(s.reduce) << 6 |
-           uint32_t(s.grad_input) << 7 | uint32_t(s.grad_target) << 8 | uint32_t(s.cuda) << 9 |
-           uint32_t(s.aligned) << 10;
-}
+uint32_t pack(const KernelSpec &s) { return codegen::index_of(s); }
 
 // Distillation specs: the top bit set, so that they never meet a loss spec.
-uint32_t pack(const codegen::DistillSpec &s) {
-    return 1u << 31 | uint32_t(s.pass) | uint32_t(s.dtype) << 2 | uint32_t(s.reverse) << 5 |
-           uint32_t(s.grad_student) << 6 | uint32_t(s.grad_teacher) << 7 | uint32_t(s.cuda) << 8;
-}
+uint32_t pack(const codegen::DistillSpec &s) { return 1u << 31 | codegen::index_of(s); }
 
 Key generic_key(const KernelSpec &spec) {
     Key k;
@@ -97,6 +91,13 @@ Key fixed_key(const KernelSpec &spec, const Piece &piece) {
         std::copy(piece.stride[b].begin(), piece.stride[b].end(), k.dims.begin() + 4 + 4 * b);
     }
     return k;
+}
+
+// The buffer arguments a call's piece has strides for (the 4-d ones).
+size_t buffer_count(const KernelSpec &spec) {
+    size_t buffers = 0;
+    for (const codegen::Argument &a : codegen::arguments(spec)) buffers += a.dimensions == 4;
+    return buffers;
 }
 
 std::optional<jit::FixedShape> shape_of(const Key &key, size_t buffers) {
@@ -193,34 +194,65 @@ struct KernelCache::State {
 
     void warn(const std::string &message) const { runtime::warn(options.warning_handler, message); }
 
-    // What the cache needs to know of a kernel, loss or distillation: how to
-    // name, look up, compile and report it.
+    // A kernel the cache is asked for, loss or distillation, and the keys of
+    // its forms for the call. Made on every call: what it takes to name,
+    // describe or compile a kernel is derived from the spec when needed.
     struct Request {
-        std::string name;         // the spec's name
+        KernelName spec;
         bool cuda = false;
-        std::string tuning_name;  // the spec's name in tuning records
         bool reduces = false;     // sums in an order the schedule sets (loss reductions)
         int (*aot)(void **) = nullptr;
         Key generic;              // the spec alone: the AOT kernel's key
         Key fixed;                // with the call's shape
         Key jit_generic;          // the JIT's generic kernel for the call
         uint64_t elements = 0;    // in the call, for Specialize::Auto
+
+        const KernelSpec *loss() const { return std::get_if<KernelSpec>(&spec); }
+        std::string name() const {
+            return std::visit([](const auto &s) { return s.name(); }, spec);
+        }
+        std::string tuning_name() const {
+            return std::visit([](const auto &s) { return s.tuning_name(); }, spec);
+        }
         // The tuning bucket of a kernel's key, and what it counts.
-        std::function<int(const Key &)> bucket;
-        std::string bucket_of = "elements";
+        int bucket(const Key &key) const {
+            if (!loss()) return key.fixed ? schedules::size_bucket(key.dims[0]) : schedules::kDistillGenericBucket;
+            const std::optional<jit::FixedShape> shape = shape_of(key, buffer_count(*loss()));
+            if (!shape) return schedules::kGenericBucket;
+            int64_t elements = 1;
+            for (int32_t e : shape->extent) elements *= e;
+            return schedules::size_bucket(elements);
+        }
+        const char *bucket_of() const { return loss() ? "elements" : "logits a row"; }
         // The key's shape part, for disk keys and messages.
-        std::function<std::string(const Key &)> layout;
-        // Compiles the kernel of `key` with `params` as `function`.
-        std::function<std::string(const Key &, const schedules::Params &, const std::string &, CompileTimes *)>
-            compile;
+        std::string layout(const Key &key) const {
+            if (!loss()) return distill_layout_text(key);
+            return layout_text(shape_of(key, buffer_count(*loss())), key.inner);
+        }
         // Records the calling thread's kernel for last_kernel().
-        std::function<void(const Key &, KernelOrigin, double, const std::string &, const CompileTimes &)> remember;
+        void remember(const Key &key, KernelOrigin origin, double seconds, const std::string &schedule,
+                      const CompileTimes &compile) const {
+            remember_kernel(spec, key.fixed ? key.dims.data() : nullptr, loss() ? 4 : 1, origin, seconds, schedule,
+                            compile);
+        }
     };
+
+    // Compiles the kernel of `key` with `params` as `function`.
+    std::string compile_kernel(const Request &r, const Key &key, const schedules::Params &params,
+                        const std::string &function, CompileTimes *times) const {
+        if (const KernelSpec *spec = r.loss()) {
+            return jit::compile_kernel(*spec, shape_of(key, buffer_count(*spec)), target_for(spec->cuda), params,
+                                       function, "", key.inner, times);
+        }
+        const std::optional<int32_t> vocab = key.fixed ? std::optional<int32_t>(key.dims[0]) : std::nullopt;
+        return jit::compile_distill_kernel(std::get<codegen::DistillSpec>(r.spec), vocab, key.inner, target, params,
+                                           function, times);
+    }
 
     const std::string &target_for(bool cuda) const { return cuda ? cuda_target : target; }
 
     std::string disk_key(const Request &r, const Key &key, const schedules::Params &params) const {
-        return "kernel " + r.name + " " + r.layout(key) + " | target " + target_for(r.cuda) + " | schedule " +
+        return "kernel " + r.name() + " " + r.layout(key) + " | target " + target_for(r.cuda) + " | schedule " +
                schedules::to_string(params) + " | " + version;
     }
 
@@ -241,7 +273,7 @@ struct KernelCache::State {
         const std::string &target = target_for(r.cuda);
         const schedules::Params defaults = schedules::default_params(target);
         const int bucket = r.bucket(key);
-        const auto match = tuning.find(target, r.tuning_name, bucket);
+        const auto match = tuning.find(target, r.tuning_name(), bucket);
         if (!match) return {defaults, "default", false};
         Schedule s{match->record.params, "", false};
         std::string kept;
@@ -255,22 +287,13 @@ struct KernelCache::State {
         }
         char speedup[32];
         std::snprintf(speedup, sizeof speedup, "%.2fx", match->record.speedup());
-        s.source = "tuned (" + match->source + ", 2^" + std::to_string(match->record.bucket) + " " + r.bucket_of +
+        s.source = "tuned (" + match->source + ", 2^" + std::to_string(match->record.bucket) + " " + r.bucket_of() +
                    ", " + speedup + " the default there" + kept + "; record for " + match->why + ")";
         return s;
     }
 
-    // The buffer arguments a call's piece has strides for (the 4-d ones).
-    static size_t buffer_count(const KernelSpec &spec) {
-        size_t buffers = 0;
-        for (const codegen::Argument &a : codegen::arguments(spec)) {
-            buffers += a.dimensions == 4;
-        }
-        return buffers;
-    }
-
     std::string description(const Request &r, const Key &key) const {
-        return r.name + " [" + r.layout(key) + "] " + target_for(r.cuda);
+        return r.name() + " [" + r.layout(key) + "] " + target_for(r.cuda);
     }
 
     void load_runtime(const std::string &target) {
@@ -311,7 +334,7 @@ struct KernelCache::State {
         std::string object;
         {
             std::lock_guard<std::mutex> lock(compile_mutex());
-            object = r.compile(key, params, function, &compile);
+            object = compile_kernel(r, key, params, function, &compile);
         }
         {
             std::lock_guard<std::mutex> lock(mutex);
@@ -369,7 +392,7 @@ struct KernelCache::State {
             throw;
         } catch (const std::bad_alloc &) {
             std::lock_guard<std::mutex> lock(mutex);
-            const std::string message = "out of memory while preparing kernel " + r.name;
+            const std::string message = "out of memory while preparing kernel " + r.name();
             fail_slot(key, *slot, message);
             fail(ErrorCode::Internal, message);
         }
@@ -431,7 +454,7 @@ KernelCall KernelCache::State::get(const Request &r) {
     State &s = *this;
     const auto start = Clock::now();
     auto aot = [&](const Key &key) {
-        if (r.aot == nullptr) fail(ErrorCode::Internal, "no kernel " + r.name + " in this build");
+        if (r.aot == nullptr) fail(ErrorCode::Internal, "no kernel " + r.name() + " in this build");
         r.remember(key, KernelOrigin::Aot, seconds_since(start), "default (AOT)", {});
         KernelCall call{r.aot, false, nullptr};
         if (r.cuda) call.buffers = cuda::library_buffer_functions();
@@ -515,36 +538,16 @@ KernelCall KernelCache::State::get(const Request &r) {
 }
 
 KernelCall KernelCache::kernel(const KernelSpec &spec, const Piece &piece) {
-    State &s = *state_;
-    const size_t buffers = State::buffer_count(spec);
     State::Request r;
-    r.name = spec.name();
+    r.spec = spec;
     r.cuda = spec.cuda;
-    r.tuning_name = spec.tuning_name();
     r.reduces = spec.reduce && spec.pass != codegen::Pass::Backward;
     r.aot = aot_entry(spec);
     r.generic = generic_key(spec);
     r.fixed = fixed_key(spec, piece);
-    r.jit_generic = jit_generic_key(spec, piece, buffers);
+    r.jit_generic = jit_generic_key(spec, piece, buffer_count(spec));
     r.elements = (uint64_t)piece.extent[0] * piece.extent[1] * piece.extent[2] * piece.extent[3];
-    r.bucket = [buffers](const Key &key) {
-        const std::optional<jit::FixedShape> shape = shape_of(key, buffers);
-        if (!shape) return schedules::kGenericBucket;
-        int64_t elements = 1;
-        for (int32_t e : shape->extent) elements *= e;
-        return schedules::size_bucket(elements);
-    };
-    r.layout = [buffers](const Key &key) { return layout_text(shape_of(key, buffers), key.inner); };
-    r.compile = [&s, spec, buffers](const Key &key, const schedules::Params &params, const std::string &function,
-                                    CompileTimes *times) {
-        return jit::compile_kernel(spec, shape_of(key, buffers), s.target_for(spec.cuda), params, function, "",
-                                   key.inner, times);
-    };
-    r.remember = [spec](const Key &key, KernelOrigin origin, double seconds, const std::string &schedule,
-                        const CompileTimes &compile) {
-        remember_kernel(spec.name(), key.fixed ? key.dims.data() : nullptr, 4, origin, seconds, schedule, compile);
-    };
-    return s.get(r);
+    return state_->get(r);
 }
 
 KernelCall KernelCache::distill_kernel(const codegen::DistillSpec &spec, int32_t vocab, bool unit_stride,
@@ -553,17 +556,16 @@ KernelCall KernelCache::distill_kernel(const codegen::DistillSpec &spec, int32_t
     if (spec.cuda) {
         // The library's CUDA kernels: distill.cpp gives them device buffers
         // wrapped by the library's CUDA runtime, not a JIT kernel's.
-        KernelCall call{aot_entry(spec.name()), false, nullptr, cuda::library_buffer_functions()};
+        KernelCall call{aot_entry(spec), false, nullptr, cuda::library_buffer_functions()};
         if (call.entry == nullptr) fail(ErrorCode::Internal, "no kernel " + spec.name() + " in this build");
         std::lock_guard<std::mutex> lock(s.mutex);
         s.stats.aot_calls++;
-        remember_kernel(spec.name(), nullptr, 0, KernelOrigin::Aot, 0.0, "default (AOT)");
+        remember_kernel(spec, nullptr, 0, KernelOrigin::Aot, 0.0, "default (AOT)");
         return call;
     }
     State::Request r;
-    r.name = spec.name();
-    r.tuning_name = spec.tuning_name();
-    r.aot = aot_entry(spec.name());
+    r.spec = spec;
+    r.aot = aot_entry(spec);
     r.generic.spec = pack(spec);
     r.jit_generic = r.generic;
     r.jit_generic.inner = unit_stride ? codegen::InnerStride::Unit : codegen::InnerStride::Strided;
@@ -571,20 +573,6 @@ KernelCall KernelCache::distill_kernel(const codegen::DistillSpec &spec, int32_t
     r.fixed.fixed = true;
     r.fixed.dims[0] = vocab;
     r.elements = elements;
-    r.bucket = [](const Key &key) {
-        return key.fixed ? schedules::size_bucket(key.dims[0]) : schedules::kDistillGenericBucket;
-    };
-    r.bucket_of = "logits a row";
-    r.layout = distill_layout_text;
-    r.compile = [&s, spec](const Key &key, const schedules::Params &params, const std::string &function,
-                           CompileTimes *times) {
-        const std::optional<int32_t> fixed_vocab = key.fixed ? std::optional<int32_t>(key.dims[0]) : std::nullopt;
-        return jit::compile_distill_kernel(spec, fixed_vocab, key.inner, s.target, params, function, times);
-    };
-    r.remember = [spec](const Key &key, KernelOrigin origin, double seconds, const std::string &schedule,
-                        const CompileTimes &compile) {
-        remember_kernel(spec.name(), key.fixed ? key.dims.data() : nullptr, 1, origin, seconds, schedule, compile);
-    };
     return s.get(r);
 }
 

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <variant>
 
 #include "cuda_device.h"
 #include "kldiv/codegen/kernel_spec.h"
@@ -29,11 +30,15 @@ struct KernelCall {
     cuda::BufferFunctions buffers;
 };
 
-// Records the calling thread's kernel for kldiv::last_kernel(): its name;
-// for a specialised kernel the `count` extents it is fixed to (else null);
-// `schedule` says where its schedule parameters came from.
-void remember_kernel(const std::string &name, const int32_t *extent, int count, KernelOrigin origin, double seconds,
-                     const std::string &schedule, const CompileTimes &compile = {});
+// A kernel's spec: of the loss or of distillation.
+using KernelName = std::variant<codegen::KernelSpec, codegen::DistillSpec>;
+
+// Records the calling thread's kernel for kldiv::last_kernel() (which names
+// it only when asked): for a specialised kernel the `count` extents it is
+// fixed to (else null); `schedule` says where its schedule parameters came
+// from.
+void remember_kernel(const KernelName &kernel, const int32_t *extent, int count, KernelOrigin origin,
+                     double seconds, const std::string &schedule, const CompileTimes &compile = {});
 
 class KernelCache {
 public:

@@ -35,19 +35,19 @@ KernelCall KernelCache::kernel(const codegen::KernelSpec &spec, const Piece &pie
         state_->stats.aot_calls++;
     }
     (void)piece;
-    remember_kernel(spec.name(), nullptr, 0, KernelOrigin::Aot, 0.0, "default (AOT)");
+    remember_kernel(spec, nullptr, 0, KernelOrigin::Aot, 0.0, "default (AOT)");
     return call;
 }
 
 KernelCall KernelCache::distill_kernel(const codegen::DistillSpec &spec, int32_t, bool, uint64_t) {
-    KernelCall call{aot_entry(spec.name()), false, nullptr};
+    KernelCall call{aot_entry(spec), false, nullptr};
     if (call.entry == nullptr) fail(ErrorCode::Internal, "no kernel " + spec.name() + " in this build");
     if (spec.cuda) call.buffers = cuda::library_buffer_functions();
     {
         std::lock_guard<std::mutex> lock(state_->mutex);
         state_->stats.aot_calls++;
     }
-    remember_kernel(spec.name(), nullptr, 0, KernelOrigin::Aot, 0.0, "default (AOT)");
+    remember_kernel(spec, nullptr, 0, KernelOrigin::Aot, 0.0, "default (AOT)");
     return call;
 }
 

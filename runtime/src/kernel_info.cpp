@@ -11,7 +11,7 @@ namespace kldiv::runtime {
 namespace {
 
 struct LastKernel {
-    std::string name;
+    KernelName kernel;
     int extents = 0;  // a specialised kernel's fixed extents; 0 for a generic one
     std::array<int32_t, 4> extent{};
     KernelOrigin origin = KernelOrigin::Aot;
@@ -24,9 +24,9 @@ thread_local LastKernel last;
 
 }  // namespace
 
-void remember_kernel(const std::string &name, const int32_t *extent, int count, KernelOrigin origin, double seconds,
-                     const std::string &schedule, const CompileTimes &compile) {
-    last.name = name;
+void remember_kernel(const KernelName &kernel, const int32_t *extent, int count, KernelOrigin origin,
+                     double seconds, const std::string &schedule, const CompileTimes &compile) {
+    last.kernel = kernel;
     last.extents = extent ? std::min(count, 4) : 0;
     if (extent) std::copy(extent, extent + last.extents, last.extent.begin());
     last.origin = origin;
@@ -44,7 +44,7 @@ KernelInfo last_kernel() {
     const auto &last = runtime::last;
     KernelInfo info;
     if (!last.valid) return info;
-    info.name = last.name;
+    info.name = std::visit([](const auto &spec) { return spec.name(); }, last.kernel);
     if (last.extents > 0) {
         info.name += " [";
         for (int d = 0; d < last.extents; d++) info.name += (d ? "x" : "") + std::to_string(last.extent[d]);

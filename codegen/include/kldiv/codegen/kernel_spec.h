@@ -68,7 +68,14 @@ struct Argument {
     int dimensions;
 };
 
-std::vector<Argument> arguments(const KernelSpec &spec);
+// Made once per spec and kept for the process (the runtime reads them on
+// every call). Thread-safe.
+const std::vector<Argument> &arguments(const KernelSpec &spec);
+
+// A number for each spec: distinct specs get distinct numbers, each below
+// kSpecIndices (for distillation specs, kDistillSpecIndices).
+inline constexpr uint32_t kSpecIndices = 1u << 11;
+uint32_t index_of(const KernelSpec &spec);
 
 // The 4 extents of a kernel call and the strides of each buffer argument
 // (arguments(spec) order, `total` excluded). A kernel compiled for a fixed
@@ -118,7 +125,10 @@ struct DistillSpec {
 // adds the float64 scalar `grad_scale`, Backward the float64 `stats` (2-d,
 // kDistillStats x rows) and `row_scale` (1-d); outputs `stats_out` (Forward,
 // Fused), `grad_student` (Fused; Backward when asked), `grad_teacher`.
-std::vector<Argument> arguments(const DistillSpec &spec);
+const std::vector<Argument> &arguments(const DistillSpec &spec);  // as the loss's: made once
+
+inline constexpr uint32_t kDistillSpecIndices = 1u << 9;
+uint32_t index_of(const DistillSpec &spec);
 
 // Every distillation spec the AOT library is built with: 4 dtypes x forward
 // and reverse KL x forward, fused and the three backward variants (each with
