@@ -187,15 +187,20 @@ TEST(Jit, SpecialisedKernelsMatchAotBitForBit) {
     Runtime aot(aot_only()), jit(jit_options(Specialize::Always));
     for (int variant : {0, 1, 2, 3, 6, 9}) {
         for (DType dtype : {DType::Float32, DType::BFloat16}) {
-            Problem p(dtype, variant == 3, 64, 3000 + variant, variant);
-            SCOPED_TRACE(std::string(short_name(dtype)) + " variant " + std::to_string(variant));
-            const std::vector<uint8_t> want = run_variant(aot, p, variant);
-            EXPECT_TRUE(run_variant(jit, p, variant) == want);
-            const KernelInfo info = last_kernel();
-            EXPECT_TRUE(info.specialised);
-            // A contiguous 2-d call is one run of rows x cols elements.
-            EXPECT_NE(info.name.find("[" + std::to_string(64 * (3000 + variant)) + "x1x1x1]"), std::string::npos)
-                << info.name;
+            // Rows that end inside a chunk of the summation tree, and 64 x
+            // 3072 = 96 chunks of 2048 (a sum with no padding code).
+            for (int cols : {3000 + variant, 3072}) {
+                Problem p(dtype, variant == 3, 64, cols, variant);
+                SCOPED_TRACE(std::string(short_name(dtype)) + " variant " + std::to_string(variant) + ", " +
+                             std::to_string(cols) + " columns");
+                const std::vector<uint8_t> want = run_variant(aot, p, variant);
+                EXPECT_TRUE(run_variant(jit, p, variant) == want);
+                const KernelInfo info = last_kernel();
+                EXPECT_TRUE(info.specialised);
+                // A contiguous 2-d call is one run of rows x cols elements.
+                EXPECT_NE(info.name.find("[" + std::to_string(64 * cols) + "x1x1x1]"), std::string::npos)
+                    << info.name;
+            }
         }
     }
 }

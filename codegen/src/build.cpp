@@ -113,6 +113,7 @@ std::vector<Halide::Func> build(const KernelSpec &spec, const schedules::Params 
     in.grad_output = buffer("grad_output");
     in.grad_scale = inputs.grad_scale;
     in.extent = inputs.extent;
+    in.fixed_extent0 = inputs.fixed_extent0;
     if (spec.cuda && spec.reduce) {
         // The scalar upstream gradient, or 1 (fused), divided in float64 as
         // the host divides it for CPU kernels.
@@ -265,6 +266,7 @@ Halide::Module compile_module(const KernelSpec &spec, const std::optional<FixedS
         inputs.unit_stride = inner_stride == InnerStride::Unit;
     }
     if (spec.aligned) inputs.unit_stride = true;
+    if (shape && !strides_only) inputs.fixed_extent0 = shape->extent[0];
     const bool autoschedule = !autoscheduler.empty();
     const std::vector<Halide::Func> outputs = build(spec, params, target, inputs, !autoschedule);
     size_t index = images.size();

@@ -26,6 +26,8 @@ struct PipelineInputs {
     // Whether every buffer's dimension 0 has unit stride, when the strides are
     // fixed (shape-specialised kernels); unknown otherwise.
     std::optional<bool> unit_stride;
+    // Dimension 0's extent, when the shape is fixed.
+    std::optional<int32_t> fixed_extent0;
 };
 
 // What an `aligned` kernel (KernelSpec::aligned) asks of each 4-d buffer: one

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <array>
+#include <optional>
 #include <vector>
 
 #include <Halide.h>
@@ -61,6 +62,9 @@ struct Inputs {
     Halide::Func grad_output;  // per-element upstream gradient (backward, `none`)
     Halide::Expr grad_scale;   // scalar upstream gradient, already divided (compute type)
     std::array<Halide::Expr, kRank> extent;
+    // A kernel for one shape: extent[0] as a number (it changes no result;
+    // a reduction over whole chunks leaves out the code for padding).
+    std::optional<int32_t> fixed_extent0;
     // CUDA reductions finish on the device: `out` = total / divisor (float64),
     // the chunk sums added by `total_lanes` lanes (see Algorithm::lane_total).
     Halide::Expr divisor;
