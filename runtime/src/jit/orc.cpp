@@ -61,13 +61,15 @@ public:
 // landed terabytes apart and the kernel crashed on its first load).
 class Arena : public llvm::SectionMemoryManager::MemoryMapper {
 public:
-    static constexpr size_t kBytes = size_t{1} << 30;
-
+    // 1 GiB, or less where the process may not map that much (ulimit -v).
     Arena() : page_(static_cast<size_t>(sysconf(_SC_PAGESIZE))) {
-        void *base = mmap(nullptr, kBytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (base == MAP_FAILED) fail(ErrorCode::Internal, "cannot reserve address space for the JIT's code");
-        base_ = static_cast<char *>(base);
-        free_[0] = kBytes;
+        for (size_t bytes = size_t{1} << 30; bytes >= size_t{1} << 26 && base_ == nullptr; bytes /= 4) {
+            void *base = mmap(nullptr, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            if (base == MAP_FAILED) continue;
+            base_ = static_cast<char *>(base);
+            free_[0] = bytes;
+        }
+        if (base_ == nullptr) fail(ErrorCode::Internal, "cannot reserve address space for the JIT's code");
     }
 
     llvm::sys::MemoryBlock allocateMappedMemory(llvm::SectionMemoryManager::AllocationPurpose, size_t bytes,
