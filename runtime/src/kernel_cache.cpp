@@ -239,7 +239,7 @@ struct KernelCache::State {
 
     // Compiles the kernel of `key` with `params` as `function`.
     std::string compile_kernel(const Request &r, const Key &key, const schedules::Params &params,
-                        const std::string &function, CompileTimes *times) const {
+                               const std::string &function, CompileTimes *times) const {
         if (const KernelSpec *spec = r.loss()) {
             return jit::compile_kernel(*spec, shape_of(key, buffer_count(*spec)), target_for(spec->cuda), params,
                                        function, "", key.inner, times);
