@@ -27,10 +27,10 @@ cmake --build "$build" -j "$(nproc)"
 # Left out everywhere: the Python tests (the interpreter is not built with the
 # sanitizer runtime, which must be loaded first), the fuzz smoke run (its own
 # sanitized build), and the tests that build or run other programs (the
-# installed-package consumers, arm64 and an x86 CPU without AVX-512 under
+# installed-package consumers, arm64 and x86 CPUs without AVX-512 under
 # qemu, `kldiv aot` targets, the tuner's command line), which measure or
 # emulate rather than exercise kldiv's memory and threads.
-exclude='^python_|^fuzz_smoke$|^package_consumer_|^golden_test_arm64$|^emulated_x86_avx2$|^aot_targets$|^tune_cli$'
+exclude='^python_|^fuzz_smoke$|^package_consumer_|^golden_test_arm64$|^emulated_x86_cpus$|^aot_targets$|^tune_cli$'
 if [ "$mode" = address ]; then
     export ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:detect_stack_use_after_return=0
     export LSAN_OPTIONS=suppressions=$supp/lsan.supp:print_suppressions=0

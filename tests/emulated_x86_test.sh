@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The library on an x86-64 CPU without AVX-512, whatever machine runs the
-# tests: an AMD Zen 3 (qemu's EPYC-Milan: AVX2, FMA and F16C, no AVX-512)
-# emulated by qemu-x86_64. There the CPU's own detection picks the AOT
-# kernels' level and the JIT's host target, as on such a machine;
-# KLDIV_CPU_TARGET, which the other suites use to run each level, only caps
-# the level of the CPU under them. Emulation is slow, so this runs the checks
-# a machine without AVX-512 once failed, at sizes up to 2^24:
+# The library on x86-64 CPUs without AVX-512, whatever machine runs the
+# tests, emulated by qemu-x86_64: an AMD Zen 3 (qemu's EPYC-Milan: AVX2, FMA
+# and F16C), then an Intel Sandy Bridge (AVX without AVX2 or FMA). There the
+# CPU's own detection picks the AOT kernels' level and the JIT's host target,
+# as on such a machine; KLDIV_CPU_TARGET, which the other suites use to run
+# each level, only caps the level of the CPU under them. Emulation is slow,
+# so this runs the checks a machine without AVX-512 once failed, at sizes up
+# to 2^24:
 #   emulated_x86_test.sh BUILD_DIR WORK_DIR GOLDEN_FILE
 set -euo pipefail
 build=$(realpath "$1") work=$2 golden=$(realpath "$3")
@@ -17,7 +18,7 @@ if ! command -v qemu-x86_64 > /dev/null; then
     echo "[SKIP] qemu-x86_64 is not installed (scripts/setup.sh installs qemu-user)"
     exit 77
 fi
-cpu=EPYC-Milan
+cpu=EPYC-Milan  # until the Sandy Bridge part
 rm -rf "$work"
 mkdir -p "$work"
 unset KLDIV_CPU_TARGET KLDIV_JIT KLDIV_TUNING_DB
@@ -69,5 +70,29 @@ cat "$work/run_jit.txt"
 expect "$work/run_jit.txt" '^jit +x86-64-linux-avx-avx2-f16c-fma-sse41,' "the JIT's host target"
 expect "$work/run_jit.txt" '^schedule +tuned \(shipped database, .*; record for ' "a shipped AVX2 record"
 expect "$work/run_jit.txt" '^result +PASS' "the JIT kernel's result"
+
+# AVX without AVX2: the AOT kernels' best level is SSE4.1, while the JIT
+# compiles for the CPU's AVX, with no tuning record (none is for such a CPU).
+cpu=SandyBridge
+rm -rf "$KLDIV_CACHE_DIR"
+step "Sandy Bridge: kldiv run on the AOT kernels picks SSE4.1"
+emulated "$build/tools/kldiv" run --aot --shape 4x4096 --reduction sum --repeat 2 > "$work/run_aot_avx.txt" 2>&1
+expect "$work/run_aot_avx.txt" '^cpu level +sse41 \(AOT kernels x86-64-linux-sse41; the best this CPU has\)' \
+    "the AOT dispatch did not pick SSE4.1 on an AVX CPU"
+expect "$work/run_aot_avx.txt" '^result +PASS' "the AOT kernel's result"
+
+step "Sandy Bridge: the golden file"
+emulated "$build/tests/golden_test" --gtest_brief=1
+
+step "Sandy Bridge: JIT kernels for AVX give the SSE4.1 AOT kernels' bits"
+emulated "$build/tests/jit_test" --gtest_brief=1 \
+    --gtest_filter='Jit.BadTargetsAreErrorsNotCrashes:Jit.CpuTargetCapsTheHostLevel:Jit.SpecialisedKernelsMatchAotBitForBit'
+
+step "Sandy Bridge: kldiv run with a specialised JIT kernel"
+emulated "$build/tools/kldiv" run --shape 4x4096 --reduction sum --repeat 2 > "$work/run_jit_avx.txt" 2>&1
+cat "$work/run_jit_avx.txt"
+expect "$work/run_jit_avx.txt" '^jit +x86-64-linux-avx-sse41,' "the JIT's host target on an AVX CPU"
+expect "$work/run_jit_avx.txt" '^schedule +default$' "no tuning record for an AVX CPU"
+expect "$work/run_jit_avx.txt" '^result +PASS' "the JIT kernel's result"
 echo
-echo "emulated AVX2 CPU: every check passed"
+echo "emulated Zen 3 and Sandy Bridge: every check passed"
