@@ -37,13 +37,20 @@ expect() {
     echo "FAILED: $3 (no line matching '$2' above)"
     exit 1
 }
+# run_kldiv OUT [OPTION...]: `kldiv run` of a 4x4096 float32 sum on the
+# emulated CPU, its report in OUT (and shown); the result must be PASS.
+run_kldiv() {
+    local out=$1
+    shift
+    emulated "$build/tools/kldiv" run "$@" --shape 4x4096 --reduction sum --repeat 2 > "$out" 2>&1
+    cat "$out"
+    expect "$out" '^result +PASS' "kldiv run $*: the kernel's result"
+}
 
 step "kldiv run on the AOT kernels: the CPU's best level is AVX2"
-emulated "$build/tools/kldiv" run --aot --shape 4x4096 --reduction sum --repeat 2 > "$work/run_aot.txt" 2>&1
-cat "$work/run_aot.txt"
+run_kldiv "$work/run_aot.txt" --aot
 expect "$work/run_aot.txt" '^cpu level +avx2 \(AOT kernels x86-64-linux-avx2-fma-f16c; the best this CPU has\)' \
     "the AOT dispatch did not pick AVX2 on its own"
-expect "$work/run_aot.txt" '^result +PASS' "the AOT kernel's result"
 
 step "the golden file at the CPU's level"
 emulated "$build/tests/golden_test" --gtest_brief=1
@@ -65,21 +72,18 @@ emulated "$build/tests/jit_test" --gtest_brief=1 \
     --gtest_filter='Jit.BadTargetsAreErrorsNotCrashes:Jit.CpuTargetCapsTheHostLevel:Jit.SpecialisedKernelsMatchAotBitForBit:Jit.TunedSummationOrderIsTheSameOnEveryCallOfAShape'
 
 step "kldiv run with a specialised JIT kernel: its target, and the shipped record for this CPU"
-emulated "$build/tools/kldiv" run --shape 4x4096 --reduction sum --repeat 2 > "$work/run_jit.txt" 2>&1
-cat "$work/run_jit.txt"
+run_kldiv "$work/run_jit.txt"
 expect "$work/run_jit.txt" '^jit +x86-64-linux-avx-avx2-f16c-fma-sse41,' "the JIT's host target"
 expect "$work/run_jit.txt" '^schedule +tuned \(shipped database, .*; record for ' "a shipped AVX2 record"
-expect "$work/run_jit.txt" '^result +PASS' "the JIT kernel's result"
 
 # AVX without AVX2: the AOT kernels' best level is SSE4.1, while the JIT
 # compiles for the CPU's AVX, with no tuning record (none is for such a CPU).
 cpu=SandyBridge
 rm -rf "$KLDIV_CACHE_DIR"
 step "Sandy Bridge: kldiv run on the AOT kernels picks SSE4.1"
-emulated "$build/tools/kldiv" run --aot --shape 4x4096 --reduction sum --repeat 2 > "$work/run_aot_avx.txt" 2>&1
+run_kldiv "$work/run_aot_avx.txt" --aot
 expect "$work/run_aot_avx.txt" '^cpu level +sse41 \(AOT kernels x86-64-linux-sse41; the best this CPU has\)' \
     "the AOT dispatch did not pick SSE4.1 on an AVX CPU"
-expect "$work/run_aot_avx.txt" '^result +PASS' "the AOT kernel's result"
 
 step "Sandy Bridge: the golden file"
 emulated "$build/tests/golden_test" --gtest_brief=1
@@ -89,10 +93,8 @@ emulated "$build/tests/jit_test" --gtest_brief=1 \
     --gtest_filter='Jit.BadTargetsAreErrorsNotCrashes:Jit.CpuTargetCapsTheHostLevel:Jit.SpecialisedKernelsMatchAotBitForBit'
 
 step "Sandy Bridge: kldiv run with a specialised JIT kernel"
-emulated "$build/tools/kldiv" run --shape 4x4096 --reduction sum --repeat 2 > "$work/run_jit_avx.txt" 2>&1
-cat "$work/run_jit_avx.txt"
+run_kldiv "$work/run_jit_avx.txt"
 expect "$work/run_jit_avx.txt" '^jit +x86-64-linux-avx-sse41,' "the JIT's host target on an AVX CPU"
 expect "$work/run_jit_avx.txt" '^schedule +default$' "no tuning record for an AVX CPU"
-expect "$work/run_jit_avx.txt" '^result +PASS' "the JIT kernel's result"
 echo
 echo "emulated Zen 3 and Sandy Bridge: every check passed"
