@@ -104,7 +104,8 @@ Halide::Target named_target(const std::string &name);
 Halide::Target cap_x86_level(Halide::Target target, const std::string &level);
 
 // Feature flags every kernel is compiled with (IEEE semantics for the edge
-// values in SPEC.md), added to a target.
+// values in SPEC.md; on CPUs, no loop unrolling by LLVM beyond the
+// schedule's), added to a target.
 Halide::Target with_kernel_features(Halide::Target target);
 
 }  // namespace kldiv::codegen
