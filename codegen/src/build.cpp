@@ -272,7 +272,14 @@ Halide::Module compile_module(const KernelSpec &spec, const std::optional<FixedS
         inputs.unit_stride = inner_stride == InnerStride::Unit;
     }
     if (spec.aligned) inputs.unit_stride = true;
-    if (shape && !strides_only) inputs.fixed_extent0 = shape->extent[0];
+    if (shape && !strides_only) {
+        // The fixed extents as constants in the algorithm itself, not only in
+        // the buffers' constraints (which Halide applies after lowering has
+        // sized loops and allocations from them): every derived size folds,
+        // and a loop that divides evenly needs no tail.
+        for (int d = 0; d < 4; d++) inputs.extent[d] = Halide::Expr(shape->extent[d]);
+        inputs.fixed_extent0 = shape->extent[0];
+    }
     const bool autoschedule = !autoscheduler.empty();
     const std::vector<Halide::Func> outputs = build(spec, params, target, inputs, !autoschedule);
     size_t index = images.size();

@@ -65,6 +65,21 @@ Var schedule_elementwise(Func f, const dsl::Algorithm &a, int vector_size, const
     return vectors;
 }
 
+// Chunks in one parallel task: the parameter, or, where the number of chunks
+// in a row is a constant (a kernel fixed to a shape), its largest divisor not
+// above the parameter, if that is at least half of it. The tasks then cover
+// the chunks exactly, and Halide emits no second loop nest for a last,
+// partial task (the same sums, in less code).
+int chunks_per_task(const dsl::Algorithm &a, const CpuParams &p) {
+    const Halide::Expr chunks = Halide::Internal::simplify((a.extent[0] + a.chunk_length - 1) / a.chunk_length);
+    const int64_t *known = Halide::Internal::as_const_int(chunks);
+    if (!known || *known < 1) return p.chunks_per_task;
+    const int64_t most = std::min<int64_t>(p.chunks_per_task, *known);
+    int64_t divisor = most;
+    while (*known % divisor != 0) divisor--;
+    return 2 * divisor >= most ? (int)divisor : p.chunks_per_task;
+}
+
 // A chunk's partial sums, computed where `chunk_sum` computes that chunk:
 // one fixed set of float64 vectors (bound_extent lets them live in registers
 // even where bounds inference cannot see a single chunk, as under
@@ -97,10 +112,11 @@ void schedule_fused_sum(dsl::Algorithm &a, int vector_size, const CpuParams &p, 
     Var tasks("tasks"), in_task("in_task"), chunk("chunk"), in_chunk("in_chunk"), step("step"), lane("lane");
     // Only chunk tasks run in parallel (rows stay serial): compute_with needs
     // both loop nests to decompose their loops identically.
-    a.chunk_sum.compute_root().split(a.chunk, tasks, in_task, p.chunks_per_task, TailStrategy::GuardWithIf);
+    const int per_task = chunks_per_task(a, p);
+    a.chunk_sum.compute_root().split(a.chunk, tasks, in_task, per_task, TailStrategy::GuardWithIf);
     a.grad_input.compute_root()
         .split(i0, chunk, in_chunk, a.chunk_length, TailStrategy::GuardWithIf)
-        .split(chunk, tasks, in_task, p.chunks_per_task, TailStrategy::GuardWithIf)
+        .split(chunk, tasks, in_task, per_task, TailStrategy::GuardWithIf)
         .split(in_chunk, step, lane, vector_size, TailStrategy::GuardWithIf)
         .vectorize(lane);
     if (p.unroll > 1) a.grad_input.unroll(step, p.unroll, TailStrategy::GuardWithIf);
@@ -124,7 +140,7 @@ void schedule_sum(dsl::Algorithm &a, int vector_size, const CpuParams &p,
     // dimension 1 is fused into the jobs: a fused index split by modulo would
     // make bounds inference give lane_sum whole rows of storage.
     a.chunk_sum.compute_root()
-        .split(a.chunk, tasks, in_task, p.chunks_per_task, TailStrategy::GuardWithIf)
+        .split(a.chunk, tasks, in_task, chunks_per_task(a, p), TailStrategy::GuardWithIf)
         .fuse(tasks, i1, job);
     if (p.parallel) a.chunk_sum.parallel(job);
     schedule_partial_sums(a, in_task, vector_size, p);
