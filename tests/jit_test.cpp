@@ -187,11 +187,12 @@ TEST(Jit, SpecialisedKernelsMatchAotBitForBit) {
     Runtime aot(aot_only()), jit(jit_options(Specialize::Always));
     for (int variant : {0, 1, 2, 3, 6, 9}) {
         for (DType dtype : {DType::Float32, DType::BFloat16}) {
-            // Rows that end inside a chunk of the summation tree (94 chunks
-            // of 2048: tasks of 16 chunks and a partial last one), 64 x 3072
-            // = 96 chunks (a sum with no padding code, in whole tasks of 16),
-            // and 64 x 96 = 3 chunks (one task of 3).
-            for (int cols : {3000 + variant, 3072, 96}) {
+            // Rows that end inside a chunk of the summation tree: 67 chunks
+            // of 2048, a prime, so that tasks of any number of chunks leave a
+            // partial last one; 64 x 3072 = 96 chunks (a sum with no padding
+            // code, in tasks that divide 96 exactly); 64 x 96 = 3 chunks
+            // (fewer than a task holds).
+            for (int cols : {2120 + variant, 3072, 96}) {
                 Problem p(dtype, variant == 3, 64, cols, variant);
                 SCOPED_TRACE(std::string(short_name(dtype)) + " variant " + std::to_string(variant) + ", " +
                              std::to_string(cols) + " columns");

@@ -273,11 +273,14 @@ Halide::Module compile_module(const KernelSpec &spec, const std::optional<FixedS
     }
     if (spec.aligned) inputs.unit_stride = true;
     if (shape && !strides_only) {
-        // The fixed extents as constants in the algorithm itself, not only in
-        // the buffers' constraints (which Halide applies after lowering has
-        // sized loops and allocations from them): every derived size folds,
-        // and a loop that divides evenly needs no tail.
-        for (int d = 0; d < 4; d++) inputs.extent[d] = Halide::Expr(shape->extent[d]);
+        // CPU kernels: the fixed extents as constants in the algorithm
+        // itself, not only in the buffers' constraints (which Halide applies
+        // after lowering has sized loops and allocations from them): every
+        // derived size folds, and a loop that divides evenly needs no tail.
+        // (CUDA kernels as before: their code is checked on a GPU only.)
+        if (!target.has_gpu_feature()) {
+            for (int d = 0; d < 4; d++) inputs.extent[d] = Halide::Expr(shape->extent[d]);
+        }
         inputs.fixed_extent0 = shape->extent[0];
     }
     const bool autoschedule = !autoscheduler.empty();
