@@ -18,7 +18,7 @@ if ! command -v qemu-x86_64 > /dev/null; then
     echo "[SKIP] qemu-x86_64 is not installed (scripts/setup.sh installs qemu-user)"
     exit 77
 fi
-cpu=EPYC-Milan  # until the Sandy Bridge part
+cpu=EPYC-Milan  # an AMD Zen 3, until the Sandy Bridge part
 rm -rf "$work"
 mkdir -p "$work"
 unset KLDIV_CPU_TARGET KLDIV_JIT KLDIV_TUNING_DB
@@ -47,54 +47,57 @@ run_kldiv() {
     expect "$out" '^result +PASS' "kldiv run $*: the kernel's result"
 }
 
-step "kldiv run on the AOT kernels: the CPU's best level is AVX2"
-run_kldiv "$work/run_aot.txt" --aot
-expect "$work/run_aot.txt" '^cpu level +avx2 \(AOT kernels x86-64-linux-avx2-fma-f16c; the best this CPU has\)' \
-    "the AOT dispatch did not pick AVX2 on its own"
+# cpu_checks NAME LEVEL AOT_TARGET JIT_TARGET SCHEDULE SCHEDULE_WHAT JIT_TESTS:
+# on the emulated $cpu (NAME in the report), `kldiv run` picks the AOT kernels
+# of LEVEL (AOT_TARGET) as the best the CPU has; the golden file passes there;
+# the JIT tests JIT_TESTS (a gtest filter) pass; and `kldiv run` compiles a
+# specialised kernel for JIT_TARGET with a schedule line matching SCHEDULE
+# (SCHEDULE_WHAT says what that line shows).
+cpu_checks() {
+    local name=$1 level=$2 aot_target=$3 jit_target=$4 schedule=$5 schedule_what=$6 jit_tests=$7
+    step "$name: kldiv run on the AOT kernels picks $level, the CPU's best level"
+    run_kldiv "$work/run_aot_$cpu.txt" --aot
+    expect "$work/run_aot_$cpu.txt" "^cpu level +$level \\(AOT kernels $aot_target; the best this CPU has\\)" \
+        "the AOT dispatch did not pick $level on $name on its own"
 
-step "the golden file at the CPU's level"
-emulated "$build/tests/golden_test" --gtest_brief=1
+    step "$name: the golden file at the CPU's level"
+    emulated "$build/tests/golden_test" --gtest_brief=1
 
-step "a level above the CPU's is skipped, not run"
+    step "$name: the JIT: $jit_tests"
+    emulated "$build/tests/jit_test" --gtest_brief=1 --gtest_filter="$jit_tests"
+
+    step "$name: kldiv run with a specialised JIT kernel: its target and schedule"
+    run_kldiv "$work/run_jit_$cpu.txt"
+    expect "$work/run_jit_$cpu.txt" "^jit +$jit_target," "the JIT's host target on $name"
+    expect "$work/run_jit_$cpu.txt" "$schedule" "$schedule_what"
+}
+
+# The JIT tests each CPU runs: host target, refused targets, kernels matching
+# the AOT ones bit for bit.
+jit_tests='Jit.BadTargetsAreErrorsNotCrashes:Jit.CpuTargetCapsTheHostLevel:Jit.SpecialisedKernelsMatchAotBitForBit'
+
+cpu_checks "Zen 3" avx2 x86-64-linux-avx2-fma-f16c x86-64-linux-avx-avx2-f16c-fma-sse41 \
+    '^schedule +tuned \(shipped database, .*; record for ' "a shipped AVX2 record" \
+    "$jit_tests:Jit.TunedSummationOrderIsTheSameOnEveryCallOfAShape"
+
+step "Zen 3: a level above the CPU's is skipped, not run"
 KLDIV_CPU_TARGET=avx512 emulated "$build/tests/golden_test" > "$work/golden_avx512.txt" 2>&1
 grep -m1 '\[SKIP\]' "$work/golden_avx512.txt" || true
 expect "$work/golden_avx512.txt" '\[SKIP\]' "golden_test with KLDIV_CPU_TARGET=avx512 did not skip"
 
-step "float32 sums of adversarial data at 2^24: within the pairwise bound, the same bits at 1, 2 and 3 threads"
+step "Zen 3: float32 sums of adversarial data at 2^24: within the pairwise bound, the same bits at 1, 2 and 3 threads"
 emulated "$build/tests/accuracy_test" --gtest_brief=1 \
     --gtest_filter='*SumError*/constant:*SumError*/constant_log_target:*SumError*/ascending:*SumError*/random'
 
-step "the distillation kernels at the CPU's level"
+step "Zen 3: the distillation kernels at the CPU's level"
 emulated "$build/tests/distill_test" --gtest_brief=1
 
-step "the JIT: host target, refused targets, kernels matching the AOT ones bit for bit"
-emulated "$build/tests/jit_test" --gtest_brief=1 \
-    --gtest_filter='Jit.BadTargetsAreErrorsNotCrashes:Jit.CpuTargetCapsTheHostLevel:Jit.SpecialisedKernelsMatchAotBitForBit:Jit.TunedSummationOrderIsTheSameOnEveryCallOfAShape'
-
-step "kldiv run with a specialised JIT kernel: its target, and the shipped record for this CPU"
-run_kldiv "$work/run_jit.txt"
-expect "$work/run_jit.txt" '^jit +x86-64-linux-avx-avx2-f16c-fma-sse41,' "the JIT's host target"
-expect "$work/run_jit.txt" '^schedule +tuned \(shipped database, .*; record for ' "a shipped AVX2 record"
-
 # AVX without AVX2: the AOT kernels' best level is SSE4.1, while the JIT
-# compiles for the CPU's AVX, with no tuning record (none is for such a CPU).
+# compiles for the CPU's AVX, with no tuning record (none is for such a CPU);
+# its kernels give the SSE4.1 AOT kernels' bits.
 cpu=SandyBridge
 rm -rf "$KLDIV_CACHE_DIR"
-step "Sandy Bridge: kldiv run on the AOT kernels picks SSE4.1"
-run_kldiv "$work/run_aot_avx.txt" --aot
-expect "$work/run_aot_avx.txt" '^cpu level +sse41 \(AOT kernels x86-64-linux-sse41; the best this CPU has\)' \
-    "the AOT dispatch did not pick SSE4.1 on an AVX CPU"
-
-step "Sandy Bridge: the golden file"
-emulated "$build/tests/golden_test" --gtest_brief=1
-
-step "Sandy Bridge: JIT kernels for AVX give the SSE4.1 AOT kernels' bits"
-emulated "$build/tests/jit_test" --gtest_brief=1 \
-    --gtest_filter='Jit.BadTargetsAreErrorsNotCrashes:Jit.CpuTargetCapsTheHostLevel:Jit.SpecialisedKernelsMatchAotBitForBit'
-
-step "Sandy Bridge: kldiv run with a specialised JIT kernel"
-run_kldiv "$work/run_jit_avx.txt"
-expect "$work/run_jit_avx.txt" '^jit +x86-64-linux-avx-sse41,' "the JIT's host target on an AVX CPU"
-expect "$work/run_jit_avx.txt" '^schedule +default$' "no tuning record for an AVX CPU"
+cpu_checks "Sandy Bridge" sse41 x86-64-linux-sse41 x86-64-linux-avx-sse41 \
+    '^schedule +default$' "no tuning record for an AVX CPU" "$jit_tests"
 echo
 echo "emulated Zen 3 and Sandy Bridge: every check passed"
