@@ -208,9 +208,7 @@ struct KernelCache::State {
         uint64_t elements = 0;    // in the call, for Specialize::Auto
 
         const KernelSpec *loss() const { return std::get_if<KernelSpec>(&spec); }
-        std::string name() const {
-            return std::visit([](const auto &s) { return s.name(); }, spec);
-        }
+        std::string name() const { return name_of(spec); }
         std::string tuning_name() const {
             return std::visit([](const auto &s) { return s.tuning_name(); }, spec);
         }

@@ -33,6 +33,9 @@ struct KernelCall {
 // A kernel's spec: of the loss or of distillation.
 using KernelName = std::variant<codegen::KernelSpec, codegen::DistillSpec>;
 
+// The kernel's name (KernelSpec::name or DistillSpec::name).
+std::string name_of(const KernelName &kernel);
+
 // Records the calling thread's kernel for kldiv::last_kernel() (which names
 // it only when asked): for a specialised kernel the `count` extents it is
 // fixed to (else null); `schedule` says where its schedule parameters came

@@ -24,6 +24,10 @@ thread_local LastKernel last;
 
 }  // namespace
 
+std::string name_of(const KernelName &kernel) {
+    return std::visit([](const auto &spec) { return spec.name(); }, kernel);
+}
+
 void remember_kernel(const KernelName &kernel, const int32_t *extent, int count, KernelOrigin origin,
                      double seconds, const std::string &schedule, const CompileTimes &compile) {
     last.kernel = kernel;
@@ -44,7 +48,7 @@ KernelInfo last_kernel() {
     const auto &last = runtime::last;
     KernelInfo info;
     if (!last.valid) return info;
-    info.name = std::visit([](const auto &spec) { return spec.name(); }, last.kernel);
+    info.name = runtime::name_of(last.kernel);
     if (last.extents > 0) {
         info.name += " [";
         for (int d = 0; d < last.extents; d++) info.name += (d ? "x" : "") + std::to_string(last.extent[d]);
