@@ -620,17 +620,21 @@ void write_plot(const std::string &path, const tune::SearchResult &result, const
     }
 }
 
-// The CPU's model name (/proc/cpuinfo), with the feature level in force when
-// KLDIV_CPU_TARGET caps it: what a record was measured on.
+// The CPU's model name (/proc/cpuinfo), with its x86 family and model (a
+// virtual machine's name often leaves out the generation: "AMD EPYC" is a
+// Zen 3 as family 25 model 1, a Zen 5 as family 26), and the feature level in
+// force when KLDIV_CPU_TARGET caps it: what a record was measured on.
 std::string cpu_model() {
     std::ifstream in("/proc/cpuinfo");
-    std::string line, model = "unknown CPU";
-    while (std::getline(in, line)) {
-        if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos) {
-            model = line.substr(line.find(':') + 2);
-            break;
-        }
+    std::string line, model = "unknown CPU", family, number;
+    auto value = [&line] { return line.substr(line.find(':') + 2); };
+    while (std::getline(in, line) && !line.empty()) {  // the first processor's fields
+        if (line.find(':') == std::string::npos || line.find(':') + 2 > line.size()) continue;
+        if (line.rfind("model name", 0) == 0) model = value();
+        else if (line.rfind("cpu family", 0) == 0) family = value();
+        else if (line.rfind("model\t", 0) == 0) number = value();
     }
+    if (!family.empty() && !number.empty()) model += " (family " + family + ", model " + number + ")";
     if (!runtime::cpu_level_cap().empty()) model += " (KLDIV_CPU_TARGET=" + runtime::cpu_level_cap() + ")";
     return model;
 }
