@@ -68,6 +68,13 @@ for field in '"format":"kldiv-tuning-1"' '"spec":"kldiv_fwd_sum_f32"' '"bucket":
              '"schedule":"cpu:vf=' '"ceiling_read_gbps":' '"default_gbps":' '"date":"20'; do
     expect_in "$db" "$field"
 done
+# The record names the CPU: its model name, and on x86 its family and model.
+model=$(grep -m1 '^model name' /proc/cpuinfo | sed 's/^[^:]*: //' || true)
+family=$(grep -m1 '^cpu family' /proc/cpuinfo | sed 's/^[^:]*: //' || true)
+number=$(grep -m1 -P '^model\t' /proc/cpuinfo | sed 's/^[^:]*: //' || true)
+if [ -n "$model" ] && [ -n "$family" ] && [ -n "$number" ]; then
+    expect_in "$db" "\"cpu\":\"$model (family $family, model $number)"
+fi
 expect_in "$work/tune.json" '"results"'
 expect_in "$work/tune.json" '"candidates"'
 if [ ${#plot[@]} -gt 0 ]; then
