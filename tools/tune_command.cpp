@@ -627,12 +627,13 @@ void write_plot(const std::string &path, const tune::SearchResult &result, const
 std::string cpu_model() {
     std::ifstream in("/proc/cpuinfo");
     std::string line, model = "unknown CPU", family, number;
-    auto value = [&line] { return line.substr(line.find(':') + 2); };
     while (std::getline(in, line) && !line.empty()) {  // the first processor's fields
-        if (line.find(':') == std::string::npos || line.find(':') + 2 > line.size()) continue;
-        if (line.rfind("model name", 0) == 0) model = value();
-        else if (line.rfind("cpu family", 0) == 0) family = value();
-        else if (line.rfind("model\t", 0) == 0) number = value();
+        const size_t colon = line.find(':');
+        if (colon == std::string::npos || colon + 2 > line.size()) continue;
+        const std::string value = line.substr(colon + 2);
+        if (line.rfind("model name", 0) == 0) model = value;
+        else if (line.rfind("cpu family", 0) == 0) family = value;
+        else if (line.rfind("model\t", 0) == 0) number = value;
     }
     if (!family.empty() && !number.empty()) model += " (family " + family + ", model " + number + ")";
     if (!runtime::cpu_level_cap().empty()) model += " (KLDIV_CPU_TARGET=" + runtime::cpu_level_cap() + ")";
