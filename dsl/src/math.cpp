@@ -74,7 +74,8 @@ Expr log_of_positive(const Expr &x, const MathOptions &options) {
         // the field below zero, which the arithmetic shift that gives k reads
         // right. 4 vector instructions on x86 (a signed compare, a conversion,
         // a subtract, a blend) where the float64 way below takes 6: 1.07x on
-        // the float32 forward sum (AVX2, 2^24 elements). A negative x takes
+        // the float32 forward sum (2^24 elements, AVX2 forced on a Zen 5; about
+        // 1.0x on a Zen 3, see the README's Benchmarks). A negative x takes
         // this path too and gives finite garbage, as it would the other.
         const Expr denormal = Halide::reinterpret(it, x) < Halide::Internal::make_const(it, 1 << mantissa_bits);
         const Expr converted = Halide::reinterpret(ut, Halide::cast(ft, Halide::reinterpret(it, x)));
@@ -119,7 +120,8 @@ Expr log_of_positive(const Expr &x, const MathOptions &options) {
     // 2.2e-10 with the coefficients in float32, 0.022 ulp).
     const Expr f = m - constant(ft, 1.0);
     // (2 + f is m + 1, rounded once either way: f is exact. One constant
-    // fewer for the register allocator: 1.02x on the float32 forward sum, AVX2.)
+    // fewer for the register allocator: 1.02x on the float32 forward sum,
+    // AVX2 forced on a Zen 5.)
     const Expr s = f / (m + constant(ft, 1.0));
     const Expr z = s * s;
     std::vector<double> coefficients;
