@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "command_line.h"
+#include "cpu_level.h"
 #include "kldiv/codegen/build.h"
 #include "kldiv/codegen/kernel_spec.h"
 #include "disk_cache.h"
@@ -45,7 +46,8 @@ needs neither Halide nor LLVM, nor libkldiv, at run time.
                  distill:fused:bf16
   --target T     a Halide target string (x86-64-linux-avx2, arm-64-linux,
                  x86-64-linux-cuda-cuda_capability_80, ...) or 'host' (this
-                 machine). Repeatable; default host. CUDA kernels take device
+                 machine, at most the x86 level KLDIV_CPU_TARGET names).
+                 Repeatable; default host. CUDA kernels take device
                  memory and write reduced results there (see their headers)
   --output DIR   where to write; each target gets DIR/<T>/ with
                    lib<NAME>.a          the kernels
@@ -92,9 +94,14 @@ codegen::FixedShape fixed_shape(const AotSpec &a) {
 
 namespace {
 
+// A Halide target; 'host' is this CPU's, capped as the JIT's is by
+// KLDIV_CPU_TARGET (so that a record tuned under the cap applies).
 Halide::Target parse_target(const std::string &name) {
     try {
-        return codegen::named_target(name);
+        const Halide::Target target = codegen::named_target(name);
+        const bool host = name == "host" || name.rfind("host-", 0) == 0;
+        const std::string &cap = runtime::cpu_level_cap();
+        return host && !cap.empty() ? codegen::cap_x86_level(target, cap) : target;
     } catch (const std::invalid_argument &) {
         throw UsageError("unknown target '" + name + "' (a Halide target string such as x86-64-linux-avx2, "
                          "arm-64-linux or host-cuda, or 'host')");
