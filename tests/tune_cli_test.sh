@@ -134,6 +134,8 @@ if [ "$(uname -m)" = x86_64 ]; then
     KLDIV_CPU_TARGET=sse41 "$tool" aot --spec fwd:f32:sum --output "$work/aot-sse41" --tuning-db off \
         > "$work/aot-sse41.out"
     expect_in "$work/aot-sse41.out" "host (x86-64-linux-sse41)"
+    KLDIV_CPU_TARGET=avx3 "$tool" aot --spec fwd:f32:sum --output "$work/aot-avx3" --list 2> "$work/aot-avx3.err"
+    expect_in "$work/aot-avx3.err" "KLDIV_CPU_TARGET: 'avx3' is not sse41, avx2 or avx512; using the CPU's best level"
 fi
 
 # Prune: one record per class, malformed lines dropped.

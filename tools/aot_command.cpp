@@ -314,6 +314,9 @@ Options parse_options(const std::vector<std::string> &args) {
 }
 
 int generate(const Options &o) {
+    if (const std::string problem = runtime::cpu_level_cap_problem(); !problem.empty()) {
+        std::fprintf(stderr, "kldiv aot: %s\n", problem.c_str());
+    }
     for (const std::string &name : o.targets) {
         const Halide::Target base = parse_target(name);
         const Halide::Target target =
