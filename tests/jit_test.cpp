@@ -455,6 +455,24 @@ TEST(Jit, NonBlockingCallsRunAotWhileCompiling) {
     EXPECT_TRUE(last_kernel().specialised);
 }
 
+// Compiling Halide's runtime (no disk cache here) goes through a file in the
+// temporary directory; the process leaves nothing there. (ctest runs each test
+// in a process of its own, so this one compiles the runtime itself.)
+TEST(Jit, LeavesNothingInTheTemporaryDirectory) {
+    TempDir tmp;
+    ASSERT_EQ(setenv("TMPDIR", tmp.path().c_str(), 1), 0);
+    {
+        Runtime jit(jit_options(Specialize::Never));
+        Problem p(DType::Float32, false, 2, 100, 1);
+        run_variant(jit, p, 1);
+        EXPECT_EQ(last_kernel().origin, KernelOrigin::Compiled);
+    }
+    unsetenv("TMPDIR");
+    std::string left;
+    for (const auto &entry : fs::directory_iterator(tmp.path())) left += " " + entry.path().filename().string();
+    EXPECT_TRUE(left.empty()) << "left in TMPDIR:" << left;
+}
+
 TEST(Jit, BadTargetsAreErrorsNotCrashes) {
     RuntimeOptions bogus = jit_options(Specialize::Always);
     bogus.target = "no-such-target";

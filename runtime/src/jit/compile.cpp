@@ -7,7 +7,6 @@
 #include <llvm/Support/raw_ostream.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -27,23 +26,32 @@ using codegen::KernelSpec;
 
 namespace {
 
-// Halide writes its standalone runtime to a file: a private directory for
-// such files, made once.
-std::string scratch_file(const std::string &stem) {
-    static const std::string dir = [] {
+// A private directory in the temporary one, removed with what is in it when
+// it goes out of scope: Halide writes its standalone runtime to a file, and a
+// process must leave nothing behind.
+class ScratchDir {
+public:
+    ScratchDir() {
         std::string pattern = (std::filesystem::temp_directory_path() / "kldiv-jit-XXXXXX").string();
         if (mkdtemp(pattern.data()) == nullptr) fail(ErrorCode::Internal, "cannot create a temporary directory for the JIT");
-        return pattern;
-    }();
-    static std::atomic<uint64_t> counter{0};
-    return dir + "/" + stem + "." + std::to_string(counter++) + ".o";
-}
+        path_ = pattern;
+    }
+    ~ScratchDir() {
+        std::error_code ignored;
+        std::filesystem::remove_all(path_, ignored);
+    }
+    ScratchDir(const ScratchDir &) = delete;
+    ScratchDir &operator=(const ScratchDir &) = delete;
+    std::string file(const std::string &name) const { return path_ + "/" + name; }
 
-std::string read_and_remove(const std::string &path) {
+private:
+    std::string path_;
+};
+
+std::string read_file(const std::string &path) {
     std::ifstream in(path, std::ios::binary);
     std::ostringstream bytes;
     bytes << in.rdbuf();
-    std::remove(path.c_str());
     if (!in) fail(ErrorCode::Internal, "cannot read the JIT's object file " + path);
     return bytes.str();
 }
@@ -167,9 +175,10 @@ const void *lookup_table(const std::string &symbol) {
 
 std::string compile_runtime(const std::string &target_name) {
     try {
-        const std::string path = scratch_file("halide_runtime");
+        const ScratchDir scratch;
+        const std::string path = scratch.file("halide_runtime.o");
         Halide::compile_standalone_runtime(path, Halide::Target(target_name));
-        return read_and_remove(path);
+        return read_file(path);
     } catch (const Error &) {
         throw;
     } catch (const std::exception &e) {
