@@ -19,13 +19,23 @@ using kldiv::cache::DiskCache;
 
 namespace {
 
-const std::string &cache_dir() {
-    static const std::string dir = [] {
-        char name[] = "/tmp/kldiv-fuzz-cache-XXXXXX";
-        if (mkdtemp(name) == nullptr) std::abort();
-        return std::string(name);
+// One directory for the run, removed when the fuzzer exits (a static buffer:
+// no destructor that could run before the removal).
+char cache_dir_name[] = "/tmp/kldiv-fuzz-cache-XXXXXX";
+
+void remove_cache_dir() {
+    std::error_code ignored;
+    fs::remove_all(cache_dir_name, ignored);
+}
+
+std::string cache_dir() {
+    static const bool made = [] {
+        if (mkdtemp(cache_dir_name) == nullptr) std::abort();
+        std::atexit(remove_cache_dir);
+        return true;
     }();
-    return dir;
+    (void)made;
+    return cache_dir_name;
 }
 
 void write_file(const std::string &path, const std::string &bytes) {
@@ -42,7 +52,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const std::string manifest = input.substr(0, at);
     const std::string payload = at == std::string::npos ? std::string() : input.substr(at + mark.size());
 
-    const std::string &dir = cache_dir();
+    const std::string dir = cache_dir();
     const std::string key = "fuzz kernel";
     const std::string hash = kldiv::cache::hash_key(key);
     char checksum[17];
