@@ -99,9 +99,8 @@ namespace {
 Halide::Target parse_target(const std::string &name) {
     try {
         const Halide::Target target = codegen::named_target(name);
-        const bool host = name == "host" || name.rfind("host-", 0) == 0;
         const std::string &cap = runtime::cpu_level_cap();
-        return host && !cap.empty() ? codegen::cap_x86_level(target, cap) : target;
+        return codegen::names_host(name) && !cap.empty() ? codegen::cap_x86_level(target, cap) : target;
     } catch (const std::invalid_argument &) {
         throw UsageError("unknown target '" + name + "' (a Halide target string such as x86-64-linux-avx2, "
                          "arm-64-linux or host-cuda, or 'host')");

@@ -44,9 +44,11 @@ Halide::Target host_target() {
     return host;
 }
 
+bool names_host(const std::string &name) { return name == "host" || name.rfind("host-", 0) == 0; }
+
 Halide::Target named_target(const std::string &name) {
     if (!Halide::Target::validate_target_string(name)) throw std::invalid_argument("unknown target '" + name + "'");
-    if (name != "host" && name.rfind("host-", 0) != 0) return Halide::Target(name);
+    if (!names_host(name)) return Halide::Target(name);
     const Halide::Target named(name), plain_host = Halide::get_host_target();
     Halide::Target target = host_target();
     for (int f = 0; f < (int)Halide::Target::FeatureEnd; f++) {

@@ -93,6 +93,10 @@ Halide::Module compile_distill_module(const DistillSpec &spec, const Halide::Tar
 // build.cpp). `kldiv aot` and the JIT use it for "host".
 Halide::Target host_target();
 
+// Whether `name` is "host" or "host-F1-F2": a target named_target derives
+// from host_target().
+bool names_host(const std::string &name);
+
 // A Halide target string, where "host" is host_target() and "host-F1-F2"
 // host_target() plus the features named after it. std::invalid_argument for
 // a string that is not a target.
