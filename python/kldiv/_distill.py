@@ -1,5 +1,4 @@
 """Distillation from logits on kldiv's kernels: ``kldiv.torch.distill_kl``."""
-import ctypes
 import math
 import os
 import typing
@@ -7,14 +6,16 @@ import typing
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import _lib
+from . import _ext, _lib
+from ._kernels import CUSTOM_OP_DEVICES, DTYPES, HAS_OPS, new_gradient, runs_ops, scaled, use_stream
 
 _REDUCTIONS = ("none", "sum", "mean", "batchmean")
 
 
 def _options(temperature, reduction, reverse, temperature_squared, row_on):
-    return _lib.DistillOptions(float(temperature), _lib.REDUCTIONS[reduction], int(bool(reverse)),
-                               int(bool(temperature_squared)), row_on.data_ptr() if row_on is not None else None)
+    """kldiv_distill_options, as kldiv._ext takes them."""
+    return (float(temperature), _lib.REDUCTIONS[reduction], int(bool(reverse)), int(bool(temperature_squared)),
+            row_on.data_ptr() if row_on is not None else 0)
 
 
 def _rows(logits):
@@ -32,37 +33,27 @@ def _new_stats(logits):
 def _forward(student, teacher, settings, row_on, want_stats):
     out = torch.empty(_loss_shape(student, settings[1]), dtype=student.dtype, device=student.device)
     stats = _new_stats(student) if want_stats else None
-    options = _options(*settings, row_on)
-    _ops._use_stream(student)
-    _lib.check(_lib.lib.kldiv_distill_forward(_ops._view(student), _ops._view(teacher), ctypes.byref(options),
-                                              _ops._view(out),
-                                              stats.data_ptr() if stats is not None else None))
+    use_stream(student)
+    _ext.distill_forward(student, teacher, _options(*settings, row_on), out,
+                         stats.data_ptr() if stats is not None else 0)
     return out, stats
 
 
 def _forward_backward(student, teacher, settings, row_on):
     out = torch.empty(_loss_shape(student, settings[1]), dtype=student.dtype, device=student.device)
-    if student.is_cuda:
-        grad = torch.empty(student.shape, dtype=student.dtype, device=student.device)
-    else:
-        grad = _ops._gradient_memory.empty(tuple(student.shape), student.dtype)
-    options = _options(*settings, row_on)
-    _ops._use_stream(student)
-    _lib.check(_lib.lib.kldiv_distill_forward_backward(_ops._view(student), _ops._view(teacher), ctypes.byref(options),
-                                                       _ops._view(out), _ops._view(grad), None))
+    grad = new_gradient(student)
+    use_stream(student)
+    _ext.distill_forward_backward(student, teacher, _options(*settings, row_on), out, grad)
     return out, grad
 
 
 def _backward(grad_output, student, teacher, settings, row_on, stats, need_student, need_teacher):
     grad_student = torch.empty_like(student, memory_format=torch.contiguous_format) if need_student else None
     grad_teacher = torch.empty_like(teacher, memory_format=torch.contiguous_format) if need_teacher else None
-    options = _options(*settings, row_on)
     grad_output = grad_output.to(student.dtype).contiguous()
-    _ops._use_stream(student)
-    _lib.check(_lib.lib.kldiv_distill_backward(_ops._view(grad_output), _ops._view(student), _ops._view(teacher),
-                                               ctypes.byref(options), stats.data_ptr(),
-                                               _ops._view(grad_student) if need_student else None,
-                                               _ops._view(grad_teacher) if need_teacher else None))
+    use_stream(student)
+    _ext.distill_backward(grad_output, student, teacher, _options(*settings, row_on), stats.data_ptr(), grad_student,
+                          grad_teacher)
     return grad_student, grad_teacher
 
 
@@ -89,7 +80,7 @@ class _DistillFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         if ctx.fused:
             (grad,) = ctx.saved_tensors
-            return _ops._scaled(grad, grad_output), None, None, None, None, None, None
+            return scaled(grad, grad_output), None, None, None, None, None, None
         student, teacher, row_on, stats = ctx.saved_tensors
         need_student, need_teacher = ctx.needs_input_grad[:2]
         grad_student, grad_teacher = _backward(grad_output.contiguous(), student, teacher, ctx.settings, row_on,
@@ -246,7 +237,7 @@ def distill_kl(student_logits, teacher_logits, temperature=1.0, reduction="batch
                                f"shape {tuple(student_logits.shape[:-1])}")
     on_cpu = (student_logits.device.type == "cpu" and teacher_logits.device.type == "cpu"
               and (mask is None or mask.device.type == "cpu"))
-    takes = (student_logits.dtype in _ops._DTYPES and teacher_logits.dtype == student_logits.dtype
+    takes = (student_logits.dtype in DTYPES and teacher_logits.dtype == student_logits.dtype
              and student_logits.layout == torch.strided and teacher_logits.layout == torch.strided
              and (on_cpu or (_cuda_kernels(student_logits, teacher_logits) and process_group is None)))
     if not takes:
@@ -263,17 +254,11 @@ def distill_kl(student_logits, teacher_logits, temperature=1.0, reduction="batch
         vocab = torch.tensor([float(student.shape[-1])], dtype=torch.float64)
         torch.distributed.all_reduce(vocab, group=process_group)
         return _ShardedDistill.apply(student, teacher, row_on, process_group, *settings, int(vocab.item()))
-    if _compiling():
-        return _compiled_loss(student, teacher, row_on, *settings)
+    if runs_ops(student, teacher):
+        return _loss_through_ops(student, teacher, row_on, *settings)
     if torch.is_grad_enabled() and (student.requires_grad or teacher.requires_grad):
         return _DistillFunction.apply(student, teacher, row_on, *settings)
     return _forward(student, teacher, settings, row_on, want_stats=False)[0]
-
-
-def _compiling():
-    """Whether torch.compile is tracing this call (and kldiv's custom ops can stand in for the kernels' calls)."""
-    compiler = getattr(torch, "compiler", None)
-    return _HAS_OPS and compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling()
 
 
 def _cuda_kernels(student, teacher):
@@ -298,16 +283,15 @@ def _one_row_dim(x):
     return True
 
 
-# ---- torch.compile (torch 2.4 and later) -------------------------------------
-# Custom ops that torch.compile traces without a graph break, with the same
-# kernels and autograd: the loss with the rows' statistics (backward reads
-# them), the fused loss and student gradient, and the gradients. Eager calls
-# keep the autograd.Function above.
-_HAS_OPS = hasattr(torch.library, "custom_op") and hasattr(torch.library, "register_autograd")
+# ---- Custom ops (torch 2.4 and later) ---------------------------------------
+# What torch.compile, torch.export and dispatch modes see (kldiv._kernels.runs_ops),
+# with the same kernels and autograd: the loss with the rows' statistics
+# (backward reads them), the fused loss and student gradient, and the
+# gradients. Eager calls on plain tensors take the autograd.Function above.
 
-if _HAS_OPS:
+if HAS_OPS:
 
-    @torch.library.custom_op("kldiv::distill_kl", mutates_args=())
+    @torch.library.custom_op("kldiv::distill_kl", mutates_args=(), device_types=CUSTOM_OP_DEVICES)
     def _distill_op(student: torch.Tensor, teacher: torch.Tensor, row_on: typing.Optional[torch.Tensor],
                     temperature: float, reduction: str, reverse: bool,
                     temperature_squared: bool) -> typing.Tuple[torch.Tensor, torch.Tensor]:
@@ -320,7 +304,7 @@ if _HAS_OPS:
         return (student.new_empty(_loss_shape(student, reduction)),
                 torch.empty(_rows(student) * _lib.DISTILL_STATS_PER_ROW, dtype=torch.float64))
 
-    @torch.library.custom_op("kldiv::distill_kl_forward_backward", mutates_args=())
+    @torch.library.custom_op("kldiv::distill_kl_forward_backward", mutates_args=(), device_types=CUSTOM_OP_DEVICES)
     def _distill_fused_op(student: torch.Tensor, teacher: torch.Tensor, row_on: typing.Optional[torch.Tensor],
                           temperature: float, reduction: str, reverse: bool,
                           temperature_squared: bool) -> typing.Tuple[torch.Tensor, torch.Tensor]:
@@ -330,7 +314,7 @@ if _HAS_OPS:
     def _(student, teacher, row_on, temperature, reduction, reverse, temperature_squared):
         return student.new_empty(_loss_shape(student, reduction)), student.new_empty(student.shape)
 
-    @torch.library.custom_op("kldiv::distill_kl_backward", mutates_args=())
+    @torch.library.custom_op("kldiv::distill_kl_backward", mutates_args=(), device_types=CUSTOM_OP_DEVICES)
     def _distill_backward_op(grad_output: torch.Tensor, student: torch.Tensor, teacher: torch.Tensor,
                              row_on: typing.Optional[torch.Tensor], stats: torch.Tensor, temperature: float,
                              reduction: str, reverse: bool, temperature_squared: bool, need_student: bool,
@@ -373,13 +357,10 @@ if _HAS_OPS:
                                     setup_context=_setup_fused)
 
 
-def _compiled_loss(student, teacher, row_on, temperature, reduction, reverse, temperature_squared):
-    """distill_kl through the custom ops (under torch.compile): fused when only the student needs a gradient."""
+def _loss_through_ops(student, teacher, row_on, temperature, reduction, reverse, temperature_squared):
+    """distill_kl through the custom ops: fused when only the student needs a gradient."""
     settings = (temperature, reduction, reverse, temperature_squared)
     if torch.is_grad_enabled() and student.requires_grad and not teacher.requires_grad and reduction != "none":
         return _distill_fused_op(student, teacher, row_on, *settings)[0]
     return _distill_op(student, teacher, row_on, *settings)[0]
 
-
-# Last: kldiv.torch imports this module at its end, and either may be imported first.
-from . import torch as _ops  # noqa: E402

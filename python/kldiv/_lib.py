@@ -1,48 +1,46 @@
-"""Loads libkldiv and declares its C ABI (kldiv/kldiv.h) for ctypes.
+"""Loads libkldiv, binds the package's kernel calls (kldiv._ext) to it, and
+declares the rest of its C ABI (kldiv/kldiv.h) for ctypes.
 
 The package talks to the library through the C ABI only, so one build serves
 every torch: nothing here links against PyTorch.
 """
 import ctypes
 import os
+import warnings
 from pathlib import Path
+
+from . import _ext
 
 FLOAT32, FLOAT64, FLOAT16, BFLOAT16 = 0, 1, 2, 3
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2, "batchmean": 3}
 DEVICE_CPU, DEVICE_CUDA = 0, 1
-
-
-class Tensor(ctypes.Structure):
-    """kldiv_tensor: a strided view of memory (16-bit data as raw bits)."""
-
-    _fields_ = [
-        ("data", ctypes.c_void_p),
-        ("dtype", ctypes.c_int),
-        ("rank", ctypes.c_int32),
-        ("sizes", ctypes.POINTER(ctypes.c_int64)),
-        ("strides", ctypes.POINTER(ctypes.c_int64)),
-        ("device", ctypes.c_int),
-    ]
-
-
-class DistillOptions(ctypes.Structure):
-    """kldiv_distill_options."""
-
-    _fields_ = [
-        ("temperature", ctypes.c_double),
-        ("reduction", ctypes.c_int),
-        ("reverse", ctypes.c_int32),
-        ("temperature_squared", ctypes.c_int32),
-        ("row_mask", ctypes.c_void_p),
-    ]
-
-
 DISTILL_STATS_PER_ROW = 5
+
+# The library warns of 'mean' on every such call; the Python layer gives
+# PyTorch's warning itself, where and when PyTorch does (under torch.compile
+# too), so the library's copy is dropped here.
+MEAN_WARNING = (
+    "reduction: 'mean' divides the total loss by both the batch size and the support size."
+    "'batchmean' divides only by the batch size, and aligns with the KL div math definition."
+    "'mean' will be changed to behave the same as 'batchmean' in the next major release."
+)
 
 
 def library_path():
     """The libkldiv this package uses: $KLDIV_LIBRARY, else the copy installed with it."""
     return os.environ.get("KLDIV_LIBRARY") or str(Path(__file__).with_name("libkldiv.so"))
+
+
+_WARNING_HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_void_p)
+
+
+def _forward_warning(message, user_data):
+    text = message.decode(errors="replace")
+    if text != MEAN_WARNING:
+        warnings.warn(text, stacklevel=2)
+
+
+_warning_handler = _WARNING_HANDLER(_forward_warning)  # kept alive as long as the library may call it
 
 
 def _load():
@@ -54,21 +52,9 @@ def _load():
             f"kldiv: cannot load the kldiv library {path!r} ({error}). Install the package "
             "from a kldiv build (see the README), or set KLDIV_LIBRARY to a libkldiv.so."
         ) from error
-    tensor_p = ctypes.POINTER(Tensor)
-    options_p = ctypes.POINTER(DistillOptions)
-    for name, args in {
-        "kldiv_forward": [tensor_p, tensor_p, ctypes.c_int, ctypes.c_int, tensor_p],
-        "kldiv_backward": [tensor_p, tensor_p, tensor_p, ctypes.c_int, ctypes.c_int, tensor_p, tensor_p],
-        "kldiv_forward_backward": [tensor_p, tensor_p, ctypes.c_int, ctypes.c_int, tensor_p, tensor_p],
-        "kldiv_distill_forward": [tensor_p, tensor_p, options_p, tensor_p, ctypes.c_void_p],
-        "kldiv_distill_forward_backward": [tensor_p, tensor_p, options_p, tensor_p, tensor_p, ctypes.c_void_p],
-        "kldiv_distill_backward": [tensor_p, tensor_p, tensor_p, options_p, ctypes.c_void_p, tensor_p, tensor_p],
-    }.items():
-        function = getattr(lib, name)
-        function.argtypes = args
-        function.restype = ctypes.c_int
-    lib.kldiv_last_error.argtypes = []
-    lib.kldiv_last_error.restype = ctypes.c_char_p
+    calls = ("kldiv_forward", "kldiv_backward", "kldiv_forward_backward", "kldiv_distill_forward",
+             "kldiv_distill_forward_backward", "kldiv_distill_backward", "kldiv_last_error")
+    _ext.bind(*(ctypes.cast(getattr(lib, name), ctypes.c_void_p).value for name in calls))
     lib.kldiv_cpu_target.argtypes = []
     lib.kldiv_cpu_target.restype = ctypes.c_char_p
     lib.kldiv_cuda_in_build.argtypes = []
@@ -77,21 +63,15 @@ def _load():
     lib.kldiv_set_num_threads.restype = None
     lib.kldiv_set_thread_cuda_stream.argtypes = [ctypes.c_void_p]
     lib.kldiv_set_thread_cuda_stream.restype = None
+    lib.kldiv_set_warning_handler.argtypes = [_WARNING_HANDLER, ctypes.c_void_p]
+    lib.kldiv_set_warning_handler.restype = None
+    # The library's warnings (an unsafe cache directory, a bad KLDIV_* setting) reach Python's warnings.
+    lib.kldiv_set_warning_handler(_warning_handler, None)
     return lib
 
 
 lib = _load()
 has_cuda = bool(lib.kldiv_cuda_in_build())
-
-
-def check(status):
-    """Raises the library's error, with its text, for a nonzero status.
-
-    Every kldiv error is one PyTorch reports as RuntimeError (shape mismatch,
-    overlapping outputs, devices), so they all map to it.
-    """
-    if status != 0:
-        raise RuntimeError(lib.kldiv_last_error().decode())
 
 
 def cuda_in_build():
