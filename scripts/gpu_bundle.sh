@@ -3,8 +3,8 @@
 # machine with an NVIDIA GPU that has neither this build tree nor Debian's
 # Halide and LLVM: the test and benchmark binaries, libkldiv (JIT) and
 # libkldiv_aot, every shared library they load beyond the C library, the
-# golden file, the Python package and its tests, the benchmark scripts, and
-# scripts/gpu_run.sh as run.sh.
+# golden file, the Python package (with its built extension) and its tests,
+# the benchmark scripts, and scripts/gpu_run.sh as run.sh.
 #
 #   scripts/gpu_bundle.sh [OUT]        default: build/gpu-bundle.tar.xz
 #
@@ -51,6 +51,11 @@ cp "$root/bench/cuda_bench.py" "$root/bench/torch_train_bench.py" "$root/bench/b
 mkdir -p "$stage/python"
 cp -r "$root/python/kldiv" "$root/python/tests" "$stage/python/"
 find "$stage/python" -name __pycache__ -prune -exec rm -rf {} +
+# The package's C extension as scripts/build.sh built it into .venv (CPython's
+# stable ABI: it loads in any CPython 3.10 or later).
+extension=$(ls "$root"/.venv/lib/python3*/site-packages/kldiv/_ext*.so 2>/dev/null | head -n 1)
+[ -n "$extension" ] || { echo "gpu_bundle: no kldiv/_ext*.so in .venv (build with scripts/build.sh first)" >&2; exit 1; }
+cp "$extension" "$stage/python/kldiv/"
 if [ -d "$liger/liger_kernel" ]; then
     mkdir -p "$stage/liger"
     cp -r "$liger/liger_kernel" "$stage/liger/"
