@@ -60,9 +60,17 @@ def use_threads(threads):
     kldiv.set_num_threads(threads)
 
 
-def result_line(shape, dtype_name, names, seconds, achieved, ceiling, memory, decimals):
-    """One table row: each contender's time, eager over kldiv, kldiv's GB/s and share of the ceiling, peaks."""
-    cells = "  ".join(f"{seconds[n] * 1e3:11.{decimals}f} ms" for n in names)
-    peaks = " / ".join(f"{memory[n] / 2**20:.0f}" for n in names) if memory else "-"
-    return (f"{shape:>12s} {dtype_name:>9s}  {cells}  {seconds['eager'] / seconds['kldiv']:7.{max(decimals - 1, 1)}f}x "
-            f"{achieved / 1e9:10.1f} {100 * achieved / ceiling:5.0f}%  {peaks}")
+def step_header(names):
+    """The header of step_row's table."""
+    return (f"{'shape':>12s} {'dtype':>9s} " + " ".join(f"{n:>22s}" for n in names)
+            + "  kldiv over: eager  compile   ceiling GB/s")
+
+
+def step_row(shape, dtype_name, names, seconds, moved, ceiling, memory):
+    """One row: each contender's median time, the percentage of the ceiling its step's `moved` bytes reach,
+    and its peak memory (MiB, when measured); then kldiv's speed-ups over eager and torch.compile."""
+    cells = " ".join(f"{seconds[n] * 1e3:9.2f} ms {100 * moved / seconds[n] / ceiling:4.0f}% "
+                     + (f"{memory[n] / 2**20:4.0f}M" if memory else "     ") for n in names)
+    over_compile = f"{seconds['torch.compile'] / seconds['kldiv']:7.2f}x" if "torch.compile" in seconds else "      -"
+    return (f"{shape:>12s} {dtype_name:>9s} {cells}  {seconds['eager'] / seconds['kldiv']:9.2f}x "
+            f"{over_compile} {ceiling / 1e9:10.1f}")

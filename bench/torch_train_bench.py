@@ -1,41 +1,51 @@
 #!/usr/bin/env python3
-"""kldiv.torch against PyTorch in a training step: loss plus backward on
-log_softmax outputs, (rows x vocab) from 32x32000 to 512x128256, on the same
-data in one process.
+"""kldiv.torch against what PyTorch users would pick, in a training step of
+the KL-divergence loss, on the same data in one process.
 
-Contenders: kldiv.torch.kl_div, F.kl_div eager, and torch.compile(F.kl_div)
-where torch has torch.compile. Each step is `loss = kl_div(x, t, 'batchmean');
-loss.backward()` with x a leaf that requires grad (its gradient freed between
-steps). Prints the median time per step, the speed-up over eager, kldiv's
-GB/s against the bytes its step must move, with the percentage of a copy's
-bandwidth measured in the same run, and each contender's peak memory on top of
-the data (CUDA: the allocator's peak; CPU: the peak resident set of a fresh
-process per contender).
+Each contender f runs `loss = f(x, t, reduction='batchmean'); loss.backward()`
+with x a leaf log_softmax output that requires grad (its gradient freed
+between steps) and t the target probabilities:
 
-First, the cost of the Python layer: kldiv.torch.kl_div at 2^20 elements
-against the same C call (kldiv_forward through ctypes with prepared
-descriptors), interleaved.
+    eager            torch.nn.functional.kl_div
+    torch.compile    torch.compile(torch.nn.functional.kl_div)
+    kldiv            kldiv.torch.kl_div
+    kldiv compiled   torch.compile(kldiv.torch.kl_div) (kldiv's custom ops in the compiled graph)
 
-    .venv/bin/python bench/torch_train_bench.py [--device cuda] [--dtype float32 bfloat16] [--json FILE]
+The compiled contenders need torch 2.4 or later. For each shape and dtype it
+prints the median time per step, the speed-ups of kldiv over eager and over
+torch.compile, and for each contender the percentage of the bandwidth ceiling
+its step reaches: a step must read x and t and write x's gradient (3 tensors
+of x's size), and the ceiling is the bandwidth of out = x + t (the same two
+reads and one write) measured in the same run. With memory on (the default),
+each contender's peak memory on top of the data, from a fresh process (CPU:
+the peak resident set; CUDA: the allocator's peak).
+
+First, the cost per call on small and large tensors: kldiv.torch.kl_div
+against F.kl_div, eager, interleaved, at 8 and 2^20 elements: the forward of
+each reduction, and the training step.
+
+    .venv/bin/python bench/torch_train_bench.py [--shapes 512x32768] [--dtype float32 bfloat16]
+        [--device cuda] [--threads N] [--no-memory] [--json FILE]
 """
 import argparse
-import ctypes
 import json
 import statistics
 import subprocess
 import sys
+import warnings
 
 import torch
 import torch.nn.functional as F
 
 import kldiv
 import kldiv.torch
-from kldiv import _lib
-from bench_common import add_common_arguments, peak_resident_since, reset_peak_resident, result_line, use_threads
+from bench_common import (add_common_arguments, peak_resident_since, reset_peak_resident, step_header, step_row,
+                          use_threads)
 from bench_common import median_seconds as common_median_seconds
 
-SHAPES = [(32, 32000), (128, 32000), (64, 128256), (256, 128256), (512, 128256)]
+SHAPES = [(512, 32768), (32, 32000), (128, 32000), (64, 128256), (256, 128256), (512, 128256)]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+REDUCTIONS = ["none", "sum", "batchmean", "mean"]
 
 
 def median_seconds(function, device, repeats, inner=1, warmup=1):
@@ -51,20 +61,23 @@ def data(rows, vocab, dtype, device, seed=0):
 
 
 def contenders():
-    found = {"kldiv": kldiv.torch.kl_div, "eager": F.kl_div}
-    if hasattr(torch, "compile"):
+    found = {"eager": F.kl_div}
+    if hasattr(torch.library, "custom_op"):
         found["torch.compile"] = torch.compile(F.kl_div)
+    found["kldiv"] = kldiv.torch.kl_div
+    if hasattr(torch.library, "custom_op"):
+        found["kldiv compiled"] = torch.compile(kldiv.torch.kl_div)
     return found
 
 
-def step(loss_function, x, t):
+def step(loss_function, x, t, reduction="batchmean"):
     x.grad = None
-    loss = loss_function(x, t, reduction="batchmean")
+    loss = loss_function(x, t, reduction=reduction)
     loss.backward()
     return loss
 
 
-def copy_bandwidth(x, t, device, repeats):
+def ceiling_bandwidth(x, t, device, repeats):
     """Bytes per second of out = x + t (two reads, one write) on this data."""
     a, b = x.detach(), t
     out = torch.empty_like(a)
@@ -76,10 +89,10 @@ def peak_memory_child(name, rows, vocab, dtype_name, device):
     """In a fresh process: the peak memory of the steps on top of the data, in bytes."""
     x, t = data(rows, vocab, DTYPES[dtype_name], device)
     function = contenders()[name]
-    # Load the code (kernels, compiled graphs) on a small tensor: what the steps
-    # then add is theirs, a reused gradient buffer included.
-    small_x, small_t = data(2, 64, DTYPES[dtype_name], device)
-    step(function, small_x, small_t)
+    # Load the code (kernels, compiled graphs) first: what the steps then add
+    # is theirs, a reused gradient buffer included.
+    step(function, x, t)
+    x.grad = None
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -96,41 +109,31 @@ def peak_memory_child(name, rows, vocab, dtype_name, device):
 
 def peak_memory(name, rows, vocab, dtype_name, device):
     run = subprocess.run([sys.executable, __file__, "--memory-child", name, str(rows), str(vocab), dtype_name,
-                          "--device", device, "--threads", str(torch.get_num_threads())], capture_output=True, text=True, check=True)
+                          "--device", device, "--threads", str(torch.get_num_threads())],
+                         capture_output=True, text=True, check=True)
     return int(run.stdout.split()[-1])
 
 
-def python_layer_cost(device, repeats):
-    """kldiv.torch.kl_div against kldiv_forward with prepared descriptors, 2^20 float32 elements."""
-    x, t = data(1024, 1024, torch.float32, device)
-    x = x.detach()
-    out = torch.empty((), device=device)
-    sizes = (ctypes.c_int64 * 2)(1024, 1024)
-    strides = (ctypes.c_int64 * 2)(1024, 1)
-    kind = _lib.DEVICE_CUDA if device == "cuda" else _lib.DEVICE_CPU
-    views = [_lib.Tensor(x.data_ptr(), _lib.FLOAT32, 2, sizes, strides, kind),
-             _lib.Tensor(t.data_ptr(), _lib.FLOAT32, 2, sizes, strides, kind),
-             _lib.Tensor(out.data_ptr(), _lib.FLOAT32, 0, None, None, kind)]
-    refs = [ctypes.byref(v) for v in views]
-    if device == "cuda":
-        _lib.lib.kldiv_set_thread_cuda_stream(torch.cuda.current_stream().cuda_stream)
-    forward = _lib.lib.kldiv_forward
-
-    def c_call():
-        _lib.check(forward(refs[0], refs[1], _lib.REDUCTIONS["sum"], 0, refs[2]))
-
-    def python_call():
-        kldiv.torch.kl_div(x, t, reduction="sum")
-
-    def eager_call():
-        F.kl_div(x, t, reduction="sum")
-
-    inner = 200 if device == "cuda" else 20
-    rounds = {"C call": [], "kldiv.torch": [], "eager": []}
-    for _ in range(repeats):  # interleaved, so that drifts of a shared machine touch all alike
-        for name, function in (("C call", c_call), ("kldiv.torch", python_call), ("eager", eager_call)):
-            rounds[name].append(median_seconds(function, device, 3, inner))
-    return {name: statistics.median(values) for name, values in rounds.items()}
+def per_call_costs(device, repeats):
+    """kldiv.torch.kl_div against F.kl_div at 8 and 2^20 float32 elements: forward per reduction, training step."""
+    rows = []
+    for elements in (8, 1 << 20):
+        x, t = data(1, elements, torch.float32, device) if elements == 8 else data(1024, 1024, torch.float32, device)
+        x = x.detach()
+        x_leaf = x.clone().requires_grad_()
+        cases = [(f"forward '{r}'", (lambda r: lambda f: f(x, t, reduction=r))(r)) for r in REDUCTIONS]
+        cases.append(("training step 'batchmean'", lambda f: step(f, x_leaf, t)))
+        inner = 2000 if elements == 8 else (200 if device == "cuda" else 5)
+        for label, call in cases:
+            times = {"eager": [], "kldiv": []}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # 'mean' warns on every call, alike for both
+                for _ in range(repeats):  # interleaved, so that a shared machine's drifts touch both alike
+                    for name, function in (("eager", F.kl_div), ("kldiv", kldiv.torch.kl_div)):
+                        times[name].append(median_seconds(lambda: call(function), device, 3, inner))
+            rows.append({"elements": elements, "call": label,
+                         "seconds": {name: statistics.median(v) for name, v in times.items()}})
+    return rows
 
 
 def main():
@@ -139,6 +142,7 @@ def main():
     parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=list(DTYPES))
     parser.add_argument("--shapes", nargs="+", default=[f"{r}x{v}" for r, v in SHAPES],
                         help="rows x vocab, e.g. 64x128256")
+    parser.add_argument("--no-per-call", action="store_true", help="skip the per-call costs")
     add_common_arguments(parser, repeats=7)
     args = parser.parse_args()
     use_threads(args.threads)
@@ -149,20 +153,23 @@ def main():
 
     print(f"torch {torch.__version__}, kldiv library {kldiv.library_path()} ({kldiv.cpu_target()}), "
           f"device {args.device}, {args.threads} CPU threads for each")
-    results = {"torch": torch.__version__, "device": args.device, "python_layer": {}, "steps": []}
+    results = {"torch": torch.__version__, "device": args.device, "per_call": [], "steps": []}
 
-    cost = python_layer_cost(args.device, args.repeats)
-    results["python_layer"] = cost
-    print("\nforward 'sum', 1024x1024 float32 (2^20 elements), per call:")
-    for name, seconds in cost.items():
-        print(f"  {name:12s} {seconds * 1e6:9.1f} us   {seconds / cost['C call']:5.2f}x the C call")
+    if not args.no_per_call:
+        results["per_call"] = per_call_costs(args.device, args.repeats)
+        print("\nper call, float32, eager (medians of interleaved rounds); x = F.kl_div's time over kldiv's:")
+        print(f"{'elements':>9s}  {'call':28s} {'F.kl_div':>11s} {'kldiv':>11s} {'x':>6s}")
+        for row in results["per_call"]:
+            s = row["seconds"]
+            print(f"{row['elements']:9d}  {row['call']:28s} {s['eager'] * 1e6:8.2f} us {s['kldiv'] * 1e6:8.2f} us "
+                  f"{s['eager'] / s['kldiv']:5.2f}x", flush=True)
 
     names = list(contenders())
-    print(f"\nloss + backward per step ('batchmean'); x{'eager':>6s} = eager's time over kldiv's; "
-          "ceiling: a copy (x + t) in this run")
-    header = "  ".join(f"{n:>14s}" for n in names)
-    print(f"{'shape':>12s} {'dtype':>9s}  {header}  {'x eager':>8s} {'kldiv GB/s':>10s} {'% ceil':>6s}  peak MiB "
-          + " / ".join(names))
+    if "torch.compile" not in names:
+        print("\n[SKIP] the compiled contenders: torch.compile over custom ops needs torch 2.4 or later")
+    print("\nloss + backward per step ('batchmean'): median ms, and % of the ceiling (out = x + t in this run) "
+          "for the step's bytes (read x and t, write x's gradient)")
+    print(step_header(names))
     for shape in args.shapes:
         rows, vocab = (int(v) for v in shape.split("x"))
         for dtype_name in args.dtype:
@@ -176,18 +183,17 @@ def main():
                 for name, function in functions.items():
                     times[name].append(median_seconds(lambda: step(function, x, t), args.device, 1))
             seconds = {name: statistics.median(v) for name, v in times.items()}
-            # kldiv's step: the fused pass reads x and t and writes the gradient;
-            # backward reads it and writes x.grad.
-            moved = 5 * x.numel() * x.element_size()
-            ceiling = copy_bandwidth(x, t, args.device, args.repeats)
-            achieved = moved / seconds["kldiv"]
+            moved = 3 * x.numel() * x.element_size()
+            ceiling = ceiling_bandwidth(x, t, args.device, args.repeats)
             memory = {} if args.no_memory else {
                 name: peak_memory(name, rows, vocab, dtype_name, args.device) for name in functions}
-            print(result_line(shape, dtype_name, names, seconds, achieved, ceiling, memory, 3), flush=True)
+            print(step_row(shape, dtype_name, names, seconds, moved, ceiling, memory), flush=True)
             results["steps"].append({"shape": [rows, vocab], "dtype": dtype_name, "seconds": seconds,
-                                     "kldiv_bytes": moved, "copy_bytes_per_second": ceiling,
+                                     "step_bytes": moved, "ceiling_bytes_per_second": ceiling,
                                      "peak_bytes": memory})
             del x, t
+    if not args.no_memory:
+        print("(the M column: peak memory on top of the data, MiB, from a fresh process per contender)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
