@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Configures and builds kldiv in build/ (Release, Ninja), then makes .venv with
-# the kldiv Python package installed in it (scripts/python_env.sh). Extra
-# arguments go to cmake.
+# Configures and builds kldiv in build/ (Release, Ninja), then installs the
+# kldiv Python package into .venv and .venv-torch1.13 (scripts/python_env.sh;
+# scripts/setup.sh makes them). Extra arguments go to cmake.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release "$@" > build-configure.log 2>&1 || { cat build-configure.log; exit 1; }

@@ -42,10 +42,11 @@ else
         -R '^Threads\.|^Jit\.|^disk_cache\.|^Errors\.|^CppErrors\.|^cli_cache\.|^golden_test_default$|^threads_test_specialised$' "$@"
     # The Python package's 8-thread test on this build's library, with the
     # TSan runtime loaded first into the interpreter (report_signal_unsafe:
-    # CPython's own signal handling is not kldiv's).
-    if [ -x .venv/bin/python ]; then
+    # CPython's own signal handling is not kldiv's). Debian's torch 1.13, as
+    # the suppressions were written for it.
+    if [ -x .venv-torch1.13/bin/python ]; then
         TSAN_OPTIONS=$TSAN_OPTIONS:report_signal_unsafe=0 LD_PRELOAD=$(gcc -print-file-name=libtsan.so.2) \
             KLDIV_LIBRARY="$(pwd)/$build/runtime/libkldiv.so" \
-            .venv/bin/python -m pytest -q -p no:cacheprovider python/tests/test_api.py -k eight_threads
+            .venv-torch1.13/bin/python -m pytest -q -p no:cacheprovider python/tests/test_api.py -k eight_threads
     fi
 fi
