@@ -1,6 +1,7 @@
 // The on-disk kernel cache: round trips, every kind of damaged entry, unusable
-// directories, LRU pruning, directory resolution, and many processes and
-// threads sharing one directory.
+// directories, directories and files another user could have written, LRU
+// pruning, directory resolution, and many processes and threads sharing one
+// directory.
 #include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -12,6 +13,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
@@ -57,7 +59,7 @@ bool exists(const std::string &path) {
     return lstat(path.c_str(), &info) == 0;
 }
 
-// Names of the files in `dir` that start with `prefix`.
+// Names of the files in `dir` that start with `prefix`, sorted.
 std::vector<std::string> files_starting_with(const std::string &dir, const std::string &prefix) {
     std::vector<std::string> names;
     if (DIR *stream = opendir(dir.c_str())) {
@@ -67,6 +69,7 @@ std::vector<std::string> files_starting_with(const std::string &dir, const std::
         }
         closedir(stream);
     }
+    std::sort(names.begin(), names.end());
     return names;
 }
 
@@ -82,6 +85,27 @@ std::string payload_path_in(const std::string &dir, const std::string &key) {
 
 std::string manifest_path_in(const std::string &dir, const std::string &key) {
     return dir + "/" + kldiv::cache::hash_key(key) + ".json";
+}
+
+// Another user and group, for the files and directories of hostile cases
+// (only root can hand a file to them).
+constexpr uid_t kOtherUser = 65534;   // nobody
+constexpr gid_t kOtherGroup = 65534;  // nogroup
+constexpr char kNotRoot[] = "[SKIP] not root: this case hands a file to another user (chown)";
+
+// Puts a file of `bytes` owned by another user in place of `path`, as anyone
+// who could write its directory could.
+void replace_with_file_of_another_user(const std::string &path, const std::string &bytes) {
+    const std::string planted = path + ".planted";
+    write_file(planted, bytes);
+    ASSERT_EQ(chown(planted.c_str(), kOtherUser, kOtherGroup), 0) << planted;
+    ASSERT_EQ(rename(planted.c_str(), path.c_str()), 0) << path;
+}
+
+// Moves `path` to `outside` and leaves a symbolic link to it in its place.
+void replace_with_link(const std::string &path, const std::string &outside) {
+    ASSERT_EQ(rename(path.c_str(), outside.c_str()), 0) << path;
+    ASSERT_EQ(symlink(outside.c_str(), path.c_str()), 0) << path;
 }
 
 void set_mtime(const std::string &path, std::int64_t unix_seconds) {
@@ -223,6 +247,7 @@ struct Damage {
     std::function<void(const std::string &dir, const std::string &key, const std::string &payload)>
         apply;
     const char *reason;  // what the warning must say
+    bool needs_root = false;  // hands a file to another user
 };
 
 void PrintTo(const Damage &damage, std::ostream *stream) { *stream << damage.name; }
@@ -231,6 +256,7 @@ class DamagedEntry : public DiskCacheTest, public ::testing::WithParamInterface<
 
 TEST_P(DamagedEntry, WarnsOnceRemovesAndRebuilds) {
     const Damage &damage = GetParam();
+    if (damage.needs_root && geteuid() != 0) GTEST_SKIP() << kNotRoot;
     const std::string key = "kldiv_bwd_input_tensor_f32|host";
     const std::string payload = binary_payload(4096, 7);
     make_cache()->store(key, payload, "backward");
@@ -330,12 +356,73 @@ const Damage kDamages[] = {
          other.store(key, payload, "backward, old toolchain");
      },
      "foreign (written for 'v0-halide13', this is 'v1')"},
+    // Files that another user could have put there. Each has the right bytes
+    // (the checksum matches), so only the file's own nature refuses it.
+    {"PayloadIsASymbolicLink",
+     [](const std::string &dir, const std::string &key, const std::string &) {
+         replace_with_link(payload_path_in(dir, key), dir + "/../elsewhere.obj");
+     },
+     ".obj is a symbolic link)"},
+    {"ManifestIsASymbolicLink",
+     [](const std::string &dir, const std::string &key, const std::string &) {
+         replace_with_link(manifest_path_in(dir, key), dir + "/../elsewhere.json");
+     },
+     "is untrusted (a symbolic link)"},
+    {"PayloadOfAnotherUser",
+     [](const std::string &dir, const std::string &key, const std::string &payload) {
+         replace_with_file_of_another_user(payload_path_in(dir, key), payload);
+     },
+     ".obj is owned by nobody (uid 65534), not by root (uid 0))", true},
+    {"ManifestOfAnotherUser",
+     [](const std::string &dir, const std::string &key, const std::string &) {
+         const std::string path = manifest_path_in(dir, key);
+         replace_with_file_of_another_user(path, read_file(path));
+     },
+     "is untrusted (owned by nobody (uid 65534), not by root (uid 0))", true},
+    {"PayloadWritableByOthers",
+     [](const std::string &dir, const std::string &key, const std::string &) {
+         ASSERT_EQ(chmod(payload_path_in(dir, key).c_str(), 0666), 0);
+     },
+     ".obj is writable by others (mode 0666))"},
+    {"ManifestWritableByItsGroup",
+     [](const std::string &dir, const std::string &key, const std::string &) {
+         ASSERT_EQ(chmod(manifest_path_in(dir, key).c_str(), 0664), 0);
+     },
+     "is untrusted (writable by group "},
+    {"PayloadIsAFifo",
+     [](const std::string &dir, const std::string &key, const std::string &) {
+         const std::string path = payload_path_in(dir, key);
+         ASSERT_EQ(unlink(path.c_str()), 0);
+         ASSERT_EQ(mkfifo(path.c_str(), 0600), 0);
+     },
+     ".obj is not a regular file)"},
 };
 
 INSTANTIATE_TEST_SUITE_P(Kinds, DamagedEntry, ::testing::ValuesIn(kDamages),
                          [](const ::testing::TestParamInfo<Damage> &info) {
                              return std::string(info.param.name);
                          });
+
+// A link in the cache is removed, never what it points to.
+TEST_F(DiskCacheTest, LinksAreNeitherFollowedNorRemovedThrough) {
+    const std::string payload = binary_payload(2048, 8);
+    make_cache()->store("key", payload, "linked");
+    const std::string outside_payload = root_ + "/outside.obj";
+    const std::string outside_manifest = root_ + "/outside.json";
+    replace_with_link(payload_path("key"), outside_payload);
+    auto cache = make_cache();
+    EXPECT_FALSE(cache->load("key").has_value());
+    EXPECT_EQ(read_file(outside_payload), payload);
+
+    make_cache()->store("key", payload, "linked");
+    const std::string manifest = read_file(manifest_path("key"));
+    replace_with_link(manifest_path("key"), outside_manifest);
+    EXPECT_FALSE(cache->load("key").has_value());
+    EXPECT_EQ(read_file(outside_manifest), manifest);
+    EXPECT_FALSE(exists(manifest_path("key")));
+    EXPECT_EQ(warnings().size(), 2u);
+    EXPECT_EQ(cache->stats().corrupt_removed, 2u);
+}
 
 TEST_F(DiskCacheTest, KeyCollisionMissesAndKeepsTheOtherEntry) {
     auto cache = make_cache();
@@ -415,6 +502,209 @@ TEST_F(DiskCacheTest, ReadOnlyDirectoryDegradesToMemoryOnly) {
         chmod(dir_.c_str(), 0700);
     });
     if (!ran) GTEST_SKIP() << "running as root and cannot drop privileges to test permissions";
+}
+
+// ---------------------------------------------------------------------------
+// Directories another user could write: refused, with one warning; nothing is
+// read, written or removed there (trust.h has the rule).
+
+struct Hostility {
+    const char *name;
+    // Makes the cache directory `dir` (in `root`), which holds an entry,
+    // writable by another user; returns the path to configure.
+    std::function<std::string(const std::string &root, const std::string &dir)> apply;
+    // Why it is refused.
+    std::function<std::string(const std::string &root, const std::string &dir)> reason;
+    bool needs_root = false;  // hands a file to another user
+};
+
+void PrintTo(const Hostility &hostility, std::ostream *stream) { *stream << hostility.name; }
+
+class HostileDirectory : public DiskCacheTest, public ::testing::WithParamInterface<Hostility> {};
+
+TEST_P(HostileDirectory, IsRefusedWithOneWarning) {
+    const Hostility &hostility = GetParam();
+    if (hostility.needs_root && geteuid() != 0) GTEST_SKIP() << kNotRoot;
+    const std::string payload = binary_payload(4096, 11);
+    make_cache()->store("kernel", payload, "kernel");
+    ASSERT_TRUE(exists(manifest_path("kernel")));
+    const std::string dir = hostility.apply(root_, dir_);
+    const std::string reason = hostility.reason(root_, dir_);
+    const std::vector<std::string> files = files_starting_with(dir, "");
+
+    auto cache = make_cache("v1", kldiv::cache::kDefaultMaxBytes, dir);
+    EXPECT_FALSE(cache->load("kernel").has_value());  // it is there, but not loaded
+    EXPECT_FALSE(cache->enabled());
+    EXPECT_EQ(cache->refusal(), reason);
+    ASSERT_EQ(warnings().size(), 1u);
+    EXPECT_EQ(warnings()[0], "kldiv: kernel cache directory " + dir + " refused: " + reason +
+                                 "; the disk cache is off for this process");
+
+    // Nothing is written, listed, pruned or cleared there either.
+    cache->store("another kernel", payload, "another");
+    EXPECT_FALSE(cache->load("another kernel").has_value());
+    EXPECT_TRUE(cache->list().empty());
+    EXPECT_EQ(cache->total_bytes(), 0u);
+    EXPECT_EQ(cache->prune(0), 0u);
+    EXPECT_EQ(cache->clear(), 0u);
+    EXPECT_EQ(files_starting_with(dir, ""), files);
+    const kldiv::cache::Stats stats = cache->stats();
+    EXPECT_EQ(stats.hits, 0u);
+    EXPECT_EQ(stats.stores, 0u);
+    EXPECT_EQ(stats.store_failures, 0u);
+    EXPECT_EQ(stats.corrupt_removed, 0u);
+
+    // One warning a process: another cache on the directory says nothing more.
+    auto again = make_cache("v1", kldiv::cache::kDefaultMaxBytes, dir);
+    EXPECT_FALSE(again->load("kernel").has_value());
+    EXPECT_EQ(again->refusal(), reason);
+    EXPECT_EQ(warnings().size(), 1u);
+}
+
+const Hostility kHostilities[] = {
+    {"DirectoryOfAnotherUser",
+     [](const std::string &, const std::string &dir) {
+         EXPECT_EQ(chown(dir.c_str(), kOtherUser, kOtherGroup), 0);
+         return dir;
+     },
+     [](const std::string &, const std::string &dir) {
+         return dir + " is owned by nobody (uid 65534), not by root (uid 0)";
+     },
+     true},
+    {"DirectoryWritableByAll",
+     [](const std::string &, const std::string &dir) {
+         EXPECT_EQ(chmod(dir.c_str(), 0777), 0);
+         return dir;
+     },
+     [](const std::string &, const std::string &dir) {
+         return dir + " is writable by others (mode 0777)";
+     }},
+    {"DirectoryWritableByAnotherGroup",
+     [](const std::string &, const std::string &dir) {
+         EXPECT_EQ(chown(dir.c_str(), uid_t(-1), kOtherGroup), 0);
+         EXPECT_EQ(chmod(dir.c_str(), 0770), 0);
+         return dir;
+     },
+     [](const std::string &, const std::string &dir) {
+         return dir + " is writable by group nogroup (mode 0770)";
+     },
+     true},
+    {"StickyDirectoryWritableByAll",  // others could still add files
+     [](const std::string &, const std::string &dir) {
+         EXPECT_EQ(chmod(dir.c_str(), 01777), 0);
+         return dir;
+     },
+     [](const std::string &, const std::string &dir) {
+         return dir + " is writable by others (mode 1777)";
+     }},
+    {"ParentWritableByAllWithoutStickyBit",  // others could rename the directory away
+     [](const std::string &root, const std::string &dir) {
+         EXPECT_EQ(chmod(root.c_str(), 0777), 0);
+         return dir;
+     },
+     [](const std::string &root, const std::string &) {
+         return root + " is writable by others and has no sticky bit (mode 0777)";
+     }},
+    {"ParentOfAnotherUser",
+     [](const std::string &root, const std::string &dir) {
+         EXPECT_EQ(chown(root.c_str(), kOtherUser, kOtherGroup), 0);
+         return dir;
+     },
+     [](const std::string &root, const std::string &) {
+         return root + " is owned by nobody (uid 65534), not by root";
+     },
+     true},
+    {"LinkOfAnotherUserInAStickyParent",  // its owner could point it elsewhere
+     [](const std::string &root, const std::string &dir) {
+         EXPECT_EQ(chmod(root.c_str(), 01777), 0);
+         const std::string link = root + "/link";
+         EXPECT_EQ(symlink(dir.c_str(), link.c_str()), 0);
+         EXPECT_EQ(lchown(link.c_str(), kOtherUser, kOtherGroup), 0);
+         return link;
+     },
+     [](const std::string &root, const std::string &) {
+         return root + "/link is a symbolic link owned by nobody (uid 65534)";
+     },
+     true},
+    {"LinkToADirectoryInAWritableParent",  // the link is resolved, then judged
+     [](const std::string &root, const std::string &dir) {
+         const std::string open = root + "/open";
+         EXPECT_EQ(mkdir(open.c_str(), 0700), 0);
+         EXPECT_EQ(chmod(open.c_str(), 0777), 0);
+         EXPECT_EQ(rename(dir.c_str(), (open + "/cache").c_str()), 0);
+         EXPECT_EQ(symlink("open/cache", (root + "/link").c_str()), 0);
+         return root + "/link";
+     },
+     [](const std::string &root, const std::string &) {
+         return root + "/open is writable by others and has no sticky bit (mode 0777)";
+     }},
+};
+
+INSTANTIATE_TEST_SUITE_P(Kinds, HostileDirectory, ::testing::ValuesIn(kHostilities),
+                         [](const ::testing::TestParamInfo<Hostility> &info) {
+                             return std::string(info.param.name);
+                         });
+
+// What the rule allows: a sticky parent like /tmp, a directory others may
+// read, a link of the user's own, a relative path.
+TEST_F(DiskCacheTest, StickyParentsReadableDirectoriesAndOwnLinksAreTrusted) {
+    ASSERT_EQ(chmod(root_.c_str(), 01777), 0);
+    auto cache = make_cache();
+    cache->store("key", "payload", "description");
+    EXPECT_EQ(cache->load("key"), std::optional<std::string>("payload"));
+    EXPECT_EQ(cache->refusal(), "");
+    EXPECT_TRUE(cache->enabled());
+
+    ASSERT_EQ(chmod(dir_.c_str(), 0755), 0);
+    EXPECT_EQ(make_cache()->load("key"), std::optional<std::string>("payload"));
+    const std::string link = root_ + "/link";
+    ASSERT_EQ(symlink("cache", link.c_str()), 0);
+    auto linked = make_cache("v1", kldiv::cache::kDefaultMaxBytes, link);
+    EXPECT_EQ(linked->load("key"), std::optional<std::string>("payload"));
+    EXPECT_EQ(linked->refusal(), "");
+
+    char here[4096];
+    ASSERT_NE(getcwd(here, sizeof here), nullptr);
+    ASSERT_EQ(chdir(root_.c_str()), 0);
+    auto relative = make_cache("v1", kldiv::cache::kDefaultMaxBytes, "cache/../link");
+    EXPECT_EQ(relative->load("key"), std::optional<std::string>("payload"));
+    ASSERT_EQ(chdir(here), 0);
+    EXPECT_TRUE(warnings().empty());
+}
+
+// A missing directory is judged by what exists above it: made below a sticky
+// parent, refused below one that others may write.
+TEST_F(DiskCacheTest, MissingDirectoryIsMadeOnlyBelowTrustedParents) {
+    ASSERT_EQ(chmod(root_.c_str(), 01777), 0);
+    auto cache = make_cache("v1", kldiv::cache::kDefaultMaxBytes, root_ + "/a/b");
+    EXPECT_FALSE(cache->load("key").has_value());
+    cache->store("key", "payload", "description");
+    EXPECT_EQ(cache->load("key"), std::optional<std::string>("payload"));
+    EXPECT_TRUE(warnings().empty());
+
+    ASSERT_EQ(chmod(root_.c_str(), 0777), 0);
+    auto refused = make_cache("v1", kldiv::cache::kDefaultMaxBytes, root_ + "/c/d");
+    refused->store("key", "payload", "description");
+    EXPECT_FALSE(exists(root_ + "/c"));
+    ASSERT_EQ(warnings().size(), 1u);
+    EXPECT_NE(warnings()[0].find(root_ + " is writable by others and has no sticky bit"),
+              std::string::npos)
+        << warnings()[0];
+}
+
+// Another user makes the directory first in a shared sticky parent (/tmp).
+TEST_F(DiskCacheTest, DirectoryMadeFirstByAnotherUserIsRefused) {
+    if (geteuid() != 0) GTEST_SKIP() << kNotRoot;
+    ASSERT_EQ(chmod(root_.c_str(), 01777), 0);
+    ASSERT_EQ(mkdir(dir_.c_str(), 0777), 0);
+    ASSERT_EQ(chmod(dir_.c_str(), 0777), 0);
+    ASSERT_EQ(chown(dir_.c_str(), kOtherUser, kOtherGroup), 0);
+    auto cache = make_cache("v1", kldiv::cache::kDefaultMaxBytes, dir_ + "/kldiv");
+    cache->store("key", "payload", "description");
+    EXPECT_FALSE(exists(dir_ + "/kldiv"));
+    EXPECT_EQ(cache->refusal(),
+              dir_ + " is owned by nobody (uid 65534), not by root");
+    EXPECT_EQ(warnings().size(), 1u);
 }
 
 TEST_F(DiskCacheTest, MissingDirectoryIsCreated) {
@@ -683,6 +973,37 @@ public:
 private:
     std::map<std::string, std::optional<std::string>> saved_;
 };
+
+// The default places work as before the rule: made private, then trusted.
+TEST_F(DiskCacheTest, DefaultDirectoriesAndOffWorkAsBefore) {
+    ScopedEnvironment environment;
+    environment.set("KLDIV_CACHE_DIR", nullptr);
+    environment.set("XDG_CACHE_HOME", nullptr);
+    environment.set("HOME", (root_ + "/home").c_str());
+    ASSERT_EQ(mkdir((root_ + "/home").c_str(), 0755), 0);
+    environment.set("XDG_CACHE_HOME", (root_ + "/xdg").c_str());
+    const std::string xdg = kldiv::cache::resolve_cache_dir("");
+    environment.set("XDG_CACHE_HOME", nullptr);
+    const std::string home = kldiv::cache::resolve_cache_dir("");
+    EXPECT_EQ(xdg, root_ + "/xdg/kldiv");
+    EXPECT_EQ(home, root_ + "/home/.cache/kldiv");
+    for (const std::string &dir : {xdg, home}) {
+        auto cache = make_cache("v1", kldiv::cache::kDefaultMaxBytes, dir);
+        cache->store("key", "payload", "description");
+        EXPECT_EQ(cache->load("key"), std::optional<std::string>("payload")) << dir;
+        EXPECT_EQ(cache->refusal(), "");
+        struct stat info;
+        ASSERT_EQ(stat(dir.c_str(), &info), 0);
+        EXPECT_EQ(info.st_mode & 07777, 0700u) << dir;
+    }
+    environment.set("KLDIV_CACHE_DIR", "off");
+    DiskCache disabled(kldiv::cache::resolve_cache_dir(""), kldiv::cache::kDefaultMaxBytes, "v1",
+                       nullptr);
+    EXPECT_EQ(disabled.dir(), "");
+    EXPECT_FALSE(disabled.enabled());
+    EXPECT_EQ(disabled.refusal(), "");
+    EXPECT_TRUE(warnings().empty());
+}
 
 TEST(DiskCacheDirectory, ResolvesInOrder) {
     using kldiv::cache::resolve_cache_dir;

@@ -435,6 +435,74 @@ TEST(Jit, UnusableCacheDirectoriesDegradeToMemory) {
     }
 }
 
+// A cache directory that others may write (a shared scratch directory) is
+// not used: nothing is loaded from it, the kernel is compiled afresh, one
+// warning says why, and the results are the same.
+TEST(Jit, CacheDirectoryWritableByOthersIsNotLoaded) {
+    Runtime aot(aot_only());
+    Problem p(DType::Float32, false, 4, 1000, 7);
+    const std::vector<uint8_t> want = run_variant(aot, p, 1);
+    TempDir dir;
+    {
+        Runtime first(jit_options(Specialize::Always, dir.path()));
+        EXPECT_TRUE(run_variant(first, p, 1) == want);
+    }
+    fs::permissions(dir.path(), fs::perms::all);
+    std::vector<std::string> warnings;
+    RuntimeOptions o = jit_options(Specialize::Always, dir.path());
+    o.warning_handler = [&](const std::string &m) { warnings.push_back(m); };
+    for (int i = 0; i < 2; i++) {  // two runtimes, one warning
+        Runtime second(o);
+        EXPECT_TRUE(run_variant(second, p, 1) == want);
+        EXPECT_EQ(last_kernel().origin, KernelOrigin::Compiled);
+        EXPECT_EQ(second.stats().disk_hits, 0u);
+    }
+    ASSERT_EQ(warnings.size(), 1u);
+    EXPECT_EQ(warnings[0], "kldiv: kernel cache directory " + dir.path() + " refused: " + dir.path() +
+                               " is writable by others (mode 0777); the disk cache is off for this process");
+}
+
+// A payload that another user put in place of the kernel's, with the same
+// bytes: not loaded, removed, compiled afresh and stored again.
+TEST(Jit, PayloadOfAnotherUserIsRebuilt) {
+    if (geteuid() != 0) GTEST_SKIP() << "[SKIP] not root: handing a payload to another user needs chown";
+    Runtime aot(aot_only());
+    Problem p(DType::Float32, false, 4, 1001, 8);
+    const std::vector<uint8_t> want = run_variant(aot, p, 1);
+    TempDir dir;
+    {
+        Runtime first(jit_options(Specialize::Always, dir.path()));
+        EXPECT_TRUE(run_variant(first, p, 1) == want);
+    }
+    int replaced = 0;
+    for (const auto &entry : fs::directory_iterator(dir.path())) {
+        if (entry.path().extension() != ".obj") continue;
+        const std::string path = entry.path().string(), planted = path + ".planted";
+        fs::copy_file(path, planted);
+        ASSERT_EQ(chown(planted.c_str(), 65534, 65534), 0);  // nobody
+        fs::rename(planted, path);
+        replaced++;
+    }
+    ASSERT_GE(replaced, 1);  // the kernel (and Halide's runtime, if this process compiled it here)
+    std::vector<std::string> warnings;
+    RuntimeOptions o = jit_options(Specialize::Always, dir.path());
+    o.warning_handler = [&](const std::string &m) { warnings.push_back(m); };
+    {
+        Runtime second(o);
+        EXPECT_TRUE(run_variant(second, p, 1) == want);
+        EXPECT_EQ(last_kernel().origin, KernelOrigin::Compiled);
+    }
+    ASSERT_GE(warnings.size(), 1u);
+    for (const std::string &w : warnings) {
+        EXPECT_NE(w.find("is owned by nobody (uid 65534), not by root (uid 0)); removed, it will be rebuilt"),
+                  std::string::npos)
+            << w;
+    }
+    Runtime third(jit_options(Specialize::Always, dir.path()));
+    EXPECT_TRUE(run_variant(third, p, 1) == want);
+    EXPECT_EQ(last_kernel().origin, KernelOrigin::Disk);
+}
+
 TEST(Jit, NonBlockingCallsRunAotWhileCompiling) {
     RuntimeOptions o = jit_options(Specialize::Always);
     o.target = "host";

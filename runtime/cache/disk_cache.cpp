@@ -19,6 +19,8 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "trust.h"
+
 namespace kldiv::cache {
 
 namespace {
@@ -38,6 +40,9 @@ constexpr std::int64_t kStaleSeconds = 600;
 constexpr off_t kMaxManifestBytes = off_t(64) << 20;
 // A payload can vanish under a reader when another process replaces the entry.
 constexpr int kLoadAttempts = 3;
+// Opening a manifest or payload: a symbolic link fails (ELOOP) rather than
+// being followed, and a FIFO does not block; trust.h judges what opened.
+constexpr int kOpenForReading = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC;
 
 // ---------------------------------------------------------------------------
 // Hashing: 8 bytes a step, little-endian whatever the host, so names and
@@ -341,14 +346,17 @@ std::optional<Manifest> parse_manifest(const std::string &text, std::string *rea
     return manifest;
 }
 
-// The manifest file `name` in `dir`, parsed; nullopt when absent or unreadable.
-std::optional<Manifest> read_manifest(const std::string &dir, const std::string &name) {
+// The manifest file `name` in `dir`, parsed; nullopt when absent, unreadable,
+// or not a file `user` may trust.
+std::optional<Manifest> read_manifest(const std::string &dir, const std::string &name,
+                                      uid_t user) {
     const std::string path = dir + "/" + name;
-    const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    const int fd = open(path.c_str(), kOpenForReading);
     if (fd < 0) return std::nullopt;
     struct stat info;
     std::string text;
-    const bool read_ok = fstat(fd, &info) == 0 && info.st_size <= kMaxManifestBytes &&
+    const bool read_ok = fstat(fd, &info) == 0 && untrusted_file_reason(info, user).empty() &&
+                         info.st_size <= kMaxManifestBytes &&
                          read_all(fd, std::size_t(info.st_size), &text);
     close(fd);
     if (!read_ok) return std::nullopt;
@@ -368,6 +376,15 @@ std::string environment(const char *name) {
 }
 
 std::int64_t now_unix() { return std::int64_t(std::time(nullptr)); }
+
+// True the first time `dir` is refused in this process: one warning each,
+// however many caches use it.
+bool first_refusal(const std::string &dir) {
+    static std::mutex mutex;
+    static auto *const refused = new std::unordered_set<std::string>();  // never destroyed
+    std::lock_guard<std::mutex> lock(mutex);
+    return refused->insert(dir).second;
+}
 
 }  // namespace
 
@@ -439,11 +456,59 @@ DiskCache::DiskCache(std::string dir, std::uint64_t max_bytes, std::string versi
       max_bytes_(max_bytes),
       version_(std::move(version)),
       warn_(std::move(warn)),
-      writable_(!dir_.empty()) {
+      writable_(!dir_.empty()),
+      user_(geteuid()) {
     while (dir_.size() > 1 && dir_.back() == '/') dir_.pop_back();
 }
 
-bool DiskCache::enabled() const { return writable_.load(); }
+bool DiskCache::enabled() const {
+    if (!writable_.load()) return false;
+    trusted();  // judges the directory if it exists
+    return dir_state_.load() != DirState::Refused;
+}
+
+std::string DiskCache::refusal() const {
+    if (dir_.empty() || trusted()) return "";
+    std::lock_guard<std::mutex> lock(trust_mutex_);
+    return refusal_;
+}
+
+bool DiskCache::trusted() const {
+    const DirState state = dir_state_.load();
+    if (state != DirState::Unchecked) return state == DirState::Trusted;
+    std::lock_guard<std::mutex> lock(trust_mutex_);
+    if (dir_state_.load() != DirState::Unchecked) return dir_state_.load() == DirState::Trusted;
+    const DirectoryTrust trust = check_directory(dir_, user_);
+    if (trust.verdict == DirectoryTrust::Verdict::Trusted) {
+        dir_state_ = DirState::Trusted;
+        return true;
+    }
+    if (trust.verdict == DirectoryTrust::Verdict::Refused) {
+        refusal_ = trust.reason;
+        dir_state_ = DirState::Refused;
+        if (first_refusal(dir_)) {
+            emit("kldiv: kernel cache directory " + dir_ + " refused: " + refusal_ +
+                 "; the disk cache is off for this process");
+        }
+    }
+    return false;  // missing or unusable: judged again next time
+}
+
+bool DiskCache::ready_to_write() {
+    if (trusted()) return true;
+    if (dir_state_.load() == DirState::Refused) return false;
+    int error = 0;
+    if (!make_directories(dir_, &error)) {
+        ++store_failures_;
+        degrade("cannot create", dir_, error);
+        return false;
+    }
+    if (trusted()) return true;
+    if (dir_state_.load() == DirState::Refused) return false;
+    ++store_failures_;
+    degrade("cannot use", dir_, ENOENT);
+    return false;
+}
 
 Stats DiskCache::stats() const {
     Stats stats;
@@ -483,8 +548,21 @@ void DiskCache::report_corrupt(const std::string &manifest_path, const std::stri
          "; removed, it will be rebuilt");
 }
 
+// The cache never writes a link, so one in its place is someone's doing.
+void DiskCache::remove_link(const std::string &path, const std::string &reason) {
+    struct stat info;
+    if (lstat(path.c_str(), &info) != 0 || !S_ISLNK(info.st_mode)) return;
+    if (unlink(path.c_str()) != 0) {
+        emit("kldiv: kernel cache entry " + path + " is " + reason + "; it could not be removed (" +
+             std::strerror(errno) + ")");
+        return;
+    }
+    ++corrupt_removed_;
+    report_corrupt(path, reason);
+}
+
 std::optional<std::string> DiskCache::load(const std::string &key) {
-    if (dir_.empty()) {
+    if (dir_.empty() || !trusted()) {
         ++misses_;
         return std::nullopt;
     }
@@ -509,8 +587,11 @@ std::optional<std::string> DiskCache::load(const std::string &key) {
 DiskCache::LoadStep DiskCache::load_once(const std::string &key, const std::string &hash,
                                          std::string *payload) {
     const std::string manifest_path = dir_ + "/" + hash + kManifestSuffix;
-    const int manifest_fd = open(manifest_path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (manifest_fd < 0) return LoadStep::Miss;
+    const int manifest_fd = open(manifest_path.c_str(), kOpenForReading);
+    if (manifest_fd < 0) {
+        if (errno == ELOOP) remove_link(manifest_path, "untrusted (a symbolic link)");
+        return LoadStep::Miss;
+    }
     struct ManifestFd {
         int fd;
         ~ManifestFd() { close(fd); }
@@ -523,7 +604,7 @@ DiskCache::LoadStep DiskCache::load_once(const std::string &key, const std::stri
     // the manifest meanwhile (then the new one is theirs to judge).
     auto remove_entry = [&](const std::string &payload_file, const std::string &reason) {
         struct stat now;
-        const bool replaced = stat(manifest_path.c_str(), &now) != 0 ||
+        const bool replaced = lstat(manifest_path.c_str(), &now) != 0 ||
                               now.st_ino != manifest_info.st_ino ||
                               now.st_dev != manifest_info.st_dev;
         int error = 0;
@@ -540,6 +621,10 @@ DiskCache::LoadStep DiskCache::load_once(const std::string &key, const std::stri
         report_corrupt(manifest_path, reason);
     };
 
+    if (std::string why = untrusted_file_reason(manifest_info, user_); !why.empty()) {
+        remove_entry("", "untrusted (" + why + ")");
+        return LoadStep::Miss;
+    }
     std::string text;
     if (manifest_info.st_size > kMaxManifestBytes) {
         remove_entry("", "corrupt (manifest of " + std::to_string(manifest_info.st_size) +
@@ -571,12 +656,17 @@ DiskCache::LoadStep DiskCache::load_once(const std::string &key, const std::stri
     }
 
     const std::string payload_path = dir_ + "/" + expected_payload;
-    const int payload_fd = open(payload_path.c_str(), O_RDONLY | O_CLOEXEC);
+    const int payload_fd = open(payload_path.c_str(), kOpenForReading);
     if (payload_fd < 0) {
+        if (errno == ELOOP) {
+            remove_entry(expected_payload,
+                         "untrusted (payload " + expected_payload + " is a symbolic link)");
+            return LoadStep::Miss;
+        }
         if (errno != ENOENT) return LoadStep::Miss;
         // Replaced or removed by another process since we read it: look again.
         struct stat now;
-        if (stat(manifest_path.c_str(), &now) != 0) return LoadStep::Miss;
+        if (lstat(manifest_path.c_str(), &now) != 0) return LoadStep::Miss;
         if (now.st_ino != manifest_info.st_ino || now.st_dev != manifest_info.st_dev) {
             return LoadStep::Retry;
         }
@@ -589,6 +679,10 @@ DiskCache::LoadStep DiskCache::load_once(const std::string &key, const std::stri
     } payload_guard{payload_fd};
     struct stat payload_info;
     if (fstat(payload_fd, &payload_info) != 0) return LoadStep::Miss;
+    if (std::string why = untrusted_file_reason(payload_info, user_); !why.empty()) {
+        remove_entry(expected_payload, "untrusted (payload " + expected_payload + " is " + why + ")");
+        return LoadStep::Miss;
+    }
     if (std::uint64_t(payload_info.st_size) != manifest->payload_bytes) {
         remove_entry(expected_payload, "corrupt (payload of " +
                                            std::to_string(payload_info.st_size) +
@@ -640,7 +734,8 @@ bool DiskCache::write_entry(const std::string &key, const std::string &payload,
     // another has just renamed in again and is about to name in the
     // manifest. Without the lock the replaced payload stays, for prune() to
     // remove as an orphan.
-    const int lock_fd = open((dir_ + "/.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    const int lock_fd =
+        open((dir_ + "/.lock").c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
     const bool locked = lock_fd >= 0 && flock(lock_fd, LOCK_EX) == 0;
     struct LockFd {
         int fd;
@@ -656,7 +751,7 @@ bool DiskCache::write_entry(const std::string &key, const std::string &payload,
         unlink(manifest_temporary.c_str());
         return false;
     }
-    const std::optional<Manifest> replaced = read_manifest(dir_, manifest_name);
+    const std::optional<Manifest> replaced = read_manifest(dir_, manifest_name, user_);
     if (rename(manifest_temporary.c_str(), manifest_path.c_str()) != 0) {
         *error = errno;
         *failed_path = manifest_path;
@@ -679,16 +774,17 @@ void DiskCache::store(const std::string &key, const std::string &payload,
     try {
         // An entry that alone is over the limit would be pruned at once.
         if (payload.size() + key.size() + description.size() > max_bytes_) return;
+        if (!ready_to_write()) return;
         int error = 0;
         std::string failed_path;
         bool stored = write_entry(key, payload, description, &error, &failed_path);
         if (!stored && error == ENOENT) {
-            // No directory yet, or it was removed under us: create it, once.
-            if (!make_directories(dir_, &error)) {
-                ++store_failures_;
-                degrade("cannot create", dir_, error);
-                return;
+            // Removed under us: made and judged afresh, once.
+            {
+                std::lock_guard<std::mutex> lock(trust_mutex_);
+                if (dir_state_.load() == DirState::Trusted) dir_state_ = DirState::Unchecked;
             }
+            if (!ready_to_write()) return;
             stored = write_entry(key, payload, description, &error, &failed_path);
         }
         if (!stored) {
@@ -706,7 +802,7 @@ void DiskCache::store(const std::string &key, const std::string &payload,
 
 std::vector<Entry> DiskCache::list() const {
     std::vector<Entry> entries;
-    if (dir_.empty()) return entries;
+    if (dir_.empty() || !trusted()) return entries;
     const std::vector<CacheFile> files = scan(dir_);
     const auto payloads = payloads_by_name(files);
     std::vector<timespec> modified;
@@ -716,7 +812,7 @@ std::vector<Entry> DiskCache::list() const {
         entry.manifest = file.name;
         entry.bytes = file.size;
         entry.last_used_unix = file.modified.tv_sec;
-        const std::optional<Manifest> manifest = read_manifest(dir_, file.name);
+        const std::optional<Manifest> manifest = read_manifest(dir_, file.name, user_);
         if (!manifest) {
             entry.state = Entry::State::Unreadable;
         } else {
@@ -745,14 +841,14 @@ std::vector<Entry> DiskCache::list() const {
 }
 
 std::uint64_t DiskCache::total_bytes() const {
-    if (dir_.empty()) return 0;
+    if (dir_.empty() || !trusted()) return 0;
     std::uint64_t total = 0;
     for (const CacheFile &file : scan(dir_)) total += file.size;
     return total;
 }
 
 std::uint64_t DiskCache::prune(std::uint64_t max_bytes) {
-    if (dir_.empty()) return 0;
+    if (dir_.empty() || !trusted()) return 0;
     const std::vector<CacheFile> files = scan(dir_);
     const std::int64_t stale_before = now_unix() - kStaleSeconds;
     std::uint64_t total = 0, freed = 0;
@@ -775,7 +871,7 @@ std::uint64_t DiskCache::prune(std::uint64_t max_bytes) {
     const auto payloads = payloads_by_name(files);
     for (const CacheFile &file : files) {
         if (file.kind != FileKind::Manifest) continue;
-        const std::optional<Manifest> manifest = read_manifest(dir_, file.name);
+        const std::optional<Manifest> manifest = read_manifest(dir_, file.name, user_);
         Candidate candidate{&file, nullptr, manifest.has_value()};
         if (manifest) {
             referenced.insert(manifest->payload);
@@ -807,7 +903,7 @@ std::uint64_t DiskCache::prune(std::uint64_t max_bytes) {
 }
 
 std::uint64_t DiskCache::clear() {
-    if (dir_.empty()) return 0;
+    if (dir_.empty() || !trusted()) return 0;
     std::uint64_t entries = 0;
     // Manifests first, so no reader finds one whose payload is gone.
     for (const CacheFile &file : scan(dir_)) {
@@ -820,7 +916,7 @@ std::uint64_t DiskCache::clear() {
     std::unordered_set<std::string> referenced;
     for (const CacheFile &file : files) {
         if (file.kind != FileKind::Manifest) continue;
-        if (const std::optional<Manifest> manifest = read_manifest(dir_, file.name)) {
+        if (const std::optional<Manifest> manifest = read_manifest(dir_, file.name, user_)) {
             referenced.insert(manifest->payload);
         }
     }

@@ -2,8 +2,12 @@
 // the full identity text of a kernel. Every file is written under a temporary
 // name and renamed into place (payload first, manifest last), so processes
 // sharing one directory never see a half-written entry; every load is verified
-// and a bad entry is removed and rebuilt. No Halide or LLVM type appears here.
+// and a bad entry is removed and rebuilt. A directory or file that another
+// user could have written is not used (trust.h). No Halide or LLVM type
+// appears here.
 #pragma once
+
+#include <sys/types.h>
 
 #include <atomic>
 #include <cstdint>
@@ -26,7 +30,8 @@ std::string resolve_cache_dir(const std::string &configured);
 // 32 hex digits naming a key's files; the same on every run and machine.
 std::string hash_key(const std::string &key);
 
-// The 64-bit checksum of payloads and manifests; stable like hash_key.
+// The 64-bit checksum of payloads and manifests; stable like hash_key. It
+// catches torn and corrupt files, not an attacker: anyone can compute it.
 std::uint64_t checksum64(const std::string &bytes);
 
 // "123 B", "4.5 KiB", "1.2 GiB".
@@ -70,9 +75,16 @@ public:
     // time; when empty, warnings go to stderr.
     DiskCache(std::string dir, std::uint64_t max_bytes, std::string version, Warn warn);
 
-    // False when disabled, or after a store found the directory unusable; a
-    // degraded cache still serves loads from a directory it can read.
+    // False when disabled, refused, or after a store found the directory
+    // unusable; a degraded cache still serves loads from a directory it can read.
     bool enabled() const;
+
+    // Why the directory is refused (trust.h), e.g. "/tmp/k is writable by
+    // others (mode 0777)"; "" when it may be used or does not exist yet. The
+    // directory is judged before the first file in it is used (and again
+    // while it is missing); a refused one is off for this cache, every call
+    // doing nothing, and gives one warning per process.
+    std::string refusal() const;
     const std::string &dir() const { return dir_; }
     const std::string &version() const { return version_; }
     std::uint64_t max_bytes() const { return max_bytes_; }
@@ -105,12 +117,23 @@ public:
 
 private:
     enum class LoadStep { Hit, Miss, Retry };
+    enum class DirState { Unchecked, Trusted, Refused };
+
+    // Whether the directory may be used now: judged (trust.h) until it is
+    // found trusted or refused, which then holds (a directory removed under a
+    // store is judged afresh). The first refusal of a directory in the
+    // process is warned about.
+    bool trusted() const;
+    // Before a store: makes a missing directory, then judges it; false (with
+    // one warning when it is unusable) when the store must not go ahead.
+    bool ready_to_write();
 
     LoadStep load_once(const std::string &key, const std::string &hash, std::string *payload);
     bool write_entry(const std::string &key, const std::string &payload,
                      const std::string &description, int *error, std::string *failed_path);
     void degrade(const std::string &what, const std::string &path, int error);
     void report_corrupt(const std::string &manifest_path, const std::string &reason);
+    void remove_link(const std::string &path, const std::string &reason);
     void emit(const std::string &message) const;
     std::string new_temporary_path();
 
@@ -120,6 +143,10 @@ private:
     Warn warn_;
     mutable std::mutex warn_mutex_;
     std::atomic<bool> writable_;
+    uid_t user_;
+    mutable std::mutex trust_mutex_;
+    mutable std::atomic<DirState> dir_state_{DirState::Unchecked};
+    mutable std::string refusal_;  // guarded by trust_mutex_
     std::atomic<bool> degraded_warned_{false};
     std::atomic<std::uint64_t> hits_{0}, misses_{0}, stores_{0}, store_failures_{0},
         corrupt_removed_{0};
