@@ -435,7 +435,9 @@ KernelCache::KernelCache(const RuntimeOptions &options) : state_(std::make_uniqu
                 " " + jit::toolchain_version();
     s.disk = std::make_unique<cache::DiskCache>(cache::resolve_cache_dir(options.cache_dir), options.disk_cache_bytes,
                                                 s.version, [&s](const std::string &m) { s.warn(m); });
-    s.tuning = schedules::load_tuning_databases(options.tuning_db, s.disk->dir(),
+    // The user's tuning records live beside the kernels: a refused directory is not read.
+    const std::string tuning_dir = s.disk->refusal().empty() ? s.disk->dir() : std::string();
+    s.tuning = schedules::load_tuning_databases(options.tuning_db, tuning_dir,
                                                 [&s](const std::string &m) { s.warn(m); });
     if (options.threads > 0) set_num_threads(options.threads);
     set_cuda_stream(options.cuda_stream);
