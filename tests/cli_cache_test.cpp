@@ -1,5 +1,5 @@
 // `kldiv cache` end to end: the CLI binary (KLDIV_CLI) run on a directory the
-// cache library filled.
+// cache library filled; and `kldiv run` on a directory it must refuse.
 #include <ftw.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -145,6 +146,61 @@ TEST_F(CliCache, StatsPruneAndClear) {
     EXPECT_EQ(json_of("cache stats --json --dir " + dir_).at("entries"), 0);
     EXPECT_NE(run_cli("cache clear --dir " + dir_).output.find("removed 0 entries"),
               std::string::npos);
+}
+
+// A directory that others may write: every command gives the runtime's
+// verdict, exits 1, and reads or removes nothing.
+TEST_F(CliCache, RefusedDirectoryIsReportedAndLeftAlone) {
+    fill();
+    EXPECT_NE(run_cli("cache stats --dir " + dir_).output.find("verdict    usable\n"),
+              std::string::npos);
+    ASSERT_EQ(chmod(dir_.c_str(), 0777), 0);
+    const std::string verdict =
+        "refused: " + dir_ + " is writable by others (mode 0777); the disk cache is off";
+
+    const CliResult stats = run_cli("cache stats --dir " + dir_);
+    EXPECT_EQ(stats.status, 1) << stats.output;
+    EXPECT_EQ(stats.output, "directory  " + dir_ + "\nverdict    " + verdict + "\n");
+    const CliResult json = run_cli("cache stats --json --dir " + dir_);
+    EXPECT_EQ(json.status, 1) << json.output;
+    const nlohmann::json parsed = nlohmann::json::parse(json.output, nullptr, false);
+    EXPECT_EQ(parsed.value("usable", true), false) << json.output;
+    EXPECT_EQ(parsed.value("verdict", ""), verdict) << json.output;
+
+    const CliResult list = run_cli("cache ls --dir " + dir_);
+    EXPECT_EQ(list.status, 1);
+    EXPECT_EQ(list.output, "kldiv cache: " + verdict + "\n");
+    for (const std::string command : {"clear", "prune --max-bytes 0"}) {
+        const CliResult result = run_cli("cache " + command + " --dir " + dir_);
+        EXPECT_EQ(result.status, 1) << command;
+        EXPECT_EQ(result.output, "kldiv cache: " + verdict + "; nothing removed\n") << command;
+    }
+    ASSERT_EQ(chmod(dir_.c_str(), 0700), 0);
+    EXPECT_EQ(json_of("cache stats --json --dir " + dir_).at("entries"), 3);
+}
+
+// What was seen: `kldiv run` with KLDIV_CACHE_DIR a directory of another user
+// that anyone may write stored its kernels there, and the next run loaded them.
+TEST_F(CliCache, RunNeitherStoresInNorLoadsFromADirectoryOfAnotherUser) {
+    if (geteuid() != 0) GTEST_SKIP() << "[SKIP] not root: making a directory another user's needs chown";
+    const std::string shared = dir_ + "/shared";
+    ASSERT_EQ(mkdir(shared.c_str(), 0777), 0);
+    ASSERT_EQ(chmod(shared.c_str(), 0777), 0);
+    ASSERT_EQ(chown(shared.c_str(), 65534, 65534), 0);  // nobody
+    for (int run = 0; run < 2; run++) {
+        const CliResult result = run_cli("run --shape 64x1000 --dtype f32 --reduction sum",
+                                         "KLDIV_CACHE_DIR=" + shared);
+        EXPECT_EQ(result.status, 0) << result.output;
+        EXPECT_NE(result.output.find("kldiv run: warning: kldiv: kernel cache directory " + shared +
+                                     " refused: " + shared +
+                                     " is owned by nobody (uid 65534), not by root (uid 0); the "
+                                     "disk cache is off for this process\n"),
+                  std::string::npos)
+            << result.output;
+        EXPECT_EQ(result.output.find("from the disk cache"), std::string::npos) << result.output;
+        EXPECT_NE(result.output.find("\nresult          PASS\n"), std::string::npos) << result.output;
+    }
+    EXPECT_TRUE(std::filesystem::is_empty(shared)) << "something was written to " << shared;
 }
 
 TEST_F(CliCache, UsageErrorsExitTwo) {

@@ -39,9 +39,12 @@ Options:
   -h, --help         this text
 
 Only files the cache itself names are read or removed; anything else in the
-directory is left alone.
+directory is left alone. A directory that another user could write (see the
+README's section on the on-disk cache) is refused: every command says so and
+reads or removes nothing.
 
-Exit status: 0 done, 1 the directory cannot be used, 2 a usage error.
+Exit status: 0 done, 1 the directory cannot be used or is refused, 2 a usage
+error.
 )";
 
 namespace {
@@ -163,7 +166,28 @@ int list_entries(const cache::DiskCache &disk_cache, bool json) {
     return kExitPass;
 }
 
+// The runtime's warning in short: why the cache will not use its directory.
+std::string refused_verdict(const std::string &refusal) {
+    return "refused: " + refusal + "; the disk cache is off";
+}
+
 int show_stats(const cache::DiskCache &disk_cache, bool json) {
+    struct stat info;
+    const bool exists = stat(disk_cache.dir().c_str(), &info) == 0;
+    const std::string refusal = disk_cache.refusal();
+    if (!refusal.empty()) {
+        if (json) {
+            const nlohmann::json stats = {{"directory", disk_cache.dir()},
+                                          {"usable", false},
+                                          {"verdict", refused_verdict(refusal)},
+                                          {"max_bytes", disk_cache.max_bytes()}};
+            std::printf("%s\n", dump(stats).c_str());
+        } else {
+            std::printf("%-10s %s\n", "directory", disk_cache.dir().c_str());
+            std::printf("%-10s %s\n", "verdict", refused_verdict(refusal).c_str());
+        }
+        return kExitFail;
+    }
     const std::vector<cache::Entry> entries = disk_cache.list();
     std::size_t unreadable = 0;
     for (const cache::Entry &entry : entries) {
@@ -173,6 +197,8 @@ int show_stats(const cache::DiskCache &disk_cache, bool json) {
     const std::uint64_t total = disk_cache.total_bytes();
     if (json) {
         const nlohmann::json stats = {{"directory", disk_cache.dir()},
+                                      {"usable", true},
+                                      {"verdict", "usable"},
                                       {"entries", entries.size()},
                                       {"unreadable_entries", unreadable},
                                       {"total_bytes", total},
@@ -180,10 +206,9 @@ int show_stats(const cache::DiskCache &disk_cache, bool json) {
         std::printf("%s\n", dump(stats).c_str());
         return kExitPass;
     }
-    struct stat info;
-    const bool exists = stat(disk_cache.dir().c_str(), &info) == 0;
     std::printf("%-10s %s%s\n", "directory", disk_cache.dir().c_str(),
                 exists ? "" : " (not created yet)");
+    std::printf("%-10s %s\n", "verdict", "usable");
     std::printf("%-10s %zu", "entries", entries.size());
     if (unreadable > 0) std::printf(" (%zu unreadable)", unreadable);
     std::printf("\n%-10s %s\n", "total", bytes_and_unit(total).c_str());
@@ -210,8 +235,17 @@ int run_cache_command(const CacheOptions &options) {
                      std::strerror(errno));
         return kExitFail;
     }
-    // The CLI judges no entry's version, so its own tag is empty.
-    cache::DiskCache disk_cache(dir, options.max_bytes, "", {});
+    // The CLI judges no entry's version, so its own tag is empty. It says
+    // itself why a directory is refused, so the cache's warning is dropped.
+    cache::DiskCache disk_cache(dir, options.max_bytes, "", [](const std::string &) {});
+    if (options.action != Action::Stats) {
+        if (const std::string refusal = disk_cache.refusal(); !refusal.empty()) {
+            std::FILE *stream = options.action == Action::List && !options.json ? stdout : stderr;
+            std::fprintf(stream, "kldiv cache: %s%s\n", refused_verdict(refusal).c_str(),
+                         options.action == Action::List ? "" : "; nothing removed");
+            return kExitFail;
+        }
+    }
     switch (options.action) {
     case Action::List:
         return list_entries(disk_cache, options.json);
