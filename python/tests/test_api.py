@@ -211,3 +211,25 @@ def test_package_finds_the_library_it_was_installed_with():
     path, value = run.stdout.split()
     assert Path(path) == Path(kldiv.__file__).with_name("libkldiv.so") and Path(path).is_file()
     assert float(value) == 0.0
+
+
+def test_a_cache_directory_others_may_write_is_refused_with_one_python_warning(tmp_path):
+    cache = tmp_path / "shared-cache"
+    cache.mkdir()
+    cache.chmod(0o777)
+    script = ("import warnings, torch, kldiv.torch\n"
+              "warnings.simplefilter('always')\n"
+              "with warnings.catch_warnings(record=True) as caught:\n"
+              "    for _ in range(3):\n"
+              "        x = torch.randn(64, 100).log_softmax(-1)\n"
+              "        print(float(kldiv.torch.kl_div(x, x.exp(), reduction='sum')))\n"
+              "for w in caught:\n"
+              "    print('WARNING', w.category.__name__, w.message)\n")
+    environment = dict(os.environ, KLDIV_CACHE_DIR=str(cache), KLDIV_SPECIALIZE="always")
+    run = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True, check=True)
+    warned = [line for line in run.stdout.splitlines() if line.startswith("WARNING")]
+    assert len(warned) == 1, run.stdout
+    assert "UserWarning" in warned[0] and str(cache) in warned[0] and "writable by others" in warned[0]
+    losses = [float(line) for line in run.stdout.splitlines() if not line.startswith("WARNING")]
+    assert len(losses) == 3 and all(abs(v) < 1e-3 for v in losses)  # KL of a distribution to itself
+    assert list(cache.iterdir()) == []  # nothing stored there
