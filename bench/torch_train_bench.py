@@ -93,6 +93,9 @@ def peak_memory_child(name, rows, vocab, dtype_name, device):
     # is theirs, a reused gradient buffer included.
     step(function, x, t)
     x.grad = None
+    # kldiv keeps a freed gradient's memory for the next step: let it go too,
+    # so that the steps' peak counts it, as it counts PyTorch's new gradients.
+    kldiv.torch.empty_cache()
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
