@@ -3,11 +3,21 @@ process, and the command-line options for threads, memory and output."""
 import argparse
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 import kldiv
+
+# The bandwidth probe of the C++ benchmarks (bench/bandwidth_module.cpp), from
+# the build beside this folder unless KLDIV_BENCH_MODULES names another place.
+sys.path.insert(0, os.environ.get("KLDIV_BENCH_MODULES") or str(Path(__file__).resolve().parents[1] / "build/bench"))
+try:
+    import kldiv_bandwidth
+except ImportError:
+    kldiv_bandwidth = None
 
 
 def synchronize(device):
@@ -58,6 +68,22 @@ def add_common_arguments(parser, repeats):
 def use_threads(threads):
     torch.set_num_threads(threads)
     kldiv.set_num_threads(threads)
+
+
+def step_ceiling(a, b, threads, repeats, device="cpu"):
+    """The ceiling, in bytes per second, of a step that reads two tensors and
+    writes a third of their size, measured now in this process, and its name.
+
+    On the CPU, the copy loop of the C++ benchmarks (two arrays read, a third
+    written; tools/bandwidth.h); where that module is not built (or on a GPU),
+    PyTorch's out = a + b on the data itself.
+    """
+    if device == "cpu" and kldiv_bandwidth is not None:
+        return kldiv_bandwidth.measure(threads, max(3, repeats))["copy_gbps"] * 1e9, "copy loop"
+    a = a.detach()
+    out = torch.empty_like(a)
+    seconds = median_seconds(lambda: torch.add(a, b, out=out), repeats, warmup=2, device=device)
+    return 3 * a.numel() * a.element_size() / seconds, "torch.add"
 
 
 def step_header(names):

@@ -16,8 +16,9 @@ Contenders, on the same data:
 The compiled contenders need torch 2.4 or later. Prints the median time per
 step (a contender's steps back to back, after one to warm up), the
 percentage of the bandwidth ceiling each step reaches (a step must read s and
-t and write s's gradient; the ceiling is out = s + t, the same two reads and
-one write, measured in the same run), the speed-ups of kldiv, and each
+t and write s's gradient; the ceiling is the copy loop of the C++ benchmarks,
+two arrays read and a third written, measured in this process next to each
+shape; on a GPU, PyTorch's out = s + t), the speed-ups of kldiv, and each
 contender's peak memory on top of the data (the peak resident set of a fresh
 process per contender), with what it needs beyond the gradient as a share of
 the logits.
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 import kldiv
 import kldiv.torch
 from bench_common import (add_common_arguments, median_seconds, peak_resident_since, reset_peak_resident,
-                          step_header, step_row, use_threads)
+                          step_ceiling, step_header, step_row, use_threads)
 
 SHAPES = ["4096x32000", "1024x128256"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
@@ -79,14 +80,6 @@ def step(function, s, t):
     loss = function(s, t)
     loss.backward()
     return loss
-
-
-def ceiling_bandwidth(s, t, repeats, device="cpu"):
-    """Bytes per second of out = s + t (two reads, one write) in this process."""
-    a = s.detach()
-    out = torch.empty_like(a)
-    seconds = median_seconds(lambda: torch.add(a, t, out=out), repeats, warmup=2, device=device)
-    return 3 * a.numel() * a.element_size() / seconds
 
 
 def peak_cuda_memory(function, s, t):
@@ -150,7 +143,7 @@ def main():
     names = list(contenders())
     if "torch.compile" not in names:
         print("[SKIP] the compiled contenders: torch.compile over custom ops needs torch 2.4 or later")
-    print("\nloss + backward per step ('batchmean'): median ms, and % of the ceiling (out = s + t in this run) "
+    print("\nloss + backward per step ('batchmean'): median ms, and % of the ceiling (measured next to each shape) "
           "for the step's bytes (read s and t, write s's gradient)")
     print(step_header(names))
     results = {"torch": torch.__version__, "temperature": TEMPERATURE, "device": device, "steps": []}
@@ -164,7 +157,7 @@ def main():
             seconds = {name: median_seconds(lambda: step(function, s, t), args.repeats, warmup=1, device=device)
                        for name, function in functions.items()}
             moved = 3 * s.numel() * s.element_size()
-            ceiling = ceiling_bandwidth(s, t, args.repeats, device)
+            ceiling, ceiling_name = step_ceiling(s, t, args.threads, args.repeats, device)
             if args.no_memory:
                 memory = {}
             elif device == "cuda":
@@ -177,9 +170,11 @@ def main():
                 print(f"{'':22s} beyond the gradient, % of the logits: " + ", ".join(
                     f"{n} {100 * (memory[n] - logits) / logits:.2f}%" for n in names), flush=True)
             results["steps"].append({"shape": [rows, vocab], "dtype": dtype_name, "seconds": seconds,
-                                     "step_bytes": moved, "ceiling_bytes_per_second": ceiling,
+                                     "step_bytes": moved, "ceiling_bytes_per_second": ceiling, "ceiling": ceiling_name,
                                      "peak_bytes": memory, "logits_bytes": logits})
             del s, t
+    if args.shapes:
+        print(f"(ceiling: the {ceiling_name})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -15,8 +15,10 @@ The compiled contenders need torch 2.4 or later. For each shape and dtype it
 prints the median time per step, the speed-ups of kldiv over eager and over
 torch.compile, and for each contender the percentage of the bandwidth ceiling
 its step reaches: a step must read x and t and write x's gradient (3 tensors
-of x's size), and the ceiling is the bandwidth of out = x + t (the same two
-reads and one write) measured in the same run. With memory on (the default),
+of x's size), and the ceiling is the copy loop of the C++ benchmarks (two
+arrays read, a third written: bench/bandwidth_module.cpp, built in
+build/bench), measured in this process next to each shape; on a GPU, or
+without that module, PyTorch's out = x + t on the data. With memory on (the default),
 each contender's peak memory on top of the data, from a fresh process (CPU:
 the peak resident set; CUDA: the allocator's peak).
 
@@ -39,8 +41,8 @@ import torch.nn.functional as F
 
 import kldiv
 import kldiv.torch
-from bench_common import (add_common_arguments, peak_resident_since, reset_peak_resident, step_header, step_row,
-                          use_threads)
+from bench_common import (add_common_arguments, peak_resident_since, reset_peak_resident, step_ceiling, step_header,
+                          step_row, use_threads)
 from bench_common import median_seconds as common_median_seconds
 
 SHAPES = [(512, 32768), (32, 32000), (128, 32000), (64, 128256), (256, 128256), (512, 128256)]
@@ -75,14 +77,6 @@ def step(loss_function, x, t, reduction="batchmean"):
     loss = loss_function(x, t, reduction=reduction)
     loss.backward()
     return loss
-
-
-def ceiling_bandwidth(x, t, device, repeats):
-    """Bytes per second of out = x + t (two reads, one write) on this data."""
-    a, b = x.detach(), t
-    out = torch.empty_like(a)
-    seconds = median_seconds(lambda: torch.add(a, b, out=out), device, repeats)
-    return 3 * a.numel() * a.element_size() / seconds
 
 
 def peak_memory_child(name, rows, vocab, dtype_name, device):
@@ -170,7 +164,7 @@ def main():
     names = list(contenders())
     if "torch.compile" not in names:
         print("\n[SKIP] the compiled contenders: torch.compile over custom ops needs torch 2.4 or later")
-    print("\nloss + backward per step ('batchmean'): median ms, and % of the ceiling (out = x + t in this run) "
+    print("\nloss + backward per step ('batchmean'): median ms, and % of the ceiling (measured next to each shape) "
           "for the step's bytes (read x and t, write x's gradient)")
     print(step_header(names))
     for shape in args.shapes:
@@ -187,14 +181,16 @@ def main():
                     times[name].append(median_seconds(lambda: step(function, x, t), args.device, 1))
             seconds = {name: statistics.median(v) for name, v in times.items()}
             moved = 3 * x.numel() * x.element_size()
-            ceiling = ceiling_bandwidth(x, t, args.device, args.repeats)
+            ceiling, ceiling_name = step_ceiling(x, t, args.threads, args.repeats, args.device)
             memory = {} if args.no_memory else {
                 name: peak_memory(name, rows, vocab, dtype_name, args.device) for name in functions}
             print(step_row(shape, dtype_name, names, seconds, moved, ceiling, memory), flush=True)
             results["steps"].append({"shape": [rows, vocab], "dtype": dtype_name, "seconds": seconds,
-                                     "step_bytes": moved, "ceiling_bytes_per_second": ceiling,
+                                     "step_bytes": moved, "ceiling_bytes_per_second": ceiling, "ceiling": ceiling_name,
                                      "peak_bytes": memory})
             del x, t
+    if args.shapes:
+        print(f"(ceiling: the {ceiling_name})")
     if not args.no_memory:
         print("(the M column: peak memory on top of the data, MiB, from a fresh process per contender)")
     if args.json:
