@@ -1,7 +1,6 @@
 // Distillation from logits through the C ABI (kldiv_distill_*), against a
-// long double reference of the definition (README, "Distillation from
-// logits"): every dtype, both directions, every reduction, temperatures,
-// masks, vocabularies around the kernels' step and block, edge rows, and the
+// long double reference of the definition (docs/distillation.md): every
+// dtype, both directions, every reduction, temperatures, masks, vocabularies around the kernels' step and block, edge rows, and the
 // gradients of the fused and backward passes. Runs on every CPU target the
 // library is built for (tests/arm64 runs it on the NEON kernels).
 #include <gtest/gtest.h>

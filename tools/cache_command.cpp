@@ -39,9 +39,9 @@ Options:
   -h, --help         this text
 
 Only files the cache itself names are read or removed; anything else in the
-directory is left alone. A directory that another user could write (see the
-README's section on the on-disk cache) is refused: every command says so and
-reads or removes nothing.
+directory is left alone. A directory that another user could write (see
+docs/jit.md, on the disk cache) is refused: every command says so and reads or
+removes nothing.
 
 Exit status: 0 done, 1 the directory cannot be used or is refused, 2 a usage
 error.

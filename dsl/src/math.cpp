@@ -75,7 +75,7 @@ Expr log_of_positive(const Expr &x, const MathOptions &options) {
         // right. 4 vector instructions on x86 (a signed compare, a conversion,
         // a subtract, a blend) where the float64 way below takes 6: 1.07x on
         // the float32 forward sum (2^24 elements, AVX2 forced on a Zen 5; about
-        // 1.0x on a Zen 3, see the README's Benchmarks). A negative x takes
+        // 1.0x on a Zen 3, see docs/benchmarks.md). A negative x takes
         // this path too and gives finite garbage, as it would the other.
         const Expr denormal = Halide::reinterpret(it, x) < Halide::Internal::make_const(it, 1 << mantissa_bits);
         const Expr converted = Halide::reinterpret(ut, Halide::cast(ft, Halide::reinterpret(it, x)));

@@ -119,7 +119,7 @@ void kl_div(const Tensor &input, const Tensor &target, const Tensor &out,
 // leading dimensions: with p = softmax(teacher / T), q = softmax(student / T),
 // forward KL sum_j p_j (log p_j - log q_j) (reverse: sum_j q_j (log q_j -
 // log p_j)); a token of probability 0 adds 0. As kldiv_distill_* in kldiv.h
-// (README, "Distillation from logits"): tensors of one shape and dtype, the
+// (docs/distillation.md): tensors of one shape and dtype, the
 // loss and gradients of that dtype; CUDA tensors as kldiv.h says.
 struct DistillOptions {
     double temperature = 1.0;  // > 0

@@ -1,7 +1,7 @@
 // Distillation from logits: the KL divergence between the teacher's and the
 // student's softmax at temperature T, per row of the last dimension, with its
 // gradients, without a [rows, vocab] intermediate. No scheduling here
-// (schedules/distill_schedule.h). SPEC: README, "Distillation from logits".
+// (schedules/distill_schedule.h). SPEC: docs/distillation.md.
 //
 // Per row, p = softmax(t / T) and q = softmax(s / T):
 //   forward KL  L = sum_j p_j (log p_j - log q_j)   (0 where p_j == 0)
