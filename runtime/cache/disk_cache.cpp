@@ -1,8 +1,6 @@
 #include "disk_cache.h"
 
-#include <dirent.h>
 #include <fcntl.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -10,360 +8,25 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
-#include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
-#include <nlohmann/json.hpp>
-#include <unordered_map>
 #include <unordered_set>
 
+#include "directory_lock.h"
+#include "manifest.h"
+#include "payload_store.h"
 #include "trust.h"
 
 namespace kldiv::cache {
 
 namespace {
 
-// Files: "<hash>.json" (manifest), "<hash>.<checksum>.obj" (payload, immutable:
-// its name changes with its content) and ".tmp.<pid>.<tid>.<n>" (being written).
-constexpr char kFormatName[] = "kldiv-kernel-cache";
-constexpr int kFormatVersion = 1;
-constexpr std::size_t kHashDigits = 32;
-constexpr std::size_t kChecksumDigits = 16;
-constexpr char kManifestSuffix[] = ".json";
-constexpr char kPayloadSuffix[] = ".obj";
-constexpr char kTemporaryPrefix[] = ".tmp.";
 // A temporary or orphan payload this old belongs to no live writer.
 constexpr std::int64_t kStaleSeconds = 600;
-// Larger "manifests" are garbage; reading them whole would only waste memory.
-constexpr off_t kMaxManifestBytes = off_t(64) << 20;
 // A payload can vanish under a reader when another process replaces the entry.
 constexpr int kLoadAttempts = 3;
-// Opening a manifest or payload: a symbolic link fails (ELOOP) rather than
-// being followed, and a FIFO does not block; trust.h judges what opened.
-constexpr int kOpenForReading = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC;
-
-// ---------------------------------------------------------------------------
-// Hashing: 8 bytes a step, little-endian whatever the host, so names and
-// checksums agree across machines. Every step is a bijection of the state for
-// a fixed word, so a change confined to one word always changes the result.
-
-std::uint64_t rotate_left(std::uint64_t x, int bits) { return (x << bits) | (x >> (64 - bits)); }
-
-std::uint64_t load_little_endian(const unsigned char *bytes, std::size_t count) {
-    std::uint64_t word = 0;
-    for (std::size_t i = 0; i < count; ++i) word |= std::uint64_t(bytes[i]) << (8 * i);
-    return word;
-}
-
-std::uint64_t finalize(std::uint64_t h) {
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdULL;
-    h ^= h >> 33;
-    h *= 0xc4ceb9fe1a85ec53ULL;
-    h ^= h >> 33;
-    return h;
-}
-
-std::uint64_t hash64(const std::string &text, std::uint64_t seed) {
-    constexpr std::uint64_t k1 = 0x87c37b91114253d5ULL, k2 = 0x4cf5ad432745937fULL;
-    const auto *bytes = reinterpret_cast<const unsigned char *>(text.data());
-    const std::size_t size = text.size();
-    std::uint64_t h = seed ^ 0x9e3779b97f4a7c15ULL;
-    auto absorb = [&](std::uint64_t word) {
-        word = rotate_left(word * k1, 31) * k2;
-        h = rotate_left(h ^ word, 27) * 5 + 0x52dce729;
-    };
-    std::size_t i = 0;
-    for (; i + 8 <= size; i += 8) absorb(load_little_endian(bytes + i, 8));
-    if (i < size) absorb(load_little_endian(bytes + i, size - i));
-    return finalize(h ^ size);
-}
-
-std::string hex16(std::uint64_t value) {
-    char text[17];
-    std::snprintf(text, sizeof text, "%016" PRIx64, value);
-    return text;
-}
-
-bool is_hex(const std::string &text, std::size_t begin, std::size_t count) {
-    if (begin + count > text.size()) return false;
-    for (std::size_t i = begin; i < begin + count; ++i) {
-        const char c = text[i];
-        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
-    }
-    return true;
-}
-
-bool ends_with(const std::string &text, const std::string &suffix) {
-    return text.size() >= suffix.size() &&
-           text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-std::string payload_name(const std::string &hash, std::uint64_t checksum) {
-    return hash + "." + hex16(checksum) + kPayloadSuffix;
-}
-
-// ---------------------------------------------------------------------------
-// Files.
-
-enum class FileKind { Manifest, Payload, Temporary, Other };
-
-FileKind classify(const std::string &name) {
-    const std::size_t manifest_length = kHashDigits + sizeof kManifestSuffix - 1;
-    const std::size_t payload_length =
-        kHashDigits + 1 + kChecksumDigits + sizeof kPayloadSuffix - 1;
-    if (name.rfind(kTemporaryPrefix, 0) == 0) return FileKind::Temporary;
-    if (name.size() == manifest_length && is_hex(name, 0, kHashDigits) &&
-        ends_with(name, kManifestSuffix)) {
-        return FileKind::Manifest;
-    }
-    if (name.size() == payload_length && is_hex(name, 0, kHashDigits) && name[kHashDigits] == '.' &&
-        is_hex(name, kHashDigits + 1, kChecksumDigits) && ends_with(name, kPayloadSuffix)) {
-        return FileKind::Payload;
-    }
-    return FileKind::Other;
-}
-
-struct CacheFile {
-    std::string name;
-    FileKind kind;
-    std::uint64_t size;
-    timespec modified;
-};
-
-std::unordered_map<std::string, const CacheFile *> payloads_by_name(
-    const std::vector<CacheFile> &files) {
-    std::unordered_map<std::string, const CacheFile *> payloads;
-    for (const CacheFile &file : files) {
-        if (file.kind == FileKind::Payload) payloads.emplace(file.name, &file);
-    }
-    return payloads;
-}
-
-bool older(const timespec &a, const timespec &b) {
-    return a.tv_sec != b.tv_sec ? a.tv_sec < b.tv_sec : a.tv_nsec < b.tv_nsec;
-}
-
-// This cache's files in `dir` (regular files only; others are not ours).
-std::vector<CacheFile> scan(const std::string &dir) {
-    std::vector<CacheFile> files;
-    DIR *stream = opendir(dir.c_str());
-    if (!stream) return files;
-    const int dir_fd = dirfd(stream);
-    while (const dirent *item = readdir(stream)) {
-        const std::string name = item->d_name;
-        const FileKind kind = classify(name);
-        if (kind == FileKind::Other) continue;
-        struct stat info;
-        if (fstatat(dir_fd, name.c_str(), &info, AT_SYMLINK_NOFOLLOW) != 0) continue;
-        if (!S_ISREG(info.st_mode)) continue;
-        files.push_back({name, kind, std::uint64_t(info.st_size), info.st_mtim});
-    }
-    closedir(stream);
-    return files;
-}
-
-// Reads the whole of `fd` (whose size is `size`) into `text`; false on error.
-bool read_all(int fd, std::size_t size, std::string *text) {
-    text->resize(size);
-    std::size_t done = 0;
-    while (done < size) {
-        const ssize_t got = read(fd, text->data() + done, size - done);
-        if (got < 0 && errno == EINTR) continue;
-        if (got <= 0) return false;
-        done += std::size_t(got);
-    }
-    return true;
-}
-
-// Writes `data` to a new file `path`; on failure removes it and sets `*error`.
-bool write_new_file(const std::string &path, const std::string &data, int *error) {
-    const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        *error = errno;
-        return false;
-    }
-    std::size_t done = 0;
-    while (done < data.size()) {
-        const ssize_t wrote = write(fd, data.data() + done, data.size() - done);
-        if (wrote < 0 && errno == EINTR) continue;
-        if (wrote <= 0) {
-            *error = wrote < 0 ? errno : ENOSPC;
-            close(fd);
-            unlink(path.c_str());
-            return false;
-        }
-        done += std::size_t(wrote);
-    }
-    // Without an fsync a crash can leave a short payload behind a manifest;
-    // the checksum on load catches that, which is cheaper than syncing every store.
-    if (close(fd) != 0) {
-        *error = errno;
-        unlink(path.c_str());
-        return false;
-    }
-    return true;
-}
-
-// mkdir -p; new directories are private to the user, as the XDG spec asks.
-bool make_directories(const std::string &path, int *error) {
-    std::size_t position = 0;
-    while (position != std::string::npos) {
-        position = path.find('/', position + 1);
-        const std::string prefix = path.substr(0, position);
-        if (prefix.empty()) continue;
-        if (mkdir(prefix.c_str(), 0700) != 0 && errno != EEXIST) {
-            *error = errno;
-            return false;
-        }
-    }
-    struct stat info;
-    if (stat(path.c_str(), &info) != 0) {
-        *error = errno;
-        return false;
-    }
-    if (!S_ISDIR(info.st_mode)) {
-        *error = ENOTDIR;
-        return false;
-    }
-    return true;
-}
-
-// ---------------------------------------------------------------------------
-// Manifests. Text fields hold any bytes: each byte is stored as the code point
-// of the same value, which keeps the JSON valid and ASCII keys readable.
-
-std::string bytes_to_json_text(const std::string &bytes) {
-    std::string text;
-    text.reserve(bytes.size());
-    for (const char c : bytes) {
-        const auto byte = static_cast<unsigned char>(c);
-        if (byte < 0x80) {
-            text += c;
-        } else {
-            text += char(0xc0 | (byte >> 6));
-            text += char(0x80 | (byte & 0x3f));
-        }
-    }
-    return text;
-}
-
-std::optional<std::string> json_text_to_bytes(const std::string &text) {
-    std::string bytes;
-    bytes.reserve(text.size());
-    for (std::size_t i = 0; i < text.size(); ++i) {
-        const auto lead = static_cast<unsigned char>(text[i]);
-        if (lead < 0x80) {
-            bytes += text[i];
-        } else if ((lead == 0xc2 || lead == 0xc3) && i + 1 < text.size() &&
-                   (static_cast<unsigned char>(text[i + 1]) & 0xc0) == 0x80) {
-            bytes += char(((lead & 0x03) << 6) | (static_cast<unsigned char>(text[i + 1]) & 0x3f));
-            ++i;
-        } else {
-            return std::nullopt;  // a code point above 255: not written by us
-        }
-    }
-    return bytes;
-}
-
-struct Manifest {
-    std::string version;
-    std::string key;
-    std::string description;
-    std::string payload;
-    std::uint64_t payload_bytes = 0;
-    std::uint64_t payload_checksum = 0;
-};
-
-std::string manifest_text(const Manifest &manifest) {
-    const nlohmann::json json = {
-        {"format", kFormatName},
-        {"format_version", kFormatVersion},
-        {"version", bytes_to_json_text(manifest.version)},
-        {"key", bytes_to_json_text(manifest.key)},
-        {"description", bytes_to_json_text(manifest.description)},
-        {"payload", manifest.payload},
-        {"payload_bytes", manifest.payload_bytes},
-        {"payload_checksum", hex16(manifest.payload_checksum)},
-    };
-    return json.dump(1) + "\n";
-}
-
-// What a manifest says, or why it cannot be read (`*reason`). A manifest of
-// another format version parses with `*foreign_format` set.
-std::optional<Manifest> parse_manifest(const std::string &text, std::string *reason,
-                                       bool *foreign_format) {
-    *foreign_format = false;
-    const nlohmann::json json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-    if (json.is_discarded() || !json.is_object()) {
-        *reason = "not valid JSON";
-        return std::nullopt;
-    }
-    auto string_field = [&](const char *name) -> std::optional<std::string> {
-        const auto it = json.find(name);
-        if (it == json.end() || !it->is_string()) return std::nullopt;
-        return json_text_to_bytes(it->get<std::string>());
-    };
-    auto count_field = [&](const char *name) -> std::optional<std::uint64_t> {
-        const auto it = json.find(name);
-        if (it == json.end() || !it->is_number_unsigned()) return std::nullopt;
-        return it->get<std::uint64_t>();
-    };
-    if (string_field("format") != std::string(kFormatName)) {
-        *reason = "not a kernel cache manifest";
-        return std::nullopt;
-    }
-    const std::optional<std::uint64_t> format_version = count_field("format_version");
-    if (format_version != std::uint64_t(kFormatVersion)) {
-        *foreign_format = true;
-        *reason = "format version " +
-                  (format_version ? std::to_string(*format_version) : std::string("missing")) +
-                  ", expected " + std::to_string(kFormatVersion);
-        return std::nullopt;
-    }
-    Manifest manifest;
-    const std::optional<std::string> version = string_field("version"), key = string_field("key"),
-                                     description = string_field("description"),
-                                     payload = string_field("payload"),
-                                     checksum = string_field("payload_checksum");
-    const std::optional<std::uint64_t> payload_bytes = count_field("payload_bytes");
-    if (!version || !key || !description || !payload || !checksum || !payload_bytes) {
-        *reason = "a field is missing or has the wrong type";
-        return std::nullopt;
-    }
-    if (checksum->size() != kChecksumDigits || !is_hex(*checksum, 0, kChecksumDigits)) {
-        *reason = "bad payload_checksum";
-        return std::nullopt;
-    }
-    manifest.version = *version;
-    manifest.key = *key;
-    manifest.description = *description;
-    manifest.payload = *payload;
-    manifest.payload_bytes = *payload_bytes;
-    manifest.payload_checksum = std::strtoull(checksum->c_str(), nullptr, 16);
-    return manifest;
-}
-
-// The manifest file `name` in `dir`, parsed; nullopt when absent, unreadable,
-// or not a file `user` may trust.
-std::optional<Manifest> read_manifest(const std::string &dir, const std::string &name,
-                                      uid_t user) {
-    const std::string path = dir + "/" + name;
-    const int fd = open(path.c_str(), kOpenForReading);
-    if (fd < 0) return std::nullopt;
-    struct stat info;
-    std::string text;
-    const bool read_ok = fstat(fd, &info) == 0 && untrusted_file_reason(info, user).empty() &&
-                         info.st_size <= kMaxManifestBytes &&
-                         read_all(fd, std::size_t(info.st_size), &text);
-    close(fd);
-    if (!read_ok) return std::nullopt;
-    std::string reason;
-    bool foreign_format = false;
-    return parse_manifest(text, &reason, &foreign_format);
-}
 
 std::string lowercase(std::string text) {
     for (char &c : text) c = char(std::tolower(static_cast<unsigned char>(c)));
@@ -727,22 +390,13 @@ bool DiskCache::write_entry(const std::string &key, const std::string &payload,
         unlink(payload_temporary.c_str());
         return false;
     }
-    // Writers rename their files into place one at a time (a lock on the
-    // directory's `.lock`, which the cache's scans skip). Processes that
-    // compile the same bytes share a payload name, so without it one writer
-    // could remove, as the payload of the entry it replaced, a payload that
-    // another has just renamed in again and is about to name in the
-    // manifest. Without the lock the replaced payload stays, for prune() to
-    // remove as an orphan.
-    const int lock_fd =
-        open((dir_ + "/.lock").c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
-    const bool locked = lock_fd >= 0 && flock(lock_fd, LOCK_EX) == 0;
-    struct LockFd {
-        int fd;
-        ~LockFd() {
-            if (fd >= 0) close(fd);  // releases the lock
-        }
-    } lock_guard{lock_fd};
+    // Writers rename their files into place one at a time (directory_lock.h).
+    // Processes that compile the same bytes share a payload name, so without
+    // the lock one writer could remove, as the payload of the entry it
+    // replaced, a payload that another has just renamed in again and is about
+    // to name in the manifest. Without the lock the replaced payload stays,
+    // for prune() to remove as an orphan.
+    const DirectoryLock lock(dir_);
     // Payload first: a manifest is only ever renamed in beside a whole payload.
     if (rename(payload_temporary.c_str(), payload_path.c_str()) != 0) {
         *error = errno;
@@ -760,7 +414,7 @@ bool DiskCache::write_entry(const std::string &key, const std::string &payload,
     }
     // The payload of the entry this one replaced (same key, other bytes) is
     // nobody's now; a reader still holding its old manifest looks again.
-    if (locked && replaced && replaced->payload != manifest.payload &&
+    if (lock.held() && replaced && replaced->payload != manifest.payload &&
         classify(replaced->payload) == FileKind::Payload &&
         replaced->payload.compare(0, kHashDigits, hash) == 0) {
         unlink((dir_ + "/" + replaced->payload).c_str());
