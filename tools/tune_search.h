@@ -1,8 +1,8 @@
 // How `kldiv tune` tunes one kernel, whatever its kind: the evaluator every
 // kind's builds on, and the search (tuner.h) followed by a final timing of
-// the best against the default schedule and the baselines, the report and
-// the record. A kind of kernel brings its workload, its evaluator and its
-// search space.
+// the best against the default schedule and the baselines, whose outcome
+// tune_report.h prints and records. A kind of kernel brings its workload,
+// its evaluator and its search space.
 #pragma once
 
 #include <chrono>
