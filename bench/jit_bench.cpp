@@ -2,12 +2,16 @@
 // measure them: a fresh process's first result with an empty kernel cache and
 // with a populated one (the program re-executes itself), the compile time of a
 // new kernel in a warm runtime, the dispatch cost of an in-memory hit over a
-// direct AOT call, and JIT kernels' throughput against the AOT kernels'.
+// direct AOT call, JIT kernels' throughput against the AOT kernels', and the
+// whole cost of a small loss call through the C ABI against the kernel's own
+// entry point.
 // Every figure is a median with its sample count. The bars in the summary are
 // informational: the exit status is non-zero only for an error or a wrong result.
 //
 //   kldiv_jit_bench           (under a minute on 2 cores)
 //   kldiv_jit_bench --quick   (fewer repetitions: a smoke run)
+//   kldiv_jit_bench --only 6  (one section: here the per-call cost of a small loss)
+#include <HalideRuntime.h>
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -30,7 +34,9 @@
 #include <vector>
 
 #include "bandwidth.h"
+#include "kldiv/kldiv.h"
 #include "kldiv/kldiv.hpp"
+#include "kldiv_fwd_sum_f32.h"  // the AOT kernel itself, linked in for [6]
 #include "timing.h"
 #include "workload.h"
 
@@ -63,6 +69,7 @@ constexpr double kCompileBarMs = 250;
 constexpr double kDiskLoadBarMs = 20;
 constexpr double kDispatchBarNs = 1000;
 constexpr double kJitOverAotBar = 1.05;
+constexpr double kPerCallBarNs = 500;
 
 // Repetitions of each measurement.
 struct Plan {
@@ -73,6 +80,8 @@ struct Plan {
     int calls_per_batch = 10000;
     int throughput_rounds = 20;
     int ceiling_runs = 5;
+    int per_call_batches = 21;
+    int per_call_calls = 20000;
 };
 
 Plan quick_plan() {
@@ -84,6 +93,8 @@ Plan quick_plan() {
     plan.calls_per_batch = 2000;
     plan.throughput_rounds = 5;
     plan.ceiling_runs = 2;
+    plan.per_call_batches = 7;
+    plan.per_call_calls = 5000;
     return plan;
 }
 
@@ -675,6 +686,105 @@ void throughput(const Plan &plan) {
             worst_specialised_over_generic <= 1.0);
 }
 
+// ---- per-call overhead through the C ABI -------------------------------------
+
+// A reduced f32 forward call of `n` elements: the C ABI's tensors, and the
+// same memory as the Halide buffers the AOT kernel's entry point takes.
+struct SmallCall {
+    std::vector<float> input, target;
+    float loss = 0;
+    std::int64_t sizes[1], strides[1] = {1};
+    kldiv_tensor c_input{}, c_target{}, c_out{};
+    halide_dimension_t dims[4];
+    halide_buffer_t h_input{}, h_target{}, h_total{};
+    double total = 0;
+
+    explicit SmallCall(std::int64_t n) : input((std::size_t)n), target((std::size_t)n), sizes{n} {
+        for (std::int64_t i = 0; i < n; ++i) {
+            input[(std::size_t)i] = -2.0f - 0.01f * float(i);
+            target[(std::size_t)i] = 1.0f / float(n);
+        }
+        c_input = {input.data(), KLDIV_FLOAT32, 1, sizes, strides, KLDIV_DEVICE_CPU};
+        c_target = {target.data(), KLDIV_FLOAT32, 1, sizes, strides, KLDIV_DEVICE_CPU};
+        c_out = {&loss, KLDIV_FLOAT32, 0, nullptr, nullptr, KLDIV_DEVICE_CPU};
+        // As the dispatcher views one contiguous run: 4-d, extents n, 1, 1, 1.
+        dims[0] = halide_dimension_t(0, (std::int32_t)n, 1);
+        for (int d = 1; d < 4; ++d) dims[d] = halide_dimension_t(0, 1, 0);
+        for (halide_buffer_t *b : {&h_input, &h_target}) {
+            b->type = halide_type_t(halide_type_float, 32);
+            b->dimensions = 4;
+            b->dim = dims;
+        }
+        h_input.host = reinterpret_cast<std::uint8_t *>(input.data());
+        h_target.host = reinterpret_cast<std::uint8_t *>(target.data());
+        h_total.type = halide_type_t(halide_type_float, 64);
+        h_total.host = reinterpret_cast<std::uint8_t *>(&total);
+    }
+    SmallCall(const SmallCall &) = delete;
+    SmallCall &operator=(const SmallCall &) = delete;
+
+    void c_abi() {
+        if (kldiv_forward(&c_input, &c_target, KLDIV_REDUCTION_SUM, 0, &c_out) != KLDIV_OK) {
+            fail(std::string("kldiv_forward: ") + kldiv_last_error());
+        }
+    }
+    void aot_entry() {
+        if (const int status = kldiv_fwd_sum_f32(&h_input, &h_target, &h_total); status != 0) {
+            fail("kldiv_fwd_sum_f32 failed (" + std::to_string(status) + ")");
+        }
+    }
+};
+
+void per_call_overhead(const Plan &plan) {
+    std::printf("\n[6] Per-call cost of a small loss: kldiv_forward (C ABI, process default runtime), f32 sum\n");
+    std::printf("    the default runtime as a C caller gets it (KLDIV_JIT, KLDIV_SPECIALIZE and KLDIV_CACHE_DIR\n"
+                "    apply); beside it the AOT kernel's own entry point (kldiv_fwd_sum_f32, linked into this\n"
+                "    program with its own copy of Halide's runtime), called with ready-made buffers\n");
+    const int calls = plan.per_call_calls;
+    std::printf("  batches of %d calls, per-call time:\n", calls);
+    for (const std::int64_t n : {std::int64_t{1}, std::int64_t{16}}) {
+        SmallCall call(n);
+        call.c_abi();
+        const kldiv::KernelInfo kernel = kldiv::last_kernel();
+        call.aot_entry();
+        check_sum("per call, C ABI, " + std::to_string(n) + " elements", call.loss,
+                  reference_sum(call.input.data(), call.target.data(), n));
+        if ((float)call.total != call.loss) {
+            fail("per call: the AOT entry point's sum differs from kldiv_forward's at " + std::to_string(n) +
+                 " elements");
+        }
+        auto per_call_ns = [&](void (SmallCall::*run)()) {
+            return seconds_of([&] {
+                       for (int i = 0; i < calls; ++i) (call.*run)();
+                   }) /
+                   calls * 1e9;
+        };
+        per_call_ns(&SmallCall::c_abi);  // warm-up batches
+        per_call_ns(&SmallCall::aot_entry);
+        std::vector<double> c_abi_ns, aot_ns;
+        for (int batch = 0; batch < plan.per_call_batches; ++batch) {
+            // Alternate which goes first so that neither always follows the other.
+            if (batch % 2 == 0) {
+                c_abi_ns.push_back(per_call_ns(&SmallCall::c_abi));
+                aot_ns.push_back(per_call_ns(&SmallCall::aot_entry));
+            } else {
+                aot_ns.push_back(per_call_ns(&SmallCall::aot_entry));
+                c_abi_ns.push_back(per_call_ns(&SmallCall::c_abi));
+            }
+        }
+        const double c_abi_median = median(c_abi_ns), aot_median = median(aot_ns);
+        const bool pass = c_abi_median <= kPerCallBarNs;
+        std::printf("  %2lld element%s  kldiv_forward:          %s   bar <= 0.5 us: %s\n", (long long)n,
+                    n == 1 ? " " : "s", figure(c_abi_median, "ns", c_abi_ns.size()).c_str(), pass ? "PASS" : "MISS");
+        std::printf("               kernel's entry point:   %s\n", figure(aot_median, "ns", aot_ns.size()).c_str());
+        std::printf("               difference:             %.1f ns   (kernel %s, %s)\n", c_abi_median - aot_median,
+                    kernel.name.c_str(), kldiv::origin_name(kernel.origin));
+        add_bar("kldiv_forward, " + std::to_string(n) + " f32 element" + (n == 1 ? "" : "s") + ", C ABI <= 0.5 us",
+                figure(c_abi_median, "ns", c_abi_ns.size()), pass);
+        std::fflush(stdout);
+    }
+}
+
 // ---- driver ----------------------------------------------------------------------
 
 void print_help() {
@@ -687,9 +797,12 @@ void print_help() {
         "  [2] compile time of a new kernel in a warm runtime\n"
         "  [3] a fresh process loading its kernel from the disk cache\n"
         "  [4] dispatch overhead of an in-memory hit over a direct AOT call\n"
-        "  [5] throughput of JIT (generic, specialised) and AOT kernels at 2^20 and 2^24\n\n"
+        "  [5] throughput of JIT (generic, specialised) and AOT kernels at 2^20 and 2^24\n"
+        "  [6] per-call cost of kldiv_forward (C ABI, default runtime) at 1 and 16 f32 elements,\n"
+        "      beside the AOT kernel's own entry point\n\n"
         "Options:\n"
         "  --quick   fewer repetitions, for a smoke run\n"
+        "  --only N  section N alone (1 to 6)\n"
         "  --help    this text\n");
 }
 
@@ -722,10 +835,17 @@ int main(int argc, char **argv) {
 
         Plan plan;
         bool quick = false;
+        int only = 0;  // every section
         for (int i = 1; i < argc; ++i) {
             if (std::strcmp(argv[i], "--quick") == 0) {
                 plan = quick_plan();
                 quick = true;
+            } else if (std::strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
+                only = std::atoi(argv[++i]);
+                if (only < 1 || only > 6) {
+                    std::fprintf(stderr, "kldiv_jit_bench: --only takes a section from 1 to 6\n");
+                    return 2;
+                }
             } else if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
                 print_help();
                 return 0;
@@ -746,11 +866,13 @@ int main(int argc, char **argv) {
         }
         std::fflush(stdout);
 
-        cold_start(plan, exe);
-        compile_time(plan);
-        disk_load(plan, exe);
-        dispatch_overhead(plan);
-        throughput(plan);
+        auto runs = [&](int section) { return only == 0 || only == section; };
+        if (runs(1)) cold_start(plan, exe);
+        if (runs(2)) compile_time(plan);
+        if (runs(3)) disk_load(plan, exe);
+        if (runs(4)) dispatch_overhead(plan);
+        if (runs(5)) throughput(plan);
+        if (runs(6)) per_call_overhead(plan);
 
         std::printf("\nSummary (bars are informational)\n");
         for (const Bar &bar : bars) {
