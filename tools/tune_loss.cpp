@@ -146,8 +146,7 @@ private:
         runtime::KernelArguments arguments(w_.spec, data, w_.shape.extent.data(), w_.shape.strides);
         runtime::KernelErrorContext context;
         void *user_context = &context;
-        std::vector<void *> argv = arguments.argv(&user_context);
-        if (int status = kernel->entry(argv.data()); status != 0) {
+        if (int status = kernel->entry(arguments.argv(&user_context)); status != 0) {
             throw std::runtime_error("kernel failed (" + std::to_string(status) + "): " + context.message);
         }
         w_.total = arguments.total;
@@ -212,8 +211,7 @@ private:
         arguments.divisor = 1.0;
         runtime::KernelErrorContext context;
         void *user_context = &context;
-        std::vector<void *> argv = arguments.argv(&user_context);
-        if (int status = kernel->entry(argv.data()); status != 0) {
+        if (int status = kernel->entry(arguments.argv(&user_context)); status != 0) {
             throw std::runtime_error("kernel failed (" + std::to_string(status) + "): " + context.message);
         }
         runtime::cuda::synchronize();

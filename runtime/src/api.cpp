@@ -52,7 +52,10 @@ void Runtime::kl_div(const Tensor &input, const Tensor &target, const Tensor &ou
 void Runtime::kl_div_backward(const Tensor &grad_output, const Tensor &input, const Tensor &target,
                               Reduction reduction, bool log_target, const Tensor *grad_input,
                               const Tensor *grad_target) {
-    runtime::backward(*cache_, grad_output, input, target, reduction, log_target, grad_input, grad_target);
+    const runtime::TensorView gi = grad_input ? runtime::TensorView(*grad_input) : runtime::TensorView();
+    const runtime::TensorView gt = grad_target ? runtime::TensorView(*grad_target) : runtime::TensorView();
+    runtime::backward(*cache_, grad_output, input, target, reduction, log_target, grad_input ? &gi : nullptr,
+                      grad_target ? &gt : nullptr);
 }
 
 void Runtime::kl_div_forward_backward(const Tensor &input, const Tensor &target, const Tensor &out,

@@ -2,16 +2,19 @@
 #include <mutex>
 #include <optional>
 
+#include "dispatch.h"
 #include "distill.h"
 #include "errors.h"
 #include "kldiv/kldiv.h"
 #include "kldiv/kldiv.hpp"
+#include "tensor_view.h"
 
 using namespace kldiv;
 
 namespace {
 
-Tensor to_tensor(const kldiv_tensor *t, const char *name) {
+// Borrows the caller's sizes and strides for the call: nothing is copied.
+runtime::TensorView to_view(const kldiv_tensor *t, const char *name) {
     if (t == nullptr) runtime::fail(ErrorCode::InvalidArgument, std::string(name) + " is null");
     if (t->rank < 0) runtime::fail(ErrorCode::InvalidArgument, std::string(name) + ": negative rank");
     if (t->rank > KLDIV_MAX_RANK) {
@@ -21,7 +24,7 @@ Tensor to_tensor(const kldiv_tensor *t, const char *name) {
     if (t->rank > 0 && (t->sizes == nullptr || t->strides == nullptr)) {
         runtime::fail(ErrorCode::InvalidArgument, std::string(name) + ": sizes or strides is null");
     }
-    Tensor out;
+    runtime::TensorView out;
     out.data = t->data;
     switch ((int)t->dtype) {
     case KLDIV_FLOAT32: out.dtype = DType::Float32; break;
@@ -37,10 +40,13 @@ Tensor to_tensor(const kldiv_tensor *t, const char *name) {
     case KLDIV_DEVICE_CUDA: out.device = Device::CUDA; break;
     default: runtime::fail(ErrorCode::Device, std::string(name) + ": unknown device " + std::to_string((int)t->device));
     }
-    out.sizes.assign(t->sizes, t->sizes + t->rank);
-    out.strides.assign(t->strides, t->strides + t->rank);
+    out.sizes = runtime::Extents(t->sizes, (size_t)t->rank);
+    out.strides = runtime::Extents(t->strides, (size_t)t->rank);
     return out;
 }
+
+// For the distillation passes, which keep kldiv::Tensor.
+Tensor to_tensor(const kldiv_tensor *t, const char *name) { return runtime::owned(to_view(t, name)); }
 
 Reduction to_reduction(kldiv_reduction r) {
     switch ((int)r) {
@@ -152,11 +158,19 @@ kldiv_runtime *kldiv_runtime_create(const kldiv_runtime_options *options) {
 
 void kldiv_runtime_destroy(kldiv_runtime *runtime) { delete runtime; }
 
+// The loss's passes go to the dispatcher with views of the caller's tensors.
+// The arguments are checked one at a time, last first: the order in which
+// these calls have always reported a call with several faults.
+
 int kldiv_runtime_forward(kldiv_runtime *runtime, const kldiv_tensor *input, const kldiv_tensor *target,
                           kldiv_reduction reduction, int log_target, const kldiv_tensor *out) {
     return guarded([&] {
-        runtime_or_default(runtime).kl_div(to_tensor(input, "input"), to_tensor(target, "target"),
-                                           to_tensor(out, "out"), to_reduction(reduction), log_target != 0);
+        runtime::KernelCache &cache = runtime_or_default(runtime).cache();
+        const Reduction r = to_reduction(reduction);
+        const runtime::TensorView o = to_view(out, "out");
+        const runtime::TensorView t = to_view(target, "target");
+        const runtime::TensorView i = to_view(input, "input");
+        runtime::forward(cache, i, t, r, log_target != 0, o);
     });
 }
 
@@ -164,13 +178,16 @@ int kldiv_runtime_backward(kldiv_runtime *runtime, const kldiv_tensor *grad_outp
                            const kldiv_tensor *target, kldiv_reduction reduction, int log_target,
                            const kldiv_tensor *grad_input, const kldiv_tensor *grad_target) {
     return guarded([&] {
-        Tensor gi, gt;
-        if (grad_input) gi = to_tensor(grad_input, "grad_input");
-        if (grad_target) gt = to_tensor(grad_target, "grad_target");
-        runtime_or_default(runtime).kl_div_backward(to_tensor(grad_output, "grad_output"), to_tensor(input, "input"),
-                                                    to_tensor(target, "target"), to_reduction(reduction),
-                                                    log_target != 0, grad_input ? &gi : nullptr,
-                                                    grad_target ? &gt : nullptr);
+        runtime::TensorView gi, gt;
+        if (grad_input) gi = to_view(grad_input, "grad_input");
+        if (grad_target) gt = to_view(grad_target, "grad_target");
+        runtime::KernelCache &cache = runtime_or_default(runtime).cache();
+        const Reduction r = to_reduction(reduction);
+        const runtime::TensorView t = to_view(target, "target");
+        const runtime::TensorView i = to_view(input, "input");
+        const runtime::TensorView go = to_view(grad_output, "grad_output");
+        runtime::backward(cache, go, i, t, r, log_target != 0, grad_input ? &gi : nullptr,
+                          grad_target ? &gt : nullptr);
     });
 }
 
@@ -178,9 +195,13 @@ int kldiv_runtime_forward_backward(kldiv_runtime *runtime, const kldiv_tensor *i
                                    kldiv_reduction reduction, int log_target, const kldiv_tensor *out,
                                    const kldiv_tensor *grad_input) {
     return guarded([&] {
-        runtime_or_default(runtime).kl_div_forward_backward(to_tensor(input, "input"), to_tensor(target, "target"),
-                                                            to_tensor(out, "out"), to_tensor(grad_input, "grad_input"),
-                                                            to_reduction(reduction), log_target != 0);
+        runtime::KernelCache &cache = runtime_or_default(runtime).cache();
+        const Reduction r = to_reduction(reduction);
+        const runtime::TensorView gi = to_view(grad_input, "grad_input");
+        const runtime::TensorView o = to_view(out, "out");
+        const runtime::TensorView t = to_view(target, "target");
+        const runtime::TensorView i = to_view(input, "input");
+        runtime::forward_backward(cache, i, t, r, log_target != 0, o, gi);
     });
 }
 

@@ -171,13 +171,15 @@ void install_hooks(const RuntimeSetters &setters) {
     setters.reuse_device_allocations(nullptr, true);
 }
 
-Placement place(const std::vector<std::pair<const Tensor *, const char *>> &tensors) {
+Placement place(NamedViews tensors) {
     const Driver &d = driver();
     if (!d.problem.empty()) fail(ErrorCode::Device, "CUDA tensors given, but " + d.problem);
     install_library_hooks();
     Placement p;
     const char *first = nullptr;
-    for (const auto &[tensor, name] : tensors) {
+    for (const NamedView &named : tensors) {
+        const TensorView *tensor = named.tensor;
+        const char *name = named.name;
         if (tensor->data == nullptr || tensor->numel() == 0) continue;
         // One driver call per tensor; memory the driver does not know reads as type 0.
         unsigned memory_type = 0;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "kldiv/kldiv.hpp"
+#include "tensor_view.h"
 
 namespace kldiv::runtime::cuda {
 
@@ -29,7 +30,7 @@ struct Placement {
 // Checks that every named tensor with elements holds device memory of one
 // GPU (throws kldiv::Error with ErrorCode::Device otherwise), and returns that
 // GPU's primary context, retained for the life of the process.
-Placement place(const std::vector<std::pair<const Tensor *, const char *>> &tensors);
+Placement place(NamedViews tensors);
 
 // The stream of a call made now on this thread with `runtime_stream` as the
 // runtime's own: the thread's stream when one is set, else the runtime's.

@@ -7,7 +7,7 @@ namespace kldiv::runtime::cuda {
 
 bool built_with_cuda() { return false; }
 
-Placement place(const std::vector<std::pair<const Tensor *, const char *>> &) {
+Placement place(NamedViews) {
     fail(ErrorCode::Device, "CUDA tensors given, but this build of kldiv has no CUDA kernels (KLDIV_CUDA=OFF)");
 }
 

@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -18,7 +17,9 @@
 #include "kernel_args.h"
 #include "kernel_cache.h"
 #include "kldiv/codegen/kernel_spec.h"
+#include "function_ref.h"
 #include "layout.h"
+#include "tensor_view.h"
 #include "validation.h"
 
 namespace kldiv::runtime {
@@ -33,7 +34,7 @@ bool known_dtype(DType dtype) {
            dtype == DType::BFloat16;
 }
 
-int64_t checked_numel(const Tensor &t, const char *name) {
+int64_t checked_numel(const TensorView &t, const char *name) {
     int64_t n = 1;
     for (int64_t s : t.sizes) {
         if (__builtin_mul_overflow(n, s, &n)) fail(ErrorCode::InvalidArgument, std::string(name) + ": too many elements");
@@ -45,7 +46,7 @@ int64_t checked_numel(const Tensor &t, const char *name) {
 // non-negative sizes and strides: (Σ (size - 1) · stride + 1) · element size;
 // nothing when that overflows int64 or wraps the address space (then no
 // pointer arithmetic of a kernel could be trusted).
-std::optional<int64_t> reach_bytes(const Tensor &t) {
+std::optional<int64_t> reach_bytes(const TensorView &t) {
     int64_t last = 0, bytes = 0;
     for (size_t d = 0; d < t.sizes.size(); d++) {
         int64_t step = 0;
@@ -61,7 +62,7 @@ std::optional<int64_t> reach_bytes(const Tensor &t) {
     return bytes;
 }
 
-void check_tensor(const Tensor &t, const char *name) {
+void check_tensor(const TensorView &t, const char *name) {
     if (t.sizes.size() > (size_t)KLDIV_MAX_RANK) {
         fail(ErrorCode::InvalidArgument, std::string(name) + ": rank " + std::to_string(t.sizes.size()) +
                                              " is over the limit of " + std::to_string(KLDIV_MAX_RANK));
@@ -73,14 +74,20 @@ void check_tensor(const Tensor &t, const char *name) {
     if (t.strides.size() != t.sizes.size()) {
         fail(ErrorCode::InvalidArgument, std::string(name) + ": sizes and strides differ in length");
     }
+    // The element count in the same pass; its overflow is reported after
+    // every dimension's sign, as checked_numel would.
+    int64_t numel = 1;
+    bool too_many = false;
     for (size_t d = 0; d < t.sizes.size(); d++) {
         if (t.sizes[d] < 0) fail(ErrorCode::InvalidArgument, std::string(name) + ": negative size in dimension " + std::to_string(d));
         if (t.strides[d] < 0) {
             fail(ErrorCode::InvalidArgument, std::string(name) + ": negative stride in dimension " + std::to_string(d) +
                                                   " (negative strides are not supported)");
         }
+        too_many = too_many || __builtin_mul_overflow(numel, t.sizes[d], &numel);
     }
-    if (checked_numel(t, name) > 0) {
+    if (too_many) fail(ErrorCode::InvalidArgument, std::string(name) + ": too many elements");
+    if (numel > 0) {
         if (t.data == nullptr) fail(ErrorCode::InvalidArgument, std::string(name) + ": data is null");
         if (!reach_bytes(t)) {
             fail(ErrorCode::InvalidArgument, std::string(name) + ": sizes and strides reach past the address space");
@@ -88,7 +95,7 @@ void check_tensor(const Tensor &t, const char *name) {
     }
 }
 
-void check_same_dtype(const Tensor &a, const char *a_name, const Tensor &b, const char *b_name) {
+void check_same_dtype(const TensorView &a, const char *a_name, const TensorView &b, const char *b_name) {
     if (a.dtype != b.dtype) {
         fail(ErrorCode::DType, std::string(a_name) + " is " + short_name(a.dtype) + " but " + b_name + " is " +
                                    short_name(b.dtype) + "; kldiv needs one dtype for all tensors");
@@ -97,28 +104,27 @@ void check_same_dtype(const Tensor &a, const char *a_name, const Tensor &b, cons
 
 const char *device_name(Device device) { return device == Device::CUDA ? "cuda" : "cpu"; }
 
-using Named = std::vector<std::pair<const Tensor *, const char *>>;
-
 // Every tensor of a call lives on one device: the host or CUDA GPUs.
-Device common_device(const Named &tensors) {
-    const auto &[first, first_name] = tensors.front();
-    for (const auto &[t, name] : tensors) {
-        if (t->device != first->device) {
+Device common_device(NamedViews tensors) {
+    const NamedView &first = tensors.front();
+    for (const NamedView &named : tensors) {
+        if (named.tensor->device != first.tensor->device) {
             fail(ErrorCode::Device, std::string("Expected all tensors to be on the same device, but found at least "
-                                                "two devices, ") + device_name(first->device) + " (" + first_name +
-                                        ") and " + device_name(t->device) + " (" + name + ")");
+                                                "two devices, ") + device_name(first.tensor->device) + " (" +
+                                        first.name + ") and " + device_name(named.tensor->device) + " (" +
+                                        named.name + ")");
         }
     }
-    return first->device;
+    return first.tensor->device;
 }
 
-std::string shape_text(const std::vector<int64_t> &sizes) {
+std::string shape_text(Extents sizes) {
     std::string s = "[";
     for (size_t i = 0; i < sizes.size(); i++) s += (i ? ", " : "") + std::to_string(sizes[i]);
     return s + "]";
 }
 
-void check_shape(const Tensor &t, const char *name, const std::vector<int64_t> &expected) {
+void check_shape(const TensorView &t, const char *name, Extents expected) {
     if (t.sizes != expected) {
         fail(ErrorCode::Shape, std::string(name) + " has shape " + shape_text(t.sizes) + " but must have shape " +
                                    shape_text(expected));
@@ -131,7 +137,7 @@ struct Extent {
 };
 
 // Only for views check_tensor accepted, whose reach fits.
-Extent memory_extent(const Tensor &t) {
+Extent memory_extent(const TensorView &t) {
     Extent e;
     if (t.numel() == 0) return e;
     e.begin = reinterpret_cast<uintptr_t>(t.data);
@@ -139,35 +145,38 @@ Extent memory_extent(const Tensor &t) {
     return e;
 }
 
-bool overlaps(const Tensor &a, const Tensor &b) {
-    Extent x = memory_extent(a), y = memory_extent(b);
-    return x.begin < x.end && y.begin < y.end && x.begin < y.end && y.begin < x.end;
+bool overlaps(const Extent &x, const Extent &y);
+
+bool overlaps(const TensorView &a, const TensorView &b) { return overlaps(memory_extent(a), memory_extent(b)); }
+
+bool same_view(const TensorView &a, const TensorView &b) {
+    return a.data == b.data && a.dtype == b.dtype && a.sizes == b.sizes && a.strides == b.strides;
 }
 
-bool same_view(const Tensor &a, const Tensor &b) {
-    return a.data == b.data && a.dtype == b.dtype && a.sizes == b.sizes && a.strides == b.strides;
+bool overlaps(const Extent &x, const Extent &y) {
+    return x.begin < x.end && y.begin < y.end && x.begin < y.end && y.begin < x.end;
 }
 
 // Outputs must not write one element twice, and may share memory with an
 // input only as the very same view (then each element is read before it is written).
-void check_outputs(const std::vector<std::pair<const Tensor *, const char *>> &outputs,
-                   const std::vector<std::pair<const Tensor *, const char *>> &inputs) {
+void check_outputs(NamedViews outputs, NamedViews inputs) {
     for (size_t i = 0; i < outputs.size(); i++) {
-        const Tensor &out = *outputs[i].first;
+        const TensorView &out = *outputs[i].tensor;
         for (size_t d = 0; d < out.sizes.size(); d++) {
             if (out.sizes[d] > 1 && out.strides[d] == 0) {
-                fail(ErrorCode::Alias, std::string(outputs[i].second) +
+                fail(ErrorCode::Alias, std::string(outputs[i].name) +
                                            " has internal overlap (stride 0 in dimension " + std::to_string(d) + ")");
             }
         }
-        for (const auto &[in, in_name] : inputs) {
-            if (overlaps(out, *in) && !same_view(out, *in)) {
-                fail(ErrorCode::Alias, std::string(outputs[i].second) + " partially overlaps " + in_name);
+        const Extent out_extent = memory_extent(out);
+        for (const NamedView &in : inputs) {
+            if (overlaps(out_extent, memory_extent(*in.tensor)) && !same_view(out, *in.tensor)) {
+                fail(ErrorCode::Alias, std::string(outputs[i].name) + " partially overlaps " + in.name);
             }
         }
         for (size_t j = i + 1; j < outputs.size(); j++) {
-            if (overlaps(out, *outputs[j].first)) {
-                fail(ErrorCode::Alias, std::string(outputs[i].second) + " overlaps " + outputs[j].second);
+            if (overlaps(out_extent, memory_extent(*outputs[j].tensor))) {
+                fail(ErrorCode::Alias, std::string(outputs[i].name) + " overlaps " + outputs[j].name);
             }
         }
     }
@@ -183,7 +192,7 @@ void check_reduction(Reduction reduction) {
 namespace {
 
 // Divisor of the summed loss: numel (mean), input.size(0) (batchmean, none for 0-dim input).
-double divisor(Reduction reduction, const Tensor &input, int64_t numel) {
+double divisor(Reduction reduction, const TensorView &input, int64_t numel) {
     switch (reduction) {
     case Reduction::Mean: return (double)numel;
     case Reduction::BatchMean: return input.sizes.empty() ? 1.0 : (double)input.sizes[0];
@@ -193,11 +202,35 @@ double divisor(Reduction reduction, const Tensor &input, int64_t numel) {
 
 // ---- kernel calls --------------------------------------------------------
 
-int64_t numel_of(const std::vector<int64_t> &shape) {
+int64_t numel_of(Extents shape) {
     int64_t n = 1;
     for (int64_t s : shape) n *= s;
     return n;
 }
+
+// Operands' strides in a call's broadcast shape, held for the call.
+class OperandStrides {
+public:
+    OperandStrides() = default;
+    OperandStrides(const OperandStrides &) = delete;
+    OperandStrides &operator=(const OperandStrides &) = delete;
+
+    void add(Extents strides) {
+        dims_.push_back(Dims(strides));
+        spans_.push_back(dims_.back());
+    }
+    // Operand `t`'s strides in `shape` (0 where broadcast).
+    void add(const TensorView &t, Extents shape) {
+        dims_.push_back(expand_strides(t.sizes, t.strides, shape));
+        spans_.push_back(dims_.back());
+    }
+    size_t size() const { return spans_.size(); }
+    operator Span<const Extents>() const { return spans_; }
+
+private:
+    InlineVector<Dims, kMaxOperands> dims_;
+    InlineVector<Extents, kMaxOperands> spans_;  // into dims_, which never moves
+};
 
 // A call on CUDA tensors: their GPU's primary context and the call's stream,
 // given to the kernels' CUDA runtime while `scope` lives.
@@ -206,20 +239,18 @@ struct DeviceCall {
     cuda::Scope scope;
 };
 
-// Runs `spec` over the broadcast `shape`. `buffers` are the kernel's buffer
+// Runs `spec` over the broadcast `shape`. `data` are the kernel's buffer
 // arguments except `total`, in argument order; `strides` has the strides in
 // `shape` of each 4-d one. Buffer `order_by` (an output, where there is one)
 // decides the dimension order. On CUDA (`device`), buffers hold device memory
 // and a reduction writes `out` itself, divided by `divisor`. Returns the
 // float64 sum when the kernel has a `total`.
-double run_kernel(KernelCache &cache, const KernelSpec &spec, const std::vector<int64_t> &shape,
-                  const std::vector<const Tensor *> &buffers, const std::vector<std::vector<int64_t>> &strides,
-                  double grad_scale, size_t order_by, const DeviceCall *device = nullptr, double divisor = 1.0) {
+double run_kernel(KernelCache &cache, const KernelSpec &spec, Extents shape, Span<void *const> data,
+                  Span<const Extents> strides, double grad_scale, size_t order_by, const DeviceCall *device = nullptr,
+                  double divisor = 1.0) {
     const size_t elem = element_size(spec.dtype);
-    std::vector<bool> whole;  // per buffer: one element, not a view of `shape`
-    for (const codegen::Argument &a : codegen::arguments(spec)) {
-        if (a.kind == codegen::Argument::Buffer && a.name != "total") whole.push_back(a.dimensions == 1);
-    }
+    const ArgumentLayout &layout = argument_layout(spec);  // layout.whole: one element, not a view of `shape`
+    if (data.size() > ArgumentLayout::kMaxBuffers) fail(ErrorCode::Internal, "a kernel call with too many buffers");
     // CUDA grids hold at most 65535 blocks in y and z: dimensions 1 and 2 of
     // elementwise kernels, dimension 2 of reductions (see gpu_schedule.cpp).
     const bool reduces = spec.reduce && spec.pass != Pass::Backward;
@@ -239,12 +270,12 @@ double run_kernel(KernelCache &cache, const KernelSpec &spec, const std::vector<
     }
     double total = 0.0;
     for_each_piece(shape, strides, order_by, [&](const Piece &piece) {
-        std::vector<void *> data(buffers.size());
-        std::vector<const void *> starts;  // of the 4-d views (CUDA)
-        for (size_t k = 0, j = 0; k < buffers.size(); k++) {
-            data[k] = whole[k] ? buffers[k]->data
-                               : static_cast<uint8_t *>(buffers[k]->data) + piece.offset[j++] * (int64_t)elem;
-            if (device && !whole[k]) starts.push_back(data[k]);
+        void *piece_data[ArgumentLayout::kMaxBuffers];
+        InlineVector<const void *, ArgumentLayout::kMaxBuffers> starts;  // of the 4-d views (CUDA)
+        for (size_t k = 0, j = 0; k < data.size(); k++) {
+            piece_data[k] = layout.whole[k] ? data[k]
+                                            : static_cast<uint8_t *>(data[k]) + piece.offset[j++] * (int64_t)elem;
+            if (device && !layout.whole[k]) starts.push_back(piece_data[k]);
         }
         // CUDA: one contiguous, aligned run in every buffer takes the kernel
         // that loads 8 or 16 bytes at a time (same bits; KernelSpec::aligned),
@@ -258,8 +289,8 @@ double run_kernel(KernelCache &cache, const KernelSpec &spec, const std::vector<
         }
         const Piece &call_piece = call_spec.aligned ? run : piece;
         const KernelCall kernel = cache.kernel(call_spec, call_piece);
-        KernelArguments arguments(call_spec, data, call_piece.extent, call_piece.stride,
-                                  device ? &kernel.buffers : nullptr);
+        KernelArguments arguments(call_spec, Span<void *const>(piece_data, data.size()), call_piece.extent,
+                                  call_piece.stride, device ? &kernel.buffers : nullptr);
         if (device && (kernel.buffers.wrap == nullptr || arguments.wrap_failed())) {
             fail(ErrorCode::Internal,
                  "kernel " + call_spec.name() + ": CUDA pointers could not be given to its runtime");
@@ -268,8 +299,7 @@ double run_kernel(KernelCache &cache, const KernelSpec &spec, const std::vector<
         arguments.divisor = divisor;
         KernelErrorContext context;
         void *user_context = &context;
-        std::vector<void *> argv = arguments.argv(kernel.user_context ? &user_context : nullptr);
-        if (int status = kernel.entry(argv.data()); status != 0) {
+        if (int status = kernel.entry(arguments.argv(kernel.user_context ? &user_context : nullptr)); status != 0) {
             const std::string message = kernel.user_context ? context.message : take_kernel_error();
             fail(ErrorCode::Internal,
                  "kernel " + call_spec.name() + " failed (" + std::to_string(status) + "): " + message);
@@ -285,10 +315,11 @@ double run_kernel(KernelCache &cache, const KernelSpec &spec, const std::vector<
 // so memory stays small however large the broadcast shape is.
 constexpr int64_t kSlabElements = int64_t(1) << 22;
 
-Tensor expanded(const Tensor &t, const std::vector<int64_t> &shape) {
-    Tensor v = t;
-    v.strides = expand_strides(t.sizes, t.strides, shape);
-    v.sizes = shape;
+Tensor expanded(const TensorView &t, Extents shape) {
+    Tensor v = owned(t);
+    const Dims strides = expand_strides(t.sizes, t.strides, shape);
+    v.strides.assign(strides.begin(), strides.end());
+    v.sizes.assign(shape.begin(), shape.end());
     return v;
 }
 
@@ -303,8 +334,8 @@ Tensor slice(const Tensor &view, const std::vector<int64_t> &start, const std::v
 
 // Calls `run(start, sizes)` for slabs covering `shape`, each of at most
 // kSlabElements elements (or one row of the innermost dimension's blocks).
-void for_each_slab(const std::vector<int64_t> &shape,
-                   const std::function<void(const std::vector<int64_t> &, const std::vector<int64_t> &)> &run) {
+void for_each_slab(Extents shape,
+                   FunctionRef<void(const std::vector<int64_t> &, const std::vector<int64_t> &)> run) {
     const int rank = (int)shape.size();
     if (rank == 0) return run({}, {});
     // Dimensions after `split` are whole in every slab; `split` is cut into
@@ -313,7 +344,7 @@ void for_each_slab(const std::vector<int64_t> &shape,
     int64_t inner = 1;
     while (split > 0 && inner * shape[split] <= kSlabElements) inner *= shape[split--];
     const int64_t block = std::max<int64_t>(1, kSlabElements / inner);
-    std::vector<int64_t> start(rank, 0), sizes = shape;
+    std::vector<int64_t> start(rank, 0), sizes(shape.begin(), shape.end());
     for (int d = 0; d < split; d++) sizes[d] = 1;
     while (true) {
         sizes[split] = std::min(block, shape[split] - start[split]);
@@ -327,33 +358,44 @@ void for_each_slab(const std::vector<int64_t> &shape,
     }
 }
 
+// The buffers of a CPU pass in argument order, and which of them are outputs
+// whose operand was broadcast.
+using Buffers = InlineVector<TensorView, kMaxOperands>;
+using SummedFlags = InlineVector<bool, kMaxOperands>;
+
 // Runs `spec` with `buffers` in argument order (each in its own shape) over
 // the broadcast `shape`. Buffers flagged in `summed` are outputs whose operand
 // was broadcast: they receive the gradient summed to their own shape.
-double run_summing_broadcast(KernelCache &cache, const KernelSpec &spec, const std::vector<int64_t> &shape,
-                             const std::vector<const Tensor *> &buffers, const std::vector<bool> &summed,
-                             double grad_scale, size_t order_by) {
+double run_summing_broadcast(KernelCache &cache, const KernelSpec &spec, Extents shape, const Buffers &buffers,
+                             const SummedFlags &summed, double grad_scale, size_t order_by) {
     if (std::none_of(summed.begin(), summed.end(), [](bool b) { return b; })) {
-        std::vector<std::vector<int64_t>> strides;
-        for (const Tensor *t : buffers) strides.push_back(expand_strides(t->sizes, t->strides, shape));
-        return run_kernel(cache, spec, shape, buffers, strides, grad_scale, order_by);
+        OperandStrides strides;
+        void *data[kMaxOperands];
+        for (size_t k = 0; k < buffers.size(); k++) {
+            strides.add(buffers[k], shape);
+            data[k] = buffers[k].data;
+        }
+        return run_kernel(cache, spec, shape, Span<void *const>(data, buffers.size()), strides, grad_scale,
+                          order_by);
     }
+    // The rare case: scratch slabs and float64 sums on the heap.
     const size_t elem = element_size(spec.dtype);
     std::vector<Tensor> views;
-    for (const Tensor *t : buffers) views.push_back(expanded(*t, shape));
+    for (const TensorView &t : buffers) views.push_back(expanded(t, shape));
     // Per summed output: float64 accumulators in the operand's own row-major
     // order, their strides in the broadcast shape, and a scratch slab.
     struct Summed {
         std::vector<double> acc;
-        std::vector<int64_t> acc_strides;
+        Dims acc_strides;
         std::unique_ptr<uint8_t[]> scratch;
     };
     std::vector<Summed> sums(buffers.size());
     for (size_t k = 0; k < buffers.size(); k++) {
         if (!summed[k]) continue;
-        const Tensor &t = *buffers[k];
+        const TensorView &t = buffers[k];
+        const std::vector<int64_t> sizes(t.sizes.begin(), t.sizes.end());
         sums[k].acc.assign(t.numel(), 0.0);
-        sums[k].acc_strides = expand_strides(t.sizes, Tensor::contiguous(nullptr, t.dtype, t.sizes).strides, shape);
+        sums[k].acc_strides = expand_strides(t.sizes, Tensor::contiguous(nullptr, t.dtype, sizes).strides, shape);
         sums[k].scratch.reset(new uint8_t[kSlabElements * elem]);
     }
     double total = 0.0;
@@ -363,13 +405,13 @@ double run_summing_broadcast(KernelCache &cache, const KernelSpec &spec, const s
             slab.push_back(summed[k] ? Tensor::contiguous(sums[k].scratch.get(), spec.dtype, sizes)
                                      : slice(views[k], start, sizes));
         }
-        std::vector<const Tensor *> slab_buffers;
-        std::vector<std::vector<int64_t>> strides;
-        for (const Tensor &t : slab) {
-            slab_buffers.push_back(&t);
-            strides.push_back(t.strides);
+        OperandStrides strides;
+        void *data[kMaxOperands];
+        for (size_t k = 0; k < slab.size(); k++) {
+            strides.add(slab[k].strides);
+            data[k] = slab[k].data;
         }
-        total += run_kernel(cache, spec, sizes, slab_buffers, strides, grad_scale, order_by);
+        total += run_kernel(cache, spec, sizes, Span<void *const>(data, slab.size()), strides, grad_scale, order_by);
         for (size_t k = 0; k < buffers.size(); k++) {
             if (!summed[k]) continue;
             int64_t base = 0;
@@ -383,7 +425,7 @@ double run_summing_broadcast(KernelCache &cache, const KernelSpec &spec, const s
     });
     for (size_t k = 0; k < buffers.size(); k++) {
         if (!summed[k]) continue;
-        const Tensor &t = *buffers[k];
+        const TensorView &t = buffers[k];
         for_each_offset(t.sizes, t.strides, [&](int64_t i, int64_t offset) {
             store_from_double(static_cast<uint8_t *>(t.data) + offset * (int64_t)elem, t.dtype, sums[k].acc[i]);
         });
@@ -391,11 +433,7 @@ double run_summing_broadcast(KernelCache &cache, const KernelSpec &spec, const s
     return total;
 }
 
-std::vector<int64_t> strides_in(const Tensor &t, const std::vector<int64_t> &shape) {
-    return expand_strides(t.sizes, t.strides, shape);
-}
-
-void zero_fill(const Tensor &t) {
+void zero_fill(const TensorView &t) {
     const size_t elem = element_size(t.dtype);
     for_each_offset(t.sizes, t.strides, [&](int64_t, int64_t offset) {
         std::memset(static_cast<uint8_t *>(t.data) + offset * (int64_t)elem, 0, elem);
@@ -404,11 +442,11 @@ void zero_fill(const Tensor &t) {
 
 // Broadcast shape of the loss. PyTorch builds it from target * input, so
 // its shape error names the target as tensor a.
-std::vector<int64_t> loss_shape(const Tensor &input, const Tensor &target) {
+Dims loss_shape(const TensorView &input, const TensorView &target) {
     return broadcast_shapes(target.sizes, input.sizes);
 }
 
-void write_scalar(const Tensor &out, double value) { store_from_double(out.data, out.dtype, value); }
+void write_scalar(const TensorView &out, double value) { store_from_double(out.data, out.dtype, value); }
 
 // ---- CUDA tensors ----------------------------------------------------------
 // The same passes on device memory: kernels read and write the caller's
@@ -418,13 +456,13 @@ void write_scalar(const Tensor &out, double value) { store_from_double(out.data,
 
 // The reduced result of a call with no elements (0 / divisor), written on
 // the call's stream.
-void write_device_scalar(const Tensor &out, double value) {
+void write_device_scalar(const TensorView &out, double value) {
     uint8_t bytes[8];
     store_from_double(bytes, out.dtype, value);
     cuda::copy_to_device(out.data, bytes, element_size(out.dtype));
 }
 
-void refuse_broadcast_gradient(const Tensor &operand, const char *name, const std::vector<int64_t> &shape) {
+void refuse_broadcast_gradient(const TensorView &operand, const char *name, Extents shape) {
     if (operand.sizes != shape) {
         fail(ErrorCode::Shape, std::string("the gradient of a broadcast ") + name + " (shape " +
                                    shape_text(operand.sizes) + " broadcast to " + shape_text(shape) +
@@ -432,31 +470,34 @@ void refuse_broadcast_gradient(const Tensor &operand, const char *name, const st
     }
 }
 
-void forward_cuda(KernelCache &cache, const Tensor &input, const Tensor &target, Reduction reduction, bool log_target,
-                  const Tensor &out, const std::vector<int64_t> &shape) {
+void forward_cuda(KernelCache &cache, const TensorView &input, const TensorView &target, Reduction reduction,
+                  bool log_target, const TensorView &out, Extents shape) {
     const DeviceCall call(cuda::place({{&input, "input"}, {&target, "target"}, {&out, "out"}}),
                           cuda::call_stream(cache.cuda_stream()));
     const int64_t numel = numel_of(shape);
     const bool reduce = reduction != Reduction::None;
     const KernelSpec spec{Pass::Forward, input.dtype, log_target, reduce, false, false, true};
+    OperandStrides strides;
+    strides.add(input, shape);
+    strides.add(target, shape);
     if (!reduce) {
         if (numel == 0) return;
-        run_kernel(cache, spec, shape, {&input, &target, &out},
-                   {strides_in(input, shape), strides_in(target, shape), strides_in(out, shape)}, 0.0, 2, &call);
+        strides.add(out, shape);
+        run_kernel(cache, spec, shape, {input.data, target.data, out.data}, strides, 0.0, 2, &call);
         return;
     }
     const double d = divisor(reduction, input, numel);
     if (numel == 0) return write_device_scalar(out, 0.0 / d);
-    run_kernel(cache, spec, shape, {&input, &target, &out}, {strides_in(input, shape), strides_in(target, shape)},
-               0.0, 0, &call, d);
+    run_kernel(cache, spec, shape, {input.data, target.data, out.data}, strides, 0.0, 0, &call, d);
 }
 
-void backward_cuda(KernelCache &cache, const Tensor &grad_output, const Tensor &input, const Tensor &target,
-                   Reduction reduction, bool log_target, const Tensor *grad_input, const Tensor *grad_target,
-                   const std::vector<int64_t> &shape) {
+void backward_cuda(KernelCache &cache, const TensorView &grad_output, const TensorView &input,
+                   const TensorView &target, Reduction reduction, bool log_target, const TensorView *grad_input,
+                   const TensorView *grad_target, Extents shape) {
     if (grad_input) refuse_broadcast_gradient(input, "input", shape);
     if (grad_target) refuse_broadcast_gradient(target, "target", shape);
-    Named tensors = {{&grad_output, "grad_output"}, {&input, "input"}, {&target, "target"}};
+    InlineVector<NamedView, kMaxOperands> tensors = {
+        {&grad_output, "grad_output"}, {&input, "input"}, {&target, "target"}};
     if (grad_input) tensors.push_back({grad_input, "grad_input"});
     if (grad_target) tensors.push_back({grad_target, "grad_target"});
     const DeviceCall call(cuda::place(tensors), cuda::call_stream(cache.cuda_stream()));
@@ -466,24 +507,24 @@ void backward_cuda(KernelCache &cache, const Tensor &grad_output, const Tensor &
     const KernelSpec spec{Pass::Backward, input.dtype, log_target, scalar, grad_input != nullptr,
                           grad_target != nullptr, true};
     // Argument order: grad_output (one element when scalar), input, target, [grad_input], [grad_target].
-    std::vector<const Tensor *> buffers = {&grad_output, &input, &target};
-    std::vector<std::vector<int64_t>> strides;
-    if (!scalar) strides.push_back(strides_in(grad_output, shape));
-    strides.push_back(strides_in(input, shape));
-    strides.push_back(strides_in(target, shape));
+    InlineVector<void *, kMaxOperands> data = {grad_output.data, input.data, target.data};
+    OperandStrides strides;
+    if (!scalar) strides.add(grad_output, shape);
+    strides.add(input, shape);
+    strides.add(target, shape);
     const size_t first_output = strides.size();
-    for (const Tensor *gradient : {grad_input, grad_target}) {
+    for (const TensorView *gradient : {grad_input, grad_target}) {
         if (!gradient) continue;
-        buffers.push_back(gradient);
-        strides.push_back(strides_in(*gradient, shape));
+        data.push_back(gradient->data);
+        strides.add(*gradient, shape);
     }
-    run_kernel(cache, spec, shape, buffers, strides, 0.0, first_output, &call,
+    run_kernel(cache, spec, shape, data, strides, 0.0, first_output, &call,
                scalar ? divisor(reduction, input, numel) : 1.0);
 }
 
-void forward_backward_cuda(KernelCache &cache, const Tensor &input, const Tensor &target, Reduction reduction,
-                           bool log_target, const Tensor &out, const Tensor &grad_input,
-                           const std::vector<int64_t> &shape) {
+void forward_backward_cuda(KernelCache &cache, const TensorView &input, const TensorView &target,
+                           Reduction reduction, bool log_target, const TensorView &out,
+                           const TensorView &grad_input, Extents shape) {
     refuse_broadcast_gradient(input, "input", shape);
     const DeviceCall call(
         cuda::place({{&input, "input"}, {&target, "target"}, {&out, "out"}, {&grad_input, "grad_input"}}),
@@ -496,24 +537,27 @@ void forward_backward_cuda(KernelCache &cache, const Tensor &input, const Tensor
         return;
     }
     const KernelSpec spec{Pass::Fused, input.dtype, log_target, reduce, true, false, true};
-    std::vector<std::vector<int64_t>> strides = {strides_in(input, shape), strides_in(target, shape)};
-    if (!reduce) strides.push_back(strides_in(out, shape));
-    strides.push_back(strides_in(grad_input, shape));
-    run_kernel(cache, spec, shape, {&input, &target, &out, &grad_input}, strides, 0.0, strides.size() - 1, &call, d);
+    OperandStrides strides;
+    strides.add(input, shape);
+    strides.add(target, shape);
+    if (!reduce) strides.add(out, shape);
+    strides.add(grad_input, shape);
+    run_kernel(cache, spec, shape, {input.data, target.data, out.data, grad_input.data}, strides, 0.0,
+               strides.size() - 1, &call, d);
 }
 
 }  // namespace
 
-void forward(KernelCache &cache, const Tensor &input, const Tensor &target, Reduction reduction, bool log_target, const Tensor &out,
-             bool warn_mean) {
+void forward(KernelCache &cache, const TensorView &input, const TensorView &target, Reduction reduction,
+             bool log_target, const TensorView &out, bool warn_mean) {
     check_reduction(reduction);
     check_tensor(input, "input");
     check_tensor(target, "target");
     check_tensor(out, "out");
     check_same_dtype(input, "input", target, "target");
     check_same_dtype(input, "input", out, "out");
-    const std::vector<int64_t> shape = loss_shape(input, target);
-    check_shape(out, "out", reduction == Reduction::None ? shape : std::vector<int64_t>{});
+    const Dims shape = loss_shape(input, target);
+    check_shape(out, "out", reduction == Reduction::None ? Extents(shape) : Extents());
     check_outputs({{&out, "out"}}, {{&input, "input"}, {&target, "target"}});
     const Device device = common_device({{&input, "input"}, {&target, "target"}, {&out, "out"}});
     if (reduction == Reduction::Mean && warn_mean) cache.warn(mean_reduction_warning());
@@ -521,29 +565,31 @@ void forward(KernelCache &cache, const Tensor &input, const Tensor &target, Redu
 
     const int64_t numel = numel_of(shape);
     KernelSpec spec{Pass::Forward, input.dtype, log_target, reduction != Reduction::None, false, false};
+    OperandStrides strides;
+    strides.add(input, shape);
+    strides.add(target, shape);
     if (reduction == Reduction::None) {
         if (numel == 0) return;
-        run_kernel(cache, spec, shape, {&input, &target, &out},
-                   {strides_in(input, shape), strides_in(target, shape), strides_in(out, shape)}, 0.0, 2);
+        strides.add(out, shape);
+        run_kernel(cache, spec, shape, {input.data, target.data, out.data}, strides, 0.0, 2);
         return;
     }
-    const double total = numel == 0 ? 0.0
-                                    : run_kernel(cache, spec, shape, {&input, &target},
-                                                 {strides_in(input, shape), strides_in(target, shape)}, 0.0, 0);
+    const double total =
+        numel == 0 ? 0.0 : run_kernel(cache, spec, shape, {input.data, target.data}, strides, 0.0, 0);
     write_scalar(out, total / divisor(reduction, input, numel));
 }
 
-void backward(KernelCache &cache, const Tensor &grad_output, const Tensor &input, const Tensor &target, Reduction reduction,
-              bool log_target, const Tensor *grad_input, const Tensor *grad_target) {
+void backward(KernelCache &cache, const TensorView &grad_output, const TensorView &input, const TensorView &target,
+              Reduction reduction, bool log_target, const TensorView *grad_input, const TensorView *grad_target) {
     check_reduction(reduction);
     check_tensor(grad_output, "grad_output");
     check_tensor(input, "input");
     check_tensor(target, "target");
     check_same_dtype(input, "input", target, "target");
     check_same_dtype(input, "input", grad_output, "grad_output");
-    const std::vector<int64_t> shape = loss_shape(input, target);
-    check_shape(grad_output, "grad_output", reduction == Reduction::None ? shape : std::vector<int64_t>{});
-    std::vector<std::pair<const Tensor *, const char *>> outputs;
+    const Dims shape = loss_shape(input, target);
+    check_shape(grad_output, "grad_output", reduction == Reduction::None ? Extents(shape) : Extents());
+    InlineVector<NamedView, 2> outputs;
     if (grad_input) {
         check_tensor(*grad_input, "grad_input");
         check_same_dtype(input, "input", *grad_input, "grad_input");
@@ -557,8 +603,9 @@ void backward(KernelCache &cache, const Tensor &grad_output, const Tensor &input
         outputs.push_back({grad_target, "grad_target"});
     }
     check_outputs(outputs, {{&input, "input"}, {&target, "target"}, {&grad_output, "grad_output"}});
-    Named all = {{&grad_output, "grad_output"}, {&input, "input"}, {&target, "target"}};
-    all.insert(all.end(), outputs.begin(), outputs.end());
+    InlineVector<NamedView, kMaxOperands> all = {
+        {&grad_output, "grad_output"}, {&input, "input"}, {&target, "target"}};
+    for (const NamedView &output : outputs) all.push_back(output);
     const Device device = common_device(all);
     if (!grad_input && !grad_target) return;
     if (device == Device::CUDA) {
@@ -577,25 +624,25 @@ void backward(KernelCache &cache, const Tensor &grad_output, const Tensor &input
 
     KernelSpec spec{Pass::Backward, input.dtype, log_target, scalar, grad_input != nullptr, grad_target != nullptr};
     // Argument order: [grad_output], input, target, [grad_input], [grad_target].
-    std::vector<const Tensor *> buffers;
-    if (!scalar) buffers.push_back(&grad_output);
-    buffers.push_back(&input);
-    buffers.push_back(&target);
-    std::vector<bool> summed(buffers.size(), false);
+    Buffers buffers;
+    if (!scalar) buffers.push_back(grad_output);
+    buffers.push_back(input);
+    buffers.push_back(target);
+    SummedFlags summed(buffers.size(), false);
     const size_t first_output = buffers.size();
     if (grad_input) {
-        buffers.push_back(grad_input);
+        buffers.push_back(*grad_input);
         summed.push_back(input.sizes != shape);
     }
     if (grad_target) {
-        buffers.push_back(grad_target);
+        buffers.push_back(*grad_target);
         summed.push_back(target.sizes != shape);
     }
     run_summing_broadcast(cache, spec, shape, buffers, summed, grad_scale, first_output);
 }
 
-void forward_backward(KernelCache &cache, const Tensor &input, const Tensor &target, Reduction reduction, bool log_target,
-                      const Tensor &out, const Tensor &grad_input) {
+void forward_backward(KernelCache &cache, const TensorView &input, const TensorView &target, Reduction reduction,
+                      bool log_target, const TensorView &out, const TensorView &grad_input) {
     check_reduction(reduction);
     check_tensor(input, "input");
     check_tensor(target, "target");
@@ -604,8 +651,8 @@ void forward_backward(KernelCache &cache, const Tensor &input, const Tensor &tar
     check_same_dtype(input, "input", target, "target");
     check_same_dtype(input, "input", out, "out");
     check_same_dtype(input, "input", grad_input, "grad_input");
-    const std::vector<int64_t> shape = loss_shape(input, target);
-    check_shape(out, "out", reduction == Reduction::None ? shape : std::vector<int64_t>{});
+    const Dims shape = loss_shape(input, target);
+    check_shape(out, "out", reduction == Reduction::None ? Extents(shape) : Extents());
     check_shape(grad_input, "grad_input", input.sizes);
     check_outputs({{&out, "out"}, {&grad_input, "grad_input"}}, {{&input, "input"}, {&target, "target"}});
     const Device device =
@@ -624,16 +671,16 @@ void forward_backward(KernelCache &cache, const Tensor &input, const Tensor &tar
     }
     const double scale = reduce ? 1.0 / divisor(reduction, input, numel) : 1.0;
     KernelSpec spec{Pass::Fused, input.dtype, log_target, reduce, true, false};
-    std::vector<const Tensor *> buffers = {&input, &target};
-    if (!reduce) buffers.push_back(&out);
-    buffers.push_back(&grad_input);
-    std::vector<bool> summed(buffers.size(), false);
+    Buffers buffers = {input, target};
+    if (!reduce) buffers.push_back(out);
+    buffers.push_back(grad_input);
+    SummedFlags summed(buffers.size(), false);
     summed.back() = input.sizes != shape;
     const double total = run_summing_broadcast(cache, spec, shape, buffers, summed, scale, buffers.size() - 1);
     if (reduce) write_scalar(out, total / divisor(reduction, input, numel));
 }
 
-void scale_in_place(const Tensor &t, double factor) {
+void scale_in_place(const TensorView &t, double factor) {
     const size_t elem = element_size(t.dtype);
     for_each_offset(t.sizes, t.strides, [&](int64_t, int64_t offset) {
         uint8_t *p = static_cast<uint8_t *>(t.data) + offset * (int64_t)elem;

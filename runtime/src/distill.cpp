@@ -429,7 +429,7 @@ void store_loss(const Tensor &out, const Call &c, const DistillOptions &options,
 // While alive, CUDA calls run in the tensors' GPU's context on the call's stream.
 struct DeviceScope {
     std::optional<cuda::Scope> scope;
-    DeviceScope(const Call &c, const std::vector<std::pair<const Tensor *, const char *>> &tensors) {
+    DeviceScope(const Call &c, NamedViews tensors) {
         if (c.cuda) scope.emplace(cuda::place(tensors), cuda::call_stream(Runtime::process_default().cuda_stream()));
     }
 };
@@ -520,7 +520,8 @@ void distill_forward(KernelCache &cache, const Tensor &student, const Tensor &te
     for (const auto &[t, name] : {std::pair{&student, "student"}, std::pair{&teacher, "teacher"}}) {
         if (overlaps(out, *t)) fail(ErrorCode::Alias, std::string("out overlaps ") + name);
     }
-    const DeviceScope device(c, {{&student, "student"}, {&teacher, "teacher"}, {&out, "out"}});
+    const TensorView student_view = student, teacher_view = teacher, out_view = out;
+    const DeviceScope device(c, {{&student_view, "student"}, {&teacher_view, "teacher"}, {&out_view, "out"}});
     std::vector<double> row_stats;
     if (has_logits(c)) {
         row_stats = empty_stats(c);
@@ -542,7 +543,8 @@ void distill_forward_backward(KernelCache &cache, const Tensor &student, const T
     // The gradient may be written over the student's logits (the same view):
     // each row is read for its statistics before its gradient is written, and
     // each element before it is overwritten.
-    check_outputs({{&out, "out"}, {&grad_student, "grad_student"}}, {});
+    const TensorView student_view = student, teacher_view = teacher, out_view = out, grad_view = grad_student;
+    check_outputs({{&out_view, "out"}, {&grad_view, "grad_student"}}, {});
     for (const auto &[t, name] : {std::pair{&out, "out"}, std::pair{&grad_student, "grad_student"}}) {
         if (overlaps(*t, teacher)) fail(ErrorCode::Alias, std::string(name) + " overlaps teacher");
     }
@@ -550,8 +552,8 @@ void distill_forward_backward(KernelCache &cache, const Tensor &student, const T
     if (overlaps(grad_student, student) && !same_view(grad_student, student)) {
         fail(ErrorCode::Alias, "grad_student partially overlaps student");
     }
-    const DeviceScope device(c, {{&student, "student"}, {&teacher, "teacher"}, {&out, "out"},
-                                 {&grad_student, "grad_student"}});
+    const DeviceScope device(c, {{&student_view, "student"}, {&teacher_view, "teacher"}, {&out_view, "out"},
+                                 {&grad_view, "grad_student"}});
     std::vector<double> row_stats;
     const double scale = c.loss_factor / options.temperature / c.divisor;
     if (has_logits(c)) {
@@ -576,19 +578,22 @@ void distill_backward(KernelCache &cache, const Tensor &grad_output, const Tenso
                       const Tensor *grad_teacher) {
     const Call c = validate(student, teacher, options);
     check_loss_shape(grad_output, "grad_output", student, options.reduction);
-    std::vector<std::pair<const Tensor *, const char *>> outputs;
+    const TensorView student_view = student, teacher_view = teacher, grad_output_view = grad_output;
+    const TensorView grad_student_view = grad_student ? TensorView(*grad_student) : TensorView();
+    const TensorView grad_teacher_view = grad_teacher ? TensorView(*grad_teacher) : TensorView();
+    std::vector<NamedView> outputs;
     if (grad_student) {
         check_grad(*grad_student, "grad_student", student);
-        outputs.push_back({grad_student, "grad_student"});
+        outputs.push_back({&grad_student_view, "grad_student"});
     }
     if (grad_teacher) {
         check_grad(*grad_teacher, "grad_teacher", student);
-        outputs.push_back({grad_teacher, "grad_teacher"});
+        outputs.push_back({&grad_teacher_view, "grad_teacher"});
     }
     if (outputs.empty()) return;
     // Both gradients are written element by element while both logits are
     // read: no output may share memory with an input.
-    check_outputs(outputs, {{&grad_output, "grad_output"}});
+    check_outputs(outputs, {{&grad_output_view, "grad_output"}});
     for (const auto &[t, name] : outputs) {
         for (const auto &[in, in_name] : {std::pair{&student, "student"}, std::pair{&teacher, "teacher"}}) {
             if (overlaps(*t, *in)) fail(ErrorCode::Alias, std::string(name) + " overlaps " + in_name);
@@ -596,8 +601,8 @@ void distill_backward(KernelCache &cache, const Tensor &grad_output, const Tenso
     }
     const int64_t rows = c.student.rows;
     if (!has_logits(c)) return;
-    std::vector<std::pair<const Tensor *, const char *>> tensors = {
-        {&grad_output, "grad_output"}, {&student, "student"}, {&teacher, "teacher"}};
+    std::vector<NamedView> tensors = {
+        {&grad_output_view, "grad_output"}, {&student_view, "student"}, {&teacher_view, "teacher"}};
     tensors.insert(tensors.end(), outputs.begin(), outputs.end());
     const DeviceScope device(c, tensors);
 

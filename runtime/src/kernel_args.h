@@ -6,12 +6,14 @@
 
 #include <HalideRuntime.h>
 
+#include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdint>
-#include <vector>
 
 #include "cuda_device.h"
 #include "kldiv/codegen/kernel_spec.h"
+#include "tensor_view.h"
 
 namespace kldiv::runtime {
 
@@ -24,6 +26,53 @@ inline halide_type_t storage_halide_type(DType dtype) {
     }
 }
 
+// What a call reads of codegen::arguments(spec), worked out once per spec
+// (the names are compared here, never on a call): each argument's role in
+// argv, and which buffer arguments (`total` aside) are 4-d views of the
+// call's shape and which hold one element.
+struct ArgumentLayout {
+    static constexpr size_t kMaxArguments = 8;
+    static constexpr size_t kMaxBuffers = 5;
+    enum Role : uint8_t { Buffer, GradScale, Divisor, Total };
+
+    Role role[kMaxArguments] = {};
+    uint8_t arguments = 0;
+    uint8_t buffers = 0;  // Buffer arguments, in argument order
+    uint8_t four_d = 0;   // of them, views of the call's shape (a strided piece each)
+    bool whole[kMaxBuffers] = {};  // per Buffer argument: one element, not a view
+};
+
+inline ArgumentLayout make_argument_layout(const codegen::KernelSpec &spec) {
+    ArgumentLayout layout;
+    for (const codegen::Argument &a : codegen::arguments(spec)) {
+        ArgumentLayout::Role role = ArgumentLayout::Buffer;
+        if (a.name == "divisor") {
+            role = ArgumentLayout::Divisor;
+        } else if (a.kind == codegen::Argument::Scalar) {
+            role = ArgumentLayout::GradScale;
+        } else if (a.name == "total") {
+            role = ArgumentLayout::Total;
+        } else {
+            layout.whole[layout.buffers++] = a.dimensions == 1;
+            layout.four_d += a.dimensions == 4;
+        }
+        layout.role[layout.arguments++] = role;
+    }
+    return layout;
+}
+
+// Made on first use of a spec, then shared by every thread.
+inline const ArgumentLayout &argument_layout(const codegen::KernelSpec &spec) {
+    static std::array<std::atomic<const ArgumentLayout *>, codegen::kSpecIndices> made{};
+    std::atomic<const ArgumentLayout *> &slot = made[codegen::index_of(spec)];
+    if (const ArgumentLayout *known = slot.load(std::memory_order_acquire)) return *known;
+    auto *fresh = new ArgumentLayout(make_argument_layout(spec));
+    const ArgumentLayout *expected = nullptr;
+    if (slot.compare_exchange_strong(expected, fresh, std::memory_order_acq_rel)) return *fresh;
+    delete fresh;
+    return *expected;
+}
+
 class KernelArguments {
 public:
     // `data`: the kernel's buffer arguments except `total`, in argument order;
@@ -32,38 +81,43 @@ public:
     // one element. With `device`, the data is CUDA device memory, wrapped by
     // the kernel's Halide CUDA runtime (see wrap_failed()) and detached when
     // the arguments go.
-    KernelArguments(const codegen::KernelSpec &spec, const std::vector<void *> &data, const int32_t *extent,
-                    const std::vector<std::array<int32_t, 4>> &strides,
-                    const cuda::BufferFunctions *device = nullptr)
-        : spec_(spec), buffers_(data.size()), dims_(data.size()), detach_(device ? device->detach : nullptr) {
+    KernelArguments(const codegen::KernelSpec &spec, Span<void *const> data, const int32_t *extent,
+                    Span<const std::array<int32_t, 4>> strides, const cuda::BufferFunctions *device = nullptr)
+        : layout_(argument_layout(spec)),
+          computes_in_double_(computes_in_double(spec.dtype)),
+          detach_(device ? device->detach : nullptr) {
         const auto wrap = device ? device->wrap : nullptr;
-        size_t k = 0, four_d = 0;
-        for (const codegen::Argument &a : codegen::arguments(spec)) {
-            if (a.kind != codegen::Argument::Buffer || a.name == "total" || k >= data.size()) continue;
-            if (a.dimensions == 1) {
-                dims_[k][0] = halide_dimension_t(0, 1, 1);
+        const halide_type_t type = storage_halide_type(spec.dtype);
+        count_ = std::min<size_t>(data.size(), layout_.buffers);
+        for (size_t k = 0, four_d = 0; k < count_; k++) {
+            if (layout_.whole[k]) {
+                dims_[k].dim[0] = halide_dimension_t(0, 1, 1);
                 buffers_[k].dimensions = 1;
             } else {
-                for (int d = 0; d < 4; d++) dims_[k][d] = halide_dimension_t(0, extent[d], strides[four_d][d]);
+                for (int d = 0; d < 4; d++) dims_[k].dim[d] = halide_dimension_t(0, extent[d], strides[four_d][d]);
                 buffers_[k].dimensions = 4;
                 four_d++;
             }
-            buffers_[k].type = storage_halide_type(spec.dtype);
-            buffers_[k].dim = dims_[k].data();
+            buffers_[k].device = 0;
+            buffers_[k].device_interface = nullptr;
+            buffers_[k].host = nullptr;
+            buffers_[k].flags = 0;
+            buffers_[k].type = type;
+            buffers_[k].dim = dims_[k].dim;
+            buffers_[k].padding = nullptr;
             if (wrap) {
                 if (wrap(nullptr, &buffers_[k], reinterpret_cast<uint64_t>(data[k])) != 0) wrap_failed_ = true;
             } else {
                 buffers_[k].host = static_cast<uint8_t *>(data[k]);
             }
-            k++;
         }
         total_buffer_.host = reinterpret_cast<uint8_t *>(&total);
         total_buffer_.type = halide_type_t(halide_type_float, 64);
     }
     ~KernelArguments() {
         if (detach_) {
-            for (halide_buffer_t &b : buffers_) {
-                if (b.device != 0) detach_(nullptr, &b);
+            for (size_t k = 0; k < count_; k++) {
+                if (buffers_[k].device != 0) detach_(nullptr, &buffers_[k]);
             }
         }
     }
@@ -76,34 +130,40 @@ public:
     double divisor = 1.0;     // CUDA reductions
     double total = 0.0;       // written by kernels with a `total`
 
-    // The argv for an entry point; a JIT kernel takes `user_context` first.
-    std::vector<void *> argv(void **user_context) {
+    // The argv for an entry point, valid while these arguments live; a JIT
+    // kernel takes `user_context` first.
+    void **argv(void **user_context) {
         grad_scale_f_ = (float)grad_scale;
-        std::vector<void *> out;
-        if (user_context) out.push_back(user_context);
-        size_t next = 0;
-        for (const codegen::Argument &a : codegen::arguments(spec_)) {
-            if (a.name == "divisor") {
-                out.push_back(&divisor);
-            } else if (a.kind == codegen::Argument::Scalar) {
-                out.push_back(computes_in_double(spec_.dtype) ? (void *)&grad_scale : (void *)&grad_scale_f_);
-            } else if (a.name == "total") {
-                out.push_back(&total_buffer_);
-            } else {
-                out.push_back(&buffers_[next++]);
+        size_t n = 0, next = 0;
+        if (user_context) argv_[n++] = user_context;
+        for (size_t i = 0; i < layout_.arguments; i++) {
+            switch (layout_.role[i]) {
+            case ArgumentLayout::Divisor: argv_[n++] = &divisor; break;
+            case ArgumentLayout::GradScale:
+                argv_[n++] = computes_in_double_ ? (void *)&grad_scale : (void *)&grad_scale_f_;
+                break;
+            case ArgumentLayout::Total: argv_[n++] = &total_buffer_; break;
+            case ArgumentLayout::Buffer: argv_[n++] = &buffers_[next++]; break;
             }
         }
-        return out;
+        return argv_;
     }
 
 private:
-    codegen::KernelSpec spec_;
-    std::vector<halide_buffer_t> buffers_;  // value-initialised: no device, no flags
-    std::vector<std::array<halide_dimension_t, 4>> dims_;
+    const ArgumentLayout &layout_;
+    bool computes_in_double_;
+    size_t count_ = 0;
+    halide_buffer_t buffers_[ArgumentLayout::kMaxBuffers];  // the first count_ set: no device, no flags
+    // Left unset (halide_dimension_t zeroes itself) but for the first count_.
+    union BufferDims {
+        BufferDims() {}
+        halide_dimension_t dim[4];
+    } dims_[ArgumentLayout::kMaxBuffers];
     int (*detach_)(void *, halide_buffer_t *);
     bool wrap_failed_ = false;
     halide_buffer_t total_buffer_{};
     float grad_scale_f_ = 1.0f;
+    void *argv_[ArgumentLayout::kMaxArguments + 1];
 };
 
 }  // namespace kldiv::runtime

@@ -3,27 +3,30 @@
 // and cutting the work into pieces within Halide 14's int32 limits.
 #pragma once
 
-#include <cstdint>
 #include <array>
-#include <functional>
-#include <vector>
+#include <cstdint>
+
+#include "function_ref.h"
+#include "tensor_view.h"
 
 namespace kldiv::runtime {
 
 constexpr int kKernelRank = 4;
+// Operands of one kernel call: a backward pass's per-element grad_output,
+// input, target and both gradients.
+constexpr size_t kMaxOperands = 5;
 
 // Broadcast shape of two shapes, or fail with PyTorch's message.
-std::vector<int64_t> broadcast_shapes(const std::vector<int64_t> &a, const std::vector<int64_t> &b);
+Dims broadcast_shapes(Extents a, Extents b);
 
 // Strides of a tensor of `sizes` viewed in the broadcast `shape` (0 where broadcast).
-std::vector<int64_t> expand_strides(const std::vector<int64_t> &sizes, const std::vector<int64_t> &strides,
-                                    const std::vector<int64_t> &shape);
+Dims expand_strides(Extents sizes, Extents strides, Extents shape);
 
 // One kernel call: every operand viewed with the same 4 extents.
 struct Piece {
     int32_t extent[kKernelRank];
-    std::vector<int64_t> offset;                      // per operand, in elements
-    std::vector<std::array<int32_t, kKernelRank>> stride;  // per operand
+    InlineVector<int64_t, kMaxOperands> offset;                               // per operand, in elements
+    InlineVector<std::array<int32_t, kKernelRank>, kMaxOperands> stride;      // per operand
 };
 
 // Limits of one kernel call (Halide 14 without large_buffers): elements in a
@@ -40,23 +43,23 @@ struct PieceLimits {
 };
 
 // Calls `run` for pieces covering `shape` (numel > 0); `strides[k]` are operand
-// k's strides in that shape. Operand `order_by` decides the dimension order
-// (an output's gives the best write pattern), the others break ties.
-void for_each_piece(const std::vector<int64_t> &shape, const std::vector<std::vector<int64_t>> &strides,
-                    size_t order_by, const std::function<void(const Piece &)> &run,
-                    const PieceLimits &limits = {});
+// k's strides in that shape (at most kMaxOperands operands). Operand
+// `order_by` decides the dimension order (an output's gives the best write
+// pattern), the others break ties.
+void for_each_piece(Extents shape, Span<const Extents> strides, size_t order_by,
+                    FunctionRef<void(const Piece &)> run, const PieceLimits &limits = {});
 
 // Whether a CUDA call may take an `aligned` kernel (KernelSpec::aligned): the
 // piece is one run (dimensions 1 to 3 of extent 1) with unit stride in every
 // operand, and each operand's first element (`starts`, in operand order) is at
 // a multiple of `alignment` bytes.
-bool aligned_run(const Piece &piece, const std::vector<const void *> &starts, int alignment);
+bool aligned_run(const Piece &piece, Span<const void *const> starts, int alignment);
 
 // Calls fn(i, offset) for every element of `sizes` in row-major order i, with
 // its offset under `strides` (host loops over results and gradients).
 template<typename F>
-void for_each_offset(const std::vector<int64_t> &sizes, const std::vector<int64_t> &strides, F &&fn) {
-    std::vector<int64_t> idx(sizes.size(), 0);
+void for_each_offset(Extents sizes, Extents strides, F &&fn) {
+    Dims idx(sizes.size(), 0);
     int64_t n = 1;
     for (int64_t s : sizes) n *= s;
     for (int64_t i = 0; i < n; i++) {
