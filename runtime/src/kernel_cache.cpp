@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
-#include <functional>
 #include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <iterator>
 #include <list>
 #include <map>
 #include <mutex>
@@ -21,6 +23,7 @@
 #include "errors.h"
 #include "jit/compile.h"
 #include "jit/orc.h"
+#include "kernel_args.h"
 #include "kldiv/schedules/tuning_db.h"
 
 namespace kldiv::runtime {
@@ -53,11 +56,18 @@ struct Key {
     }
 };
 
+// Every call hashes its shape's key (Specialize::Auto counts the calls of
+// each shape): the words are multiplied independently, not in one chain.
 struct KeyHash {
     size_t operator()(const Key &k) const {
-        uint64_t h = 1469598103934665603ull ^ (uint64_t(k.spec) << 3 | uint64_t(k.inner) << 1 | uint64_t(k.fixed));
-        for (int32_t v : k.dims) h = (h ^ uint32_t(v)) * 1099511628211ull;
-        return h;
+        uint64_t words[(4 + 4 * kMaxBuffers) / 2];
+        static_assert(sizeof words == sizeof k.dims);
+        std::memcpy(words, k.dims.data(), sizeof words);
+        uint64_t h = (uint64_t(k.spec) << 3 | uint64_t(k.inner) << 1 | uint64_t(k.fixed)) * 0x9e3779b97f4a7c15ull;
+        for (size_t i = 0; i < std::size(words); i++) {
+            h += (words[i] ^ (i * 0x632be59bd9b4e019ull)) * 0xff51afd7ed558ccdull;
+        }
+        return h ^ (h >> 29);
     }
 };
 
@@ -66,25 +76,17 @@ uint32_t pack(const KernelSpec &s) { return codegen::index_of(s); }
 // Distillation specs: the top bit set, so that they never meet a loss spec.
 uint32_t pack(const codegen::DistillSpec &s) { return 1u << 31 | codegen::index_of(s); }
 
-Key generic_key(const KernelSpec &spec) {
-    Key k;
-    k.spec = pack(spec);
-    return k;
-}
-
 // The generic kernel the JIT compiles for `piece`: one for unit inner strides
-// in every buffer, one for the rest.
-Key jit_generic_key(const KernelSpec &spec, const Piece &piece, size_t buffers) {
-    Key k = generic_key(spec);
+// in every buffer (the piece has strides for each 4-d buffer), one for the rest.
+codegen::InnerStride jit_inner_stride(const Piece &piece) {
     bool unit = true;
-    for (size_t b = 0; b < buffers && b < piece.stride.size(); b++) unit = unit && piece.stride[b][0] == 1;
-    k.inner = unit ? codegen::InnerStride::Unit : codegen::InnerStride::Strided;
-    return k;
+    for (const auto &stride : piece.stride) unit = unit && stride[0] == 1;
+    return unit ? codegen::InnerStride::Unit : codegen::InnerStride::Strided;
 }
 
-Key fixed_key(const KernelSpec &spec, const Piece &piece) {
+Key fixed_key(uint32_t packed_spec, const Piece &piece) {
     Key k;
-    k.spec = pack(spec);
+    k.spec = packed_spec;
     k.fixed = true;
     std::copy(piece.extent, piece.extent + 4, k.dims.begin());
     for (size_t b = 0; b < piece.stride.size() && b < kMaxBuffers; b++) {
@@ -94,11 +96,7 @@ Key fixed_key(const KernelSpec &spec, const Piece &piece) {
 }
 
 // The buffer arguments a call's piece has strides for (the 4-d ones).
-size_t buffer_count(const KernelSpec &spec) {
-    size_t buffers = 0;
-    for (const codegen::Argument &a : codegen::arguments(spec)) buffers += a.dimensions == 4;
-    return buffers;
-}
+size_t buffer_count(const KernelSpec &spec) { return argument_layout(spec).four_d; }
 
 std::optional<jit::FixedShape> shape_of(const Key &key, size_t buffers) {
     if (!key.fixed) return std::nullopt;
@@ -202,11 +200,23 @@ struct KernelCache::State {
         bool cuda = false;
         bool reduces = false;     // sums in an order the schedule sets (loss reductions)
         int (*aot)(void **) = nullptr;
-        Key generic;              // the spec alone: the AOT kernel's key
+        uint32_t packed = 0;      // the spec's number in keys
+        codegen::InnerStride inner = codegen::InnerStride::Any;  // of the JIT's generic kernel for the call
         Key fixed;                // with the call's shape
-        Key jit_generic;          // the JIT's generic kernel for the call
         uint64_t elements = 0;    // in the call, for Specialize::Auto
 
+        // The spec alone: the AOT kernel's key.
+        Key generic() const {
+            Key k;
+            k.spec = packed;
+            return k;
+        }
+        // The JIT's generic kernel for the call.
+        Key jit_generic() const {
+            Key k = generic();
+            k.inner = inner;
+            return k;
+        }
         const KernelSpec *loss() const { return std::get_if<KernelSpec>(&spec); }
         std::string name() const { return name_of(spec); }
         std::string tuning_name() const {
@@ -452,10 +462,12 @@ KernelCache::~KernelCache() {
 // threads ask.
 KernelCall KernelCache::State::get(const Request &r) {
     State &s = *this;
-    const auto start = Clock::now();
-    auto aot = [&](const Key &key) {
+    // An AOT kernel is a table entry, found in no time worth two clock reads
+    // (some 80 ns on this 2-core VM, a sixth of a small call): it reports 0
+    // seconds, as the AOT-only build's kernels always have.
+    auto aot = [&] {
         if (r.aot == nullptr) fail(ErrorCode::Internal, "no kernel " + r.name() + " in this build");
-        r.remember(key, KernelOrigin::Aot, seconds_since(start), "default (AOT)", {});
+        remember_aot_kernel(r.spec);
         KernelCall call{r.aot, false, nullptr};
         if (r.cuda) call.buffers = cuda::library_buffer_functions();
         return call;
@@ -468,42 +480,38 @@ KernelCall KernelCache::State::get(const Request &r) {
     if (!s.options.jit || (r.cuda && !s.cuda_jit)) {
         std::lock_guard<std::mutex> lock(s.mutex);
         s.stats.aot_calls++;
-        return aot(r.generic);
+        return aot();
     }
 
     std::unique_lock<std::mutex> lock(s.mutex);
-    Key key = r.generic;
-    if (s.specialize != Specialize::Never) {
-        bool specialise = s.specialize == Specialize::Always;
-        if (!specialise) {
-            auto found = s.slots.find(r.fixed);
-            if (found != s.slots.end()) {
-                specialise = true;
-            } else {
-                // A compile (0.1-0.3 s) pays only where the shape's calls have
-                // already taken several times as long: specialise once they
-                // have covered specialize_work elements in all.
-                if (s.seen.size() > 4096) s.seen.clear();
-                State::Seen &seen = s.seen[r.fixed];
-                seen.calls++;
-                seen.elements += r.elements;
-                specialise = seen.calls >= s.options.specialize_after && seen.elements >= s.options.specialize_work;
-            }
+    bool specialise = s.specialize == Specialize::Always;
+    if (s.specialize == Specialize::Auto) {
+        if (s.slots.count(r.fixed)) {
+            specialise = true;
+        } else {
+            // A compile (0.1-0.3 s) pays only where the shape's calls have
+            // already taken several times as long: specialise once they
+            // have covered specialize_work elements in all.
+            if (s.seen.size() > 4096) s.seen.clear();
+            State::Seen &seen = s.seen[r.fixed];
+            seen.calls++;
+            seen.elements += r.elements;
+            specialise = seen.calls >= s.options.specialize_after && seen.elements >= s.options.specialize_work;
         }
-        if (specialise) key = r.fixed;
     }
-    if (!key.fixed && s.options.generic_from_aot && aot_available) {
+    if (!specialise && s.options.generic_from_aot && aot_available) {
         s.stats.aot_calls++;
-        return aot(key);
+        return aot();
     }
-    if (!key.fixed) key = r.jit_generic;
+    const Key key = specialise ? r.fixed : r.jit_generic();
+    const auto start = Clock::now();  // what a JIT kernel's seconds count: waiting, loading, compiling
 
     auto found = s.slots.find(key);
     if (found != s.slots.end()) {
         std::shared_ptr<State::Slot> slot = found->second;
         if (slot->status == State::Status::Compiling && !s.options.blocking && aot_available) {
             s.stats.aot_calls++;
-            return aot(r.generic);
+            return aot();
         }
         s.changed.wait(lock, [&] { return slot->status != State::Status::Compiling; });
         if (slot->status == State::Status::Failed) fail(ErrorCode::Internal, slot->error);
@@ -527,7 +535,7 @@ KernelCall KernelCache::State::get(const Request &r) {
             }
         });
         s.stats.aot_calls++;
-        return aot(r.generic);
+        return aot();
     }
     lock.unlock();
     KernelOrigin origin = KernelOrigin::Compiled;
@@ -538,15 +546,18 @@ KernelCall KernelCache::State::get(const Request &r) {
 }
 
 KernelCall KernelCache::kernel(const KernelSpec &spec, const Piece &piece) {
-    State::Request r;
-    r.spec = spec;
-    r.cuda = spec.cuda;
-    r.reduces = spec.reduce && spec.pass != codegen::Pass::Backward;
-    r.aot = aot_entry(spec);
-    r.generic = generic_key(spec);
-    r.fixed = fixed_key(spec, piece);
-    r.jit_generic = jit_generic_key(spec, piece, buffer_count(spec));
-    r.elements = (uint64_t)piece.extent[0] * piece.extent[1] * piece.extent[2] * piece.extent[3];
+    // The keys only: names, descriptions and functions are made from the
+    // spec where a kernel is compiled, loaded or reported.
+    const uint32_t packed = pack(spec);
+    const uint64_t elements = (uint64_t)piece.extent[0] * piece.extent[1] * piece.extent[2] * piece.extent[3];
+    const State::Request r{spec,
+                           spec.cuda,
+                           /*reduces=*/spec.reduce && spec.pass != codegen::Pass::Backward,
+                           aot_entry(spec),
+                           packed,
+                           jit_inner_stride(piece),
+                           fixed_key(packed, piece),
+                           elements};
     return state_->get(r);
 }
 
@@ -560,16 +571,15 @@ KernelCall KernelCache::distill_kernel(const codegen::DistillSpec &spec, int32_t
         if (call.entry == nullptr) fail(ErrorCode::Internal, "no kernel " + spec.name() + " in this build");
         std::lock_guard<std::mutex> lock(s.mutex);
         s.stats.aot_calls++;
-        remember_kernel(spec, nullptr, 0, KernelOrigin::Aot, 0.0, "default (AOT)");
+        remember_aot_kernel(spec);
         return call;
     }
     State::Request r;
     r.spec = spec;
     r.aot = aot_entry(spec);
-    r.generic.spec = pack(spec);
-    r.jit_generic = r.generic;
-    r.jit_generic.inner = unit_stride ? codegen::InnerStride::Unit : codegen::InnerStride::Strided;
-    r.fixed = r.jit_generic;
+    r.packed = pack(spec);
+    r.inner = unit_stride ? codegen::InnerStride::Unit : codegen::InnerStride::Strided;
+    r.fixed = r.jit_generic();
     r.fixed.fixed = true;
     r.fixed.dims[0] = vocab;
     r.elements = elements;

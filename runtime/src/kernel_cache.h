@@ -42,6 +42,9 @@ std::string name_of(const KernelName &kernel);
 // from.
 void remember_kernel(const KernelName &kernel, const int32_t *extent, int count, KernelOrigin origin,
                      double seconds, const std::string &schedule, const CompileTimes &compile = {});
+// The same for an AOT kernel (generic, schedule "default (AOT)", found in no
+// time), on every call that runs one: nothing is copied but the spec.
+void remember_aot_kernel(const KernelName &kernel);
 
 class KernelCache {
 public:

@@ -35,7 +35,7 @@ KernelCall KernelCache::kernel(const codegen::KernelSpec &spec, const Piece &pie
         state_->stats.aot_calls++;
     }
     (void)piece;
-    remember_kernel(spec, nullptr, 0, KernelOrigin::Aot, 0.0, "default (AOT)");
+    remember_aot_kernel(spec);
     return call;
 }
 
@@ -47,7 +47,7 @@ KernelCall KernelCache::distill_kernel(const codegen::DistillSpec &spec, int32_t
         std::lock_guard<std::mutex> lock(state_->mutex);
         state_->stats.aot_calls++;
     }
-    remember_kernel(spec, nullptr, 0, KernelOrigin::Aot, 0.0, "default (AOT)");
+    remember_aot_kernel(spec);
     return call;
 }
 

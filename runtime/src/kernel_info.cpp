@@ -10,17 +10,22 @@ namespace kldiv::runtime {
 
 namespace {
 
+// What last_kernel() reports, kept as the call found it: the name and the
+// AOT kernels' schedule text are made only when asked for.
 struct LastKernel {
     KernelName kernel;
     int extents = 0;  // a specialised kernel's fixed extents; 0 for a generic one
     std::array<int32_t, 4> extent{};
     KernelOrigin origin = KernelOrigin::Aot;
     double seconds = 0;
+    bool aot_schedule = false;  // the AOT kernels' schedule, else `schedule`
     std::string schedule;
     CompileTimes compile;
     bool valid = false;
 };
 thread_local LastKernel last;
+
+const char *const kAotSchedule = "default (AOT)";
 
 }  // namespace
 
@@ -35,9 +40,21 @@ void remember_kernel(const KernelName &kernel, const int32_t *extent, int count,
     if (extent) std::copy(extent, extent + last.extents, last.extent.begin());
     last.origin = origin;
     last.seconds = seconds;
+    last.aot_schedule = false;
     last.schedule = schedule;
     last.compile = compile;
     last.valid = true;
+}
+
+void remember_aot_kernel(const KernelName &kernel) {
+    LastKernel &l = last;
+    l.kernel = kernel;
+    l.extents = 0;
+    l.origin = KernelOrigin::Aot;
+    l.seconds = 0;
+    l.aot_schedule = true;
+    l.compile = {};
+    l.valid = true;
 }
 
 }  // namespace kldiv::runtime
@@ -57,7 +74,7 @@ KernelInfo last_kernel() {
     info.origin = last.origin;
     info.specialised = last.extents > 0;
     info.seconds = last.seconds;
-    info.schedule = last.schedule;
+    info.schedule = last.aot_schedule ? runtime::kAotSchedule : last.schedule;
     info.compile = last.compile;
     return info;
 }
