@@ -62,7 +62,7 @@ template<typename F>
 int guarded(F &&body) {
     try {
         body();
-        runtime::set_last_error("");
+        runtime::clear_last_error();
         return KLDIV_OK;
     } catch (const Error &e) {
         runtime::set_last_error(e.what());

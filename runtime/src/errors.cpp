@@ -57,6 +57,8 @@ std::string take_kernel_error() { return std::exchange(thread_kernel_error, std:
 
 void set_last_error(const std::string &message) { thread_last_error = message; }
 
+void clear_last_error() { thread_last_error.clear(); }
+
 const char *last_error() { return thread_last_error.c_str(); }
 
 }  // namespace kldiv::runtime

@@ -30,6 +30,7 @@ std::string take_kernel_error();
 
 // The calling thread's last error message, for kldiv_last_error().
 void set_last_error(const std::string &message);
+void clear_last_error();  // after a call that succeeded
 const char *last_error();
 
 }  // namespace kldiv::runtime
