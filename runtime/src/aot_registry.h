@@ -20,7 +20,9 @@ int (*aot_entry(const codegen::KernelSpec &spec))(void **);
 int (*aot_entry(const codegen::DistillSpec &spec))(void **);
 int (*aot_entry(const std::string &name))(void **);
 
-// Routes the AOT kernels' Halide errors to record_kernel_error (once).
-void install_aot_error_handler();
+// Sets up the library's Halide runtime, which the AOT kernels link and the
+// JIT kernels share (once): errors go to record_kernel_error, and parallel
+// loops of one task run on the calling thread, without the thread pool.
+void install_runtime_hooks();
 
 }  // namespace kldiv::runtime

@@ -258,7 +258,7 @@ int64_t rows_per_call(const std::vector<Rows> &views, bool cuda) {
 // the call's stream is done.
 void run_rows(KernelCache &cache, const codegen::DistillSpec &spec, const std::vector<Rows> &views,
               const std::function<std::vector<void *>(int64_t, int64_t, Buffers &)> &args) {
-    install_aot_error_handler();
+    install_runtime_hooks();
     const int64_t rows = views[0].rows, vocab = views[0].vocab;
     const bool unit_stride =
         std::all_of(views.begin(), views.end(), [](const Rows &v) { return v.vocab_stride == 1; });

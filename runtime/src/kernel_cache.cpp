@@ -410,7 +410,7 @@ struct KernelCache::State {
 };
 
 KernelCache::KernelCache(const RuntimeOptions &options) : state_(std::make_unique<State>()) {
-    install_aot_error_handler();
+    install_runtime_hooks();
     State &s = *state_;
     s.options = options;
     s.options.memory_cache_entries = std::max<size_t>(1, options.memory_cache_entries);

@@ -17,7 +17,7 @@ struct KernelCache::State {
 };
 
 KernelCache::KernelCache(const RuntimeOptions &options) : state_(std::make_unique<State>()) {
-    install_aot_error_handler();
+    install_runtime_hooks();
     state_->options = options;
     state_->target = cpu_target();
     if (options.threads > 0) set_num_threads(options.threads);
