@@ -735,13 +735,25 @@ struct SmallCall {
     }
 };
 
+// The kernel's parallel loop of one task run on the calling thread, as
+// libkldiv runs it (runtime/src/aot_kernels.cpp), set in this program's own
+// copy of Halide's runtime: the entry point's cost without the thread pool's.
+halide_do_par_for_t pool_do_par_for = nullptr;
+
+int one_task_inline(void *user_context, halide_task_t task, int min, int size, std::uint8_t *closure) {
+    if (size == 1) return halide_do_task(user_context, task, min, closure);
+    return pool_do_par_for(user_context, task, min, size, closure);
+}
+
 void per_call_overhead(const Plan &plan) {
     std::printf("\n[6] Per-call cost of a small loss: kldiv_forward (C ABI, process default runtime), f32 sum\n");
     std::printf("    the default runtime as a C caller gets it (KLDIV_JIT, KLDIV_SPECIALIZE and KLDIV_CACHE_DIR\n"
                 "    apply); beside it the AOT kernel's own entry point (kldiv_fwd_sum_f32, linked into this\n"
-                "    program with its own copy of Halide's runtime), called with ready-made buffers\n");
+                "    program with its own copy of Halide's runtime), called with ready-made buffers, through\n"
+                "    Halide's thread pool and with its one-task loop run inline as libkldiv runs it\n");
     const int calls = plan.per_call_calls;
     std::printf("  batches of %d calls, per-call time:\n", calls);
+    pool_do_par_for = halide_default_do_par_for;
     for (const std::int64_t n : {std::int64_t{1}, std::int64_t{16}}) {
         SmallCall call(n);
         call.c_abi();
@@ -753,34 +765,43 @@ void per_call_overhead(const Plan &plan) {
             fail("per call: the AOT entry point's sum differs from kldiv_forward's at " + std::to_string(n) +
                  " elements");
         }
-        auto per_call_ns = [&](void (SmallCall::*run)()) {
-            return seconds_of([&] {
-                       for (int i = 0; i < calls; ++i) (call.*run)();
-                   }) /
-                   calls * 1e9;
+        // Three ways to make the same call, timed in batches in a rotating order.
+        struct Way {
+            void (SmallCall::*run)();
+            halide_do_par_for_t do_par_for;  // for the entry point, in this program's runtime
+            std::vector<double> ns;
         };
-        per_call_ns(&SmallCall::c_abi);  // warm-up batches
-        per_call_ns(&SmallCall::aot_entry);
-        std::vector<double> c_abi_ns, aot_ns;
+        Way ways[] = {{&SmallCall::c_abi, pool_do_par_for, {}},
+                      {&SmallCall::aot_entry, pool_do_par_for, {}},
+                      {&SmallCall::aot_entry, one_task_inline, {}}};
+        auto per_call_ns = [&](const Way &way) {
+            halide_set_custom_do_par_for(way.do_par_for);
+            const double ns = seconds_of([&] {
+                                  for (int i = 0; i < calls; ++i) (call.*way.run)();
+                              }) /
+                              calls * 1e9;
+            halide_set_custom_do_par_for(pool_do_par_for);
+            return ns;
+        };
+        for (const Way &way : ways) per_call_ns(way);  // warm-up batches
         for (int batch = 0; batch < plan.per_call_batches; ++batch) {
-            // Alternate which goes first so that neither always follows the other.
-            if (batch % 2 == 0) {
-                c_abi_ns.push_back(per_call_ns(&SmallCall::c_abi));
-                aot_ns.push_back(per_call_ns(&SmallCall::aot_entry));
-            } else {
-                aot_ns.push_back(per_call_ns(&SmallCall::aot_entry));
-                c_abi_ns.push_back(per_call_ns(&SmallCall::c_abi));
+            for (std::size_t k = 0; k < std::size(ways); ++k) {
+                Way &way = ways[(k + (std::size_t)batch) % std::size(ways)];
+                way.ns.push_back(per_call_ns(way));
             }
         }
-        const double c_abi_median = median(c_abi_ns), aot_median = median(aot_ns);
-        const bool pass = c_abi_median <= kPerCallBarNs;
-        std::printf("  %2lld element%s  kldiv_forward:          %s   bar <= 0.5 us: %s\n", (long long)n,
-                    n == 1 ? " " : "s", figure(c_abi_median, "ns", c_abi_ns.size()).c_str(), pass ? "PASS" : "MISS");
-        std::printf("               kernel's entry point:   %s\n", figure(aot_median, "ns", aot_ns.size()).c_str());
-        std::printf("               difference:             %.1f ns   (kernel %s, %s)\n", c_abi_median - aot_median,
-                    kernel.name.c_str(), kldiv::origin_name(kernel.origin));
+        const double c_abi = median(ways[0].ns), pool = median(ways[1].ns), inline_task = median(ways[2].ns);
+        const bool pass = c_abi <= kPerCallBarNs;
+        const std::size_t samples = ways[0].ns.size();
+        std::printf("  %2lld element%s  kldiv_forward:                      %s   bar <= 0.5 us: %s\n", (long long)n,
+                    n == 1 ? " " : "s", figure(c_abi, "ns", samples).c_str(), pass ? "PASS" : "MISS");
+        std::printf("               entry point, Halide's thread pool:  %s\n", figure(pool, "ns", samples).c_str());
+        std::printf("               entry point, one-task loop inline:  %s\n",
+                    figure(inline_task, "ns", samples).c_str());
+        std::printf("               kldiv_forward over the inline entry: %.1f ns   (kernel %s, %s)\n",
+                    c_abi - inline_task, kernel.name.c_str(), kldiv::origin_name(kernel.origin));
         add_bar("kldiv_forward, " + std::to_string(n) + " f32 element" + (n == 1 ? "" : "s") + ", C ABI <= 0.5 us",
-                figure(c_abi_median, "ns", c_abi_ns.size()), pass);
+                figure(c_abi, "ns", samples), pass);
         std::fflush(stdout);
     }
 }
@@ -799,7 +820,7 @@ void print_help() {
         "  [4] dispatch overhead of an in-memory hit over a direct AOT call\n"
         "  [5] throughput of JIT (generic, specialised) and AOT kernels at 2^20 and 2^24\n"
         "  [6] per-call cost of kldiv_forward (C ABI, default runtime) at 1 and 16 f32 elements,\n"
-        "      beside the AOT kernel's own entry point\n\n"
+        "      beside the AOT kernel's own entry point (with and without Halide's thread pool)\n\n"
         "Options:\n"
         "  --quick   fewer repetitions, for a smoke run\n"
         "  --only N  section N alone (1 to 6)\n"
