@@ -221,8 +221,9 @@ public:
     }
     // Operand `t`'s strides in `shape` (0 where broadcast).
     void add(const TensorView &t, Extents shape) {
-        dims_.push_back(expand_strides(t.sizes, t.strides, shape));
-        spans_.push_back(dims_.back());
+        Dims &dims = dims_.grow();
+        expand_strides(t.sizes, t.strides, shape, dims);
+        spans_.push_back(dims);
     }
     size_t size() const { return spans_.size(); }
     operator Span<const Extents>() const { return spans_; }
@@ -289,8 +290,9 @@ double run_kernel(KernelCache &cache, const KernelSpec &spec, Extents shape, Spa
         }
         const Piece &call_piece = call_spec.aligned ? run : piece;
         const KernelCall kernel = cache.kernel(call_spec, call_piece);
-        KernelArguments arguments(call_spec, Span<void *const>(piece_data, data.size()), call_piece.extent,
-                                  call_piece.stride, device ? &kernel.buffers : nullptr);
+        KernelArguments arguments(call_spec.aligned ? argument_layout(call_spec) : layout, call_spec,
+                                  Span<void *const>(piece_data, data.size()), call_piece.extent, call_piece.stride,
+                                  device ? &kernel.buffers : nullptr);
         if (device && (kernel.buffers.wrap == nullptr || arguments.wrap_failed())) {
             fail(ErrorCode::Internal,
                  "kernel " + call_spec.name() + ": CUDA pointers could not be given to its runtime");

@@ -83,7 +83,12 @@ public:
     // the arguments go.
     KernelArguments(const codegen::KernelSpec &spec, Span<void *const> data, const int32_t *extent,
                     Span<const std::array<int32_t, 4>> strides, const cuda::BufferFunctions *device = nullptr)
-        : layout_(argument_layout(spec)),
+        : KernelArguments(argument_layout(spec), spec, data, extent, strides, device) {}
+    // The same with `spec`'s layout already at hand.
+    KernelArguments(const ArgumentLayout &layout, const codegen::KernelSpec &spec, Span<void *const> data,
+                    const int32_t *extent, Span<const std::array<int32_t, 4>> strides,
+                    const cuda::BufferFunctions *device = nullptr)
+        : layout_(layout),
           computes_in_double_(computes_in_double(spec.dtype)),
           detach_(device ? device->detach : nullptr) {
         const auto wrap = device ? device->wrap : nullptr;

@@ -27,13 +27,12 @@ Dims broadcast_shapes(Extents a, Extents b) {
     return shape;
 }
 
-Dims expand_strides(Extents sizes, Extents strides, Extents shape) {
-    Dims out(shape.size(), 0);
+void expand_strides(Extents sizes, Extents strides, Extents shape, Dims &out) {
+    out.assign(shape.size(), 0);
     const size_t lead = shape.size() - sizes.size();
     for (size_t i = 0; i < sizes.size(); i++) {
         out[lead + i] = (sizes[i] == 1 && shape[lead + i] != 1) ? 0 : strides[i];
     }
-    return out;
 }
 
 namespace {

@@ -20,7 +20,12 @@ constexpr size_t kMaxOperands = 5;
 Dims broadcast_shapes(Extents a, Extents b);
 
 // Strides of a tensor of `sizes` viewed in the broadcast `shape` (0 where broadcast).
-Dims expand_strides(Extents sizes, Extents strides, Extents shape);
+void expand_strides(Extents sizes, Extents strides, Extents shape, Dims &out);
+inline Dims expand_strides(Extents sizes, Extents strides, Extents shape) {
+    Dims out;
+    expand_strides(sizes, strides, shape, out);
+    return out;
+}
 
 // One kernel call: every operand viewed with the same 4 extents.
 struct Piece {

@@ -92,6 +92,11 @@ public:
         for (size_t i = 0; i < size; i++) values_[i] = value;
     }
     void clear() { size_ = 0; }
+    // A new last value, left for the caller to set.
+    T &grow() {
+        if (size_ == N) fail(ErrorCode::Internal, "InlineVector: more than its capacity");
+        return values_[size_++];
+    }
 
     T *data() { return values_; }
     const T *data() const { return values_; }
