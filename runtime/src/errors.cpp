@@ -55,11 +55,18 @@ void record_kernel_error(void *user_context, const char *message) {
 
 std::string take_kernel_error() { return std::exchange(thread_kernel_error, std::string()); }
 
-void set_last_error(const std::string &message) { thread_last_error = message; }
+// Whether the thread's last call failed: a plain flag, which a call that
+// succeeds sets without reaching the message's string.
+thread_local bool thread_has_error = false;
 
-void clear_last_error() { thread_last_error.clear(); }
+void set_last_error(const std::string &message) {
+    thread_last_error = message;
+    thread_has_error = true;
+}
 
-const char *last_error() { return thread_last_error.c_str(); }
+void clear_last_error() { thread_has_error = false; }
+
+const char *last_error() { return thread_has_error ? thread_last_error.c_str() : ""; }
 
 }  // namespace kldiv::runtime
 

@@ -11,19 +11,21 @@ namespace kldiv::runtime {
 namespace {
 
 // What last_kernel() reports, kept as the call found it: the name and the
-// AOT kernels' schedule text are made only when asked for.
+// AOT kernels' schedule text are made only when asked for. Trivially
+// destructible, so a thread reaches it without an initialisation check; the
+// one string (a JIT kernel's schedule) lives beside it.
 struct LastKernel {
     KernelName kernel;
     int extents = 0;  // a specialised kernel's fixed extents; 0 for a generic one
     std::array<int32_t, 4> extent{};
     KernelOrigin origin = KernelOrigin::Aot;
     double seconds = 0;
-    bool aot_schedule = false;  // the AOT kernels' schedule, else `schedule`
-    std::string schedule;
+    bool aot_schedule = false;  // the AOT kernels' schedule, else last_schedule
     CompileTimes compile;
     bool valid = false;
 };
 thread_local LastKernel last;
+thread_local std::string last_schedule;
 
 const char *const kAotSchedule = "default (AOT)";
 
@@ -41,7 +43,7 @@ void remember_kernel(const KernelName &kernel, const int32_t *extent, int count,
     last.origin = origin;
     last.seconds = seconds;
     last.aot_schedule = false;
-    last.schedule = schedule;
+    last_schedule = schedule;
     last.compile = compile;
     last.valid = true;
 }
@@ -74,7 +76,7 @@ KernelInfo last_kernel() {
     info.origin = last.origin;
     info.specialised = last.extents > 0;
     info.seconds = last.seconds;
-    info.schedule = last.aot_schedule ? runtime::kAotSchedule : last.schedule;
+    info.schedule = last.aot_schedule ? runtime::kAotSchedule : runtime::last_schedule;
     info.compile = last.compile;
     return info;
 }
