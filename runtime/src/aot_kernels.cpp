@@ -24,11 +24,12 @@ int (*aot_entry(const std::string &name))(void **) {
 
 namespace {
 
-// The entry of `spec`, looked up by name once per spec: 0 not yet, 1 none.
+// The entry of `spec` (whose index_of is `index`), looked up by name once
+// per spec: 0 not yet, 1 none.
 template <typename Spec, size_t N>
-int (*entry_once(const Spec &spec))(void **) {
+int (*entry_once(const Spec &spec, uint32_t index))(void **) {
     static std::array<std::atomic<uintptr_t>, N> known{};
-    std::atomic<uintptr_t> &slot = known[codegen::index_of(spec)];
+    std::atomic<uintptr_t> &slot = known[index];
     uintptr_t entry = slot.load(std::memory_order_acquire);
     if (entry == 0) {
         entry = reinterpret_cast<uintptr_t>(aot_entry(spec.name()));
@@ -40,12 +41,14 @@ int (*entry_once(const Spec &spec))(void **) {
 
 }  // namespace
 
-int (*aot_entry(const codegen::KernelSpec &spec))(void **) {
-    return entry_once<codegen::KernelSpec, codegen::kSpecIndices>(spec);
+int (*aot_entry(const codegen::KernelSpec &spec))(void **) { return aot_entry(spec, codegen::index_of(spec)); }
+
+int (*aot_entry(const codegen::KernelSpec &spec, uint32_t index))(void **) {
+    return entry_once<codegen::KernelSpec, codegen::kSpecIndices>(spec, index);
 }
 
 int (*aot_entry(const codegen::DistillSpec &spec))(void **) {
-    return entry_once<codegen::DistillSpec, codegen::kDistillSpecIndices>(spec);
+    return entry_once<codegen::DistillSpec, codegen::kDistillSpecIndices>(spec, codegen::index_of(spec));
 }
 
 namespace {

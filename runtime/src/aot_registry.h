@@ -17,6 +17,8 @@ const std::vector<AotKernel> &aot_kernels();
 
 // The AOT kernel of `spec` (or of that name), or null when the library has none.
 int (*aot_entry(const codegen::KernelSpec &spec))(void **);
+// The same for a caller that has index_of(spec) at hand.
+int (*aot_entry(const codegen::KernelSpec &spec, uint32_t index))(void **);
 int (*aot_entry(const codegen::DistillSpec &spec))(void **);
 int (*aot_entry(const std::string &name))(void **);
 

@@ -548,12 +548,12 @@ KernelCall KernelCache::State::get(const Request &r) {
 KernelCall KernelCache::kernel(const KernelSpec &spec, const Piece &piece) {
     // The keys only: names, descriptions and functions are made from the
     // spec where a kernel is compiled, loaded or reported.
-    const uint32_t packed = pack(spec);
+    const uint32_t packed = pack(spec);  // a loss spec's index_of, which also finds its AOT kernel
     const uint64_t elements = (uint64_t)piece.extent[0] * piece.extent[1] * piece.extent[2] * piece.extent[3];
     const State::Request r{spec,
                            spec.cuda,
                            /*reduces=*/spec.reduce && spec.pass != codegen::Pass::Backward,
-                           aot_entry(spec),
+                           aot_entry(spec, packed),
                            packed,
                            jit_inner_stride(piece),
                            fixed_key(packed, piece),
