@@ -707,8 +707,9 @@ struct SmallCall {
         c_input = {input.data(), KLDIV_FLOAT32, 1, sizes, strides, KLDIV_DEVICE_CPU};
         c_target = {target.data(), KLDIV_FLOAT32, 1, sizes, strides, KLDIV_DEVICE_CPU};
         c_out = {&loss, KLDIV_FLOAT32, 0, nullptr, nullptr, KLDIV_DEVICE_CPU};
-        // As the dispatcher views one contiguous run: 4-d, extents n, 1, 1, 1.
-        dims[0] = halide_dimension_t(0, (std::int32_t)n, 1);
+        // As the dispatcher views one contiguous run: 4-d, extents n, 1, 1, 1
+        // (a single element has no dimension left: every stride 0).
+        dims[0] = halide_dimension_t(0, (std::int32_t)n, n == 1 ? 0 : 1);
         for (int d = 1; d < 4; ++d) dims[d] = halide_dimension_t(0, 1, 0);
         for (halide_buffer_t *b : {&h_input, &h_target}) {
             b->type = halide_type_t(halide_type_float, 32);
