@@ -187,6 +187,16 @@ struct KernelCache::State {
         uint64_t elements = 0;
     };
     std::unordered_map<Key, Seen, KeyHash> seen;  // per shape, for Specialize::Auto
+    uint64_t seen_generation = 0;  // counts seen.clear(), which drops its records
+    const uint64_t id = next_id();  // this cache's, unlike its address never reused
+
+    static uint64_t next_id() {
+        static std::atomic<uint64_t> next{1};
+        return next++;
+    }
+
+    // The Seen record of shape `key`, under `mutex`.
+    Seen &seen_record(const Key &key);
     CacheStats stats;
     std::vector<std::thread> background;
 
@@ -457,6 +467,36 @@ KernelCache::~KernelCache() {
     for (std::thread &t : state_->background) t.join();
 }
 
+namespace {
+
+// The Seen record a thread found last, and where: callers mostly repeat a
+// shape, and finding it by hash (a division among them) took some 40 ns of a
+// 16-element call. Read and written by its thread alone; the record itself
+// only under its cache's mutex.
+struct SeenMemo {
+    uint64_t cache = 0;  // State::id; 0: none
+    uint64_t generation = 0;
+    Key key;
+    void *record = nullptr;
+};
+thread_local SeenMemo seen_memo;
+
+}  // namespace
+
+KernelCache::State::Seen &KernelCache::State::seen_record(const Key &key) {
+    SeenMemo &memo = seen_memo;
+    if (memo.cache == id && memo.generation == seen_generation && memo.key == key) {
+        return *static_cast<Seen *>(memo.record);
+    }
+    if (seen.size() > 4096) {
+        seen.clear();
+        seen_generation++;
+    }
+    Seen &record = seen[key];  // unordered_map nodes stay where they are until erased
+    memo = {id, seen_generation, key, &record};
+    return record;
+}
+
 // The kernel a request asks for: AOT, or JIT (generic or fixed to the call's
 // shape) as the options decide. Compiles at most once per key however many
 // threads ask.
@@ -492,8 +532,7 @@ KernelCall KernelCache::State::get(const Request &r) {
             // A compile (0.1-0.3 s) pays only where the shape's calls have
             // already taken several times as long: specialise once they
             // have covered specialize_work elements in all.
-            if (s.seen.size() > 4096) s.seen.clear();
-            State::Seen &seen = s.seen[r.fixed];
+            State::Seen &seen = s.seen_record(r.fixed);
             seen.calls++;
             seen.elements += r.elements;
             specialise = seen.calls >= s.options.specialize_after && seen.elements >= s.options.specialize_work;
