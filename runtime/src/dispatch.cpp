@@ -34,34 +34,6 @@ bool known_dtype(DType dtype) {
            dtype == DType::BFloat16;
 }
 
-int64_t checked_numel(const TensorView &t, const char *name) {
-    int64_t n = 1;
-    for (int64_t s : t.sizes) {
-        if (__builtin_mul_overflow(n, s, &n)) fail(ErrorCode::InvalidArgument, std::string(name) + ": too many elements");
-    }
-    return n;
-}
-
-// Bytes from `data` to one past the furthest element of a non-empty view with
-// non-negative sizes and strides: (Σ (size - 1) · stride + 1) · element size;
-// nothing when that overflows int64 or wraps the address space (then no
-// pointer arithmetic of a kernel could be trusted).
-std::optional<int64_t> reach_bytes(const TensorView &t) {
-    int64_t last = 0, bytes = 0;
-    for (size_t d = 0; d < t.sizes.size(); d++) {
-        int64_t step = 0;
-        if (__builtin_mul_overflow(t.sizes[d] - 1, t.strides[d], &step) || __builtin_add_overflow(last, step, &last)) {
-            return std::nullopt;
-        }
-    }
-    if (__builtin_add_overflow(last, int64_t(1), &bytes) ||
-        __builtin_mul_overflow(bytes, (int64_t)element_size(t.dtype), &bytes) ||
-        (uintptr_t)t.data > UINTPTR_MAX - (uint64_t)bytes) {
-        return std::nullopt;
-    }
-    return bytes;
-}
-
 void check_tensor(const TensorView &t, const char *name) {
     if (t.sizes.size() > (size_t)KLDIV_MAX_RANK) {
         fail(ErrorCode::InvalidArgument, std::string(name) + ": rank " + std::to_string(t.sizes.size()) +
@@ -74,22 +46,32 @@ void check_tensor(const TensorView &t, const char *name) {
     if (t.strides.size() != t.sizes.size()) {
         fail(ErrorCode::InvalidArgument, std::string(name) + ": sizes and strides differ in length");
     }
-    // The element count in the same pass; its overflow is reported after
-    // every dimension's sign, as checked_numel would.
-    int64_t numel = 1;
-    bool too_many = false;
+    // One pass over the dimensions: their signs, reported as met, then the
+    // element count and the reach, whose overflows are reported after it.
+    // The reach is in bytes from `data` to one past the furthest element of
+    // a non-empty view: (Σ (size - 1) · stride + 1) · element size; it must
+    // fit int64 and not wrap the address space (else no pointer arithmetic
+    // of a kernel could be trusted).
+    int64_t numel = 1, last = 0;
+    bool too_many = false, too_far = false;
     for (size_t d = 0; d < t.sizes.size(); d++) {
-        if (t.sizes[d] < 0) fail(ErrorCode::InvalidArgument, std::string(name) + ": negative size in dimension " + std::to_string(d));
-        if (t.strides[d] < 0) {
+        const int64_t size = t.sizes[d], stride = t.strides[d];
+        if (size < 0) fail(ErrorCode::InvalidArgument, std::string(name) + ": negative size in dimension " + std::to_string(d));
+        if (stride < 0) {
             fail(ErrorCode::InvalidArgument, std::string(name) + ": negative stride in dimension " + std::to_string(d) +
                                                   " (negative strides are not supported)");
         }
-        too_many = too_many || __builtin_mul_overflow(numel, t.sizes[d], &numel);
+        int64_t step = 0;
+        too_many |= __builtin_mul_overflow(numel, size, &numel);
+        too_far |= __builtin_mul_overflow(size - 1, stride, &step) | __builtin_add_overflow(last, step, &last);
     }
     if (too_many) fail(ErrorCode::InvalidArgument, std::string(name) + ": too many elements");
     if (numel > 0) {
         if (t.data == nullptr) fail(ErrorCode::InvalidArgument, std::string(name) + ": data is null");
-        if (!reach_bytes(t)) {
+        int64_t bytes = 0;
+        if (too_far || __builtin_add_overflow(last, int64_t(1), &bytes) ||
+            __builtin_mul_overflow(bytes, (int64_t)element_size(t.dtype), &bytes) ||
+            (uintptr_t)t.data > UINTPTR_MAX - (uint64_t)bytes) {
             fail(ErrorCode::InvalidArgument, std::string(name) + ": sizes and strides reach past the address space");
         }
     }
@@ -131,30 +113,36 @@ void check_shape(const TensorView &t, const char *name, Extents expected) {
     }
 }
 
+namespace {
+
 // Byte range [begin, end) a tensor's elements occupy (empty for no elements).
 struct Extent {
     uintptr_t begin = 0, end = 0;
 };
 
-// Only for views check_tensor accepted, whose reach fits.
+// Only for views check_tensor accepted, whose reach fits: no overflow to check.
 Extent memory_extent(const TensorView &t) {
+    int64_t last = 0;
+    for (size_t d = 0; d < t.sizes.size(); d++) {
+        if (t.sizes[d] == 0) return {};
+        last += (t.sizes[d] - 1) * t.strides[d];
+    }
     Extent e;
-    if (t.numel() == 0) return e;
     e.begin = reinterpret_cast<uintptr_t>(t.data);
-    e.end = e.begin + (uintptr_t)*reach_bytes(t);
+    e.end = e.begin + (uintptr_t)(last + 1) * element_size(t.dtype);
     return e;
 }
 
-bool overlaps(const Extent &x, const Extent &y);
+bool overlaps(const Extent &x, const Extent &y) {
+    return x.begin < x.end && y.begin < y.end && x.begin < y.end && y.begin < x.end;
+}
+
+}  // namespace
 
 bool overlaps(const TensorView &a, const TensorView &b) { return overlaps(memory_extent(a), memory_extent(b)); }
 
 bool same_view(const TensorView &a, const TensorView &b) {
     return a.data == b.data && a.dtype == b.dtype && a.sizes == b.sizes && a.strides == b.strides;
-}
-
-bool overlaps(const Extent &x, const Extent &y) {
-    return x.begin < x.end && y.begin < y.end && x.begin < y.end && y.begin < x.end;
 }
 
 // Outputs must not write one element twice, and may share memory with an

@@ -14,9 +14,6 @@
 namespace kldiv::runtime {
 
 bool known_dtype(DType dtype);
-int64_t checked_numel(const TensorView &t, const char *name);
-// Bytes from `data` to one past the furthest element (nothing on overflow).
-std::optional<int64_t> reach_bytes(const TensorView &t);
 // Rank, dtype, device, sizes, strides and reach of one tensor.
 void check_tensor(const TensorView &t, const char *name);
 void check_same_dtype(const TensorView &a, const char *a_name, const TensorView &b, const char *b_name);
