@@ -120,13 +120,15 @@ struct Extent {
     uintptr_t begin = 0, end = 0;
 };
 
-// Only for views check_tensor accepted, whose reach fits: no overflow to check.
+// Only for views check_tensor accepted, whose reach fits when they have
+// elements: an empty view's sizes and strides may reach anywhere (check_tensor
+// does not measure it), so it is found empty before anything is summed.
 Extent memory_extent(const TensorView &t) {
-    int64_t last = 0;
     for (size_t d = 0; d < t.sizes.size(); d++) {
         if (t.sizes[d] == 0) return {};
-        last += (t.sizes[d] - 1) * t.strides[d];
     }
+    int64_t last = 0;
+    for (size_t d = 0; d < t.sizes.size(); d++) last += (t.sizes[d] - 1) * t.strides[d];
     Extent e;
     e.begin = reinterpret_cast<uintptr_t>(t.data);
     e.end = e.begin + (uintptr_t)(last + 1) * element_size(t.dtype);
