@@ -8,6 +8,8 @@ from torch.autograd.function import once_differentiable
 
 from . import _ext, _lib
 from ._kernels import CUSTOM_OP_DEVICES, DTYPES, HAS_OPS, new_gradient, runs_ops, scaled, use_stream
+if HAS_OPS:
+    from ._kernels import scaled_gradient
 
 _REDUCTIONS = ("none", "sum", "mean", "batchmean")
 
@@ -350,7 +352,7 @@ if HAS_OPS:
 
     def _backward_fused(ctx, grad_loss, grad_of_grad):
         (grad,) = ctx.saved_tensors
-        return grad * grad_loss, None, None, None, None, None, None
+        return scaled_gradient(grad, grad_loss), None, None, None, None, None, None
 
     torch.library.register_autograd("kldiv::distill_kl", _backward_distill, setup_context=_setup_distill)
     torch.library.register_autograd("kldiv::distill_kl_forward_backward", _backward_fused,

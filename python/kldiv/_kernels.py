@@ -119,6 +119,36 @@ def new_gradient(like):
     return gradient_memory.empty(tuple(like.shape), like.dtype)
 
 
+if HAS_OPS:
+
+    @torch.library.custom_op("kldiv::scaled_gradient", mutates_args=(), device_types=CUSTOM_OP_DEVICES)
+    def scaled_gradient(gradient: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+        """A fused pass's gradient times the upstream gradient: the fused ops' backward under torch.compile.
+
+        The product goes into memory that the next step reuses (new_gradient):
+        PyTorch's allocator would map and zero fresh pages for it on every step,
+        which cost more than the product itself.
+        """
+        if grad_output.dtype != gradient.dtype:
+            return gradient * grad_output
+        return torch.mul(gradient, grad_output, out=new_gradient(gradient))
+
+    @scaled_gradient.register_fake
+    def _(gradient, grad_output):
+        if grad_output.dtype != gradient.dtype:
+            return gradient * grad_output
+        return gradient.new_empty(gradient.shape)
+
+    def _setup_scaled(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def _backward_scaled(ctx, grad):
+        gradient, grad_output = ctx.saved_tensors
+        return grad * grad_output, (grad * gradient).sum_to_size(grad_output.shape)
+
+    torch.library.register_autograd("kldiv::scaled_gradient", _backward_scaled, setup_context=_setup_scaled)
+
+
 def scaled(gradient, grad_output):
     """A fused pass's gradient (for an upstream gradient of 1) times the upstream gradient, in eager autograd.
 

@@ -13,7 +13,10 @@ import typing
 import torch
 
 from . import _ext, _lib
-from ._kernels import CUSTOM_OP_DEVICES, DTYPES, HAS_OPS, new_gradient, new_like, new_scalar, runs_ops, scaled, use_stream
+from ._kernels import (CUSTOM_OP_DEVICES, DTYPES, HAS_OPS, new_gradient, new_like, new_scalar, runs_ops, scaled,
+                       use_stream)
+if HAS_OPS:
+    from ._kernels import scaled_gradient
 
 NONE, MEAN, SUM, BATCHMEAN = (_lib.REDUCTIONS[name] for name in ("none", "mean", "sum", "batchmean"))
 
@@ -200,7 +203,7 @@ if HAS_OPS:
 
     def _backward_fused(ctx, grad_loss, grad_of_grad_input):
         (grad_input,) = ctx.saved_tensors
-        return grad_input * grad_loss, None, None, None
+        return scaled_gradient(grad_input, grad_loss), None, None, None
 
     torch.library.register_autograd("kldiv::kl_div", _backward_loss, setup_context=_setup_loss)
     torch.library.register_autograd("kldiv::kl_div_forward_backward", _backward_fused, setup_context=_setup_fused)

@@ -86,6 +86,16 @@ def test_loss_ops_pass_opcheck(case):
                           (upstream, a.detach(), b.detach(), code, log_target, *needs))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("upstream", [(), (5, 17)], ids=["scalar", "per-element"])
+def test_the_fused_backwards_scaling_op_passes_opcheck(dtype, upstream):
+    gradient = torch.randn(5, 17).to(dtype)
+    for needs in ((False, False), (True, False), (True, True)):
+        torch.library.opcheck(torch.ops.kldiv.scaled_gradient.default,
+                              (gradient.clone().requires_grad_(needs[0]),
+                               torch.rand(upstream).to(dtype).requires_grad_(needs[1])))
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("gradient", GRADIENTS)
 def test_loss_ops_pass_opcheck_in_every_layout_and_gradient(layout, gradient):
@@ -130,6 +140,7 @@ def _op_calls():
             calls += [(torch.ops.kldiv.kl_div.default, (a, b, code, False)),
                       (torch.ops.kldiv.kl_div_forward_backward.default, (a, b, code, False)),
                       (torch.ops.kldiv.kl_div_backward.default, (upstream, a, b, code, False, True, True))]
+    calls.append((torch.ops.kldiv.scaled_gradient.default, (torch.randn(6, 24), torch.tensor(0.5))))
     s, t = _logits((4, 40)).t().contiguous().t(), _logits((4, 40), seed=2)
     _, stats = torch.ops.kldiv.distill_kl(s, t, None, 1.0, "sum", False, False)
     calls += [(torch.ops.kldiv.distill_kl.default, (s, t, None, 1.0, "none", False, False)),
@@ -188,7 +199,7 @@ def test_reused_gradient_memory_never_aliases_a_live_tensor():
 
 def test_cpu_tensors_go_to_the_cpu_kernel_and_cuda_to_the_cuda_kernel():
     for op in ("kl_div", "kl_div_forward_backward", "kl_div_backward", "distill_kl", "distill_kl_forward_backward",
-               "distill_kl_backward"):
+               "distill_kl_backward", "scaled_gradient"):
         for key in ("CPU", "CUDA"):
             assert torch._C._dispatch_has_kernel_for_dispatch_key(f"kldiv::{op}", key), (op, key)
     graphs = []
