@@ -248,7 +248,7 @@ struct KernelInfo {
     std::string name;          // KernelSpec name, with the shape when specialised
     KernelOrigin origin = KernelOrigin::Aot;
     bool specialised = false;
-    double seconds = 0;        // spent finding, loading or compiling it
+    double seconds = 0;        // spent finding, loading or compiling it (0 for AOT kernels: not timed)
     // Where its schedule parameters came from: "default", "default (AOT)" or
     // "tuned (<database>, 2^<bucket> elements, <speed-up> the default there)"
     // (distillation kernels: "2^<bucket> logits a row").
